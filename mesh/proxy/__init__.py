@@ -1,0 +1,1 @@
+"""The front doors: gRPC (inference + management) and REST, over one transport-agnostic data plane."""
