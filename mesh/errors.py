@@ -96,3 +96,9 @@ class RuntimeFailure(MeshError):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.grpc_code = code
+
+
+class Conflict(MeshError):
+    """The request contradicts current state: a model still used by a vmodel, an unexpected target."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION

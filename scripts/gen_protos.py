@@ -19,7 +19,7 @@ PROTO_DIR = ROOT / "protos"
 GEN_PACKAGE = "mesh/gen"
 DEFAULT_POOL = "_descriptor_pool.Default()"
 MESH_POOL = "_mesh_pool.POOL"
-POOL_MODULE = '''"""The descriptor pool that every generated module in mesh.gen registers into (see scripts/gen_protos.py)."""
+POOL_MODULE = '''"""The descriptor pool that the generated modules in mesh.gen register into (scripts/gen_protos.py)."""
 
 from google.protobuf import descriptor_pool
 
@@ -65,8 +65,10 @@ def differences(committed: Path, fresh_root: Path) -> list[str]:
     fresh = fresh_root / GEN_PACKAGE
     names = {p.name for p in committed.glob("*.py*")} | {p.name for p in fresh.glob("*.py*")}
     return sorted(
-        n for n in names
-        if not (committed / n).exists() or not (fresh / n).exists()
+        n
+        for n in names
+        if not (committed / n).exists()
+        or not (fresh / n).exists()
         or not filecmp.cmp(committed / n, fresh / n, shallow=False)
     )
 

@@ -1,4 +1,4 @@
-"""The descriptor pool that every generated module in mesh.gen registers into (see scripts/gen_protos.py)."""
+"""The descriptor pool that the generated modules in mesh.gen register into (scripts/gen_protos.py)."""
 
 from google.protobuf import descriptor_pool
 

@@ -79,7 +79,7 @@ class EventType(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
     type: EventType
-    # For DELETE: the key with value b"" and mod_revision = the revision of the deletion.
+    # For DELETE: the key with value b"" and mod_revision = the revision of the deletion (other fields 0, as etcd).
     kv: KeyValue
 
 
@@ -89,6 +89,14 @@ class Compacted(Exception):
     def __init__(self, compact_revision: int) -> None:
         super().__init__(f"revision compacted; oldest available is {compact_revision}")
         self.compact_revision = compact_revision
+
+
+class LeaseNotFound(LookupError):
+    """A put named a lease that does not exist (never granted, expired or revoked); nothing was written."""
+
+    def __init__(self, lease: int) -> None:
+        super().__init__(f"lease {lease} not found")
+        self.lease = lease
 
 
 class KV(abc.ABC):
@@ -129,7 +137,8 @@ class KV(abc.ABC):
     def watch_prefix(self, prefix: str, start_revision: int = 0) -> AsyncIterator[WatchEvent]:
         """Events for keys under prefix with revision >= start_revision (0: from now on), in order.
 
-        Raises Compacted when start_revision is older than the history kept.
+        Raises Compacted from the iterator (an etcd server says so in its reply) when start_revision is older
+        than the history kept. The iterator has aclose(), which stops it.
         """
 
     @abc.abstractmethod

@@ -1,21 +1,118 @@
-"""The transport-agnostic inference core that both front doors call (implementation in progress)."""
+"""The transport-agnostic inference core that both front doors call.
+
+Server-level calls are answered here. Model calls are forwarded as bytes to a runtime copy: the request is
+never decoded; at most the model id is spliced into field 1 when the runtime knows the model by another name
+(a vmodel, or a header-routed request whose body names something else).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from mesh import __version__
+from mesh.errors import RuntimeFailure, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.placement.manager import CopyLease, PlacementManager
+from mesh.placement.registry import ModelRegistry, ModelState
+from mesh.proxy import wire
+
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+MODEL_INFER = f"/{INFERENCE_SERVICE}/ModelInfer"
+MODEL_METADATA = f"/{INFERENCE_SERVICE}/ModelMetadata"
+# Methods whose request names the model in field 1 (ModelInferRequest.model_name, ModelMetadataRequest.name).
+ROUTED_BY_FIELD_1 = frozenset({MODEL_INFER, MODEL_METADATA})
+# Runtime answers that mean "that copy is not there any more": retry once on another copy or a fresh load.
+COPY_GONE = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE})
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a request names: a model or vmodel id, and where the name came from."""
+
+    name: str
+    # True: mm-vmodel-id header; False: mm-model-id header; None: the request body (vmodel or model).
+    vmodel: bool | None = None
+
+    @property
+    def from_header(self) -> bool:
+        return self.vmodel is not None
 
 
 class DataPlane:
-    """Answers server-level calls itself and forwards model calls, as bytes, to a runtime copy."""
+    def __init__(self, registry: ModelRegistry, manager: PlacementManager) -> None:
+        self._registry = registry
+        self._manager = manager
 
-    async def server_live(self) -> bool: ...
+    async def server_live(self) -> bool:
+        return True
 
-    async def server_ready(self) -> bool: ...
+    async def server_ready(self) -> bool:
+        """Ready when at least one runtime instance can take models."""
+        return bool(self._manager.view.instances)
 
-    def server_metadata(self) -> pb.ServerMetadataResponse: ...
+    def server_metadata(self) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="mesh", version=__version__, extensions=["binary_tensor_data"])
 
-    async def model_ready(self, name: str, version: str = "") -> bool: ...
+    async def model_ready(self, name: str, version: str = "") -> bool:
+        """A registered model is servable (mesh loads it on demand) unless its loads are failing."""
+        model_id = self._registry.resolve(name)
+        return self._registry.status(model_id).state is not ModelState.LOADING_FAILED
 
-    async def model_metadata(self, name: str, version: str = "") -> pb.ModelMetadataResponse: ...
+    async def model_metadata(self, name: str, version: str = "") -> pb.ModelMetadataResponse:
+        request = pb.ModelMetadataRequest(name=name, version=version).SerializeToString()
+        return pb.ModelMetadataResponse.FromString(await self.forward(MODEL_METADATA, request, Target(name)))
 
-    async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse: ...
+    async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        data = await self.forward(MODEL_INFER, request.SerializeToString(), Target(request.model_name))
+        return pb.ModelInferResponse.FromString(data)
+
+    async def forward(
+        self, method: str, request: bytes, target: Target, timeout: float | None = None, metadata: Metadata = ()
+    ) -> bytes:
+        """Send request bytes to a copy of the target model (loading one if needed); the response bytes."""
+        model_id = self._registry.resolve(target.name, target.vmodel)
+        for attempt in (1, 2):
+            lease = self._manager.loaded_copy(model_id) or await self._manager.acquire(model_id)
+            with lease:
+                body = self._with_model_id(method, request, target, model_id, lease)
+                try:
+                    return await lease.client.method(method)(body, timeout=timeout, metadata=metadata)
+                except grpc.aio.AioRpcError as exc:
+                    if attempt == 1 and exc.code() in COPY_GONE:
+                        await self._manager.copy_lost(
+                            model_id,
+                            lease.instance_id,
+                            exc.details() or exc.code().name,
+                            unreachable=exc.code() is grpc.StatusCode.UNAVAILABLE,
+                        )
+                        continue
+                    raise _runtime_error(exc, model_id, lease) from exc
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    @staticmethod
+    def _with_model_id(method: str, request: bytes, target: Target, model_id: str, lease: CopyLease) -> bytes:
+        """The request with the concrete model id where the runtime reads it, if it names something else."""
+        if not target.from_header and target.name == model_id:
+            return request
+        path = lease.manager.view.instances[lease.instance_id].record.methods.get(method.lstrip("/"))
+        if path is None and method in ROUTED_BY_FIELD_1:
+            path = (1,)
+        if path != (1,):
+            return request  # nested injection paths arrive with the adapters that need them
+        if wire.read_string(request, 1) == model_id:
+            return request
+        return wire.replace_string(request, 1, model_id)
+
+
+def _runtime_error(exc: grpc.aio.AioRpcError, model_id: str, lease: CopyLease) -> Exception:
+    code = exc.code()
+    if code in COPY_GONE:
+        return Unavailable(
+            f"runtime instance '{lease.instance_id}' serving model '{model_id}' is unavailable: {exc.details()}"
+        )
+    return RuntimeFailure(code, exc.details() or code.name)

@@ -1,0 +1,142 @@
+"""The runtime's transport-agnostic core: which models are loaded, loading them, and running inference.
+
+Capacity is reported, not enforced: the router accounts sizes against capacity and decides what to evict, so
+this process loads whatever it is asked to (even a model bigger than its capacity).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from adapters.builtin.errors import ModelNotLoaded
+from adapters.builtin.models import Model, ModelType, model_type
+from adapters.builtin.settings import RuntimeSettings
+from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, ModelLoadFailed, Unavailable
+from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.proxy.codec import inputs_to_numpy, numpy_to_response
+
+log = logging.getLogger(__name__)
+
+
+def _load_blocking(kind: ModelType, model_path: str) -> Model:
+    """Runs in a worker thread: whatever a broken model file raises becomes one ModelLoadFailed."""
+    try:
+        return kind.load(model_path)
+    except MeshError:
+        raise
+    except Exception as exc:  # a model file can fail in any way unpickling or parsing can; none may escape
+        raise ModelLoadFailed(
+            f"failed to load {kind.name} model from {model_path}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+class BuiltinRuntime:
+    """Loaded models by id, loads in flight, and the operations the two gRPC services expose."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self._settings = settings
+        self._models: dict[str, Model] = {}
+        # One task per model id being loaded: concurrent loadModel calls for the same id share it, and
+        # unloadModel cancels it so a load the router gave up on never lands.
+        self._loading: dict[str, asyncio.Task[Model]] = {}
+        self._load_slots = asyncio.Semaphore(settings.max_loading_concurrency)
+
+    async def load(self, model_id: str, type_name: str, model_path: str) -> int:
+        """Loads the model (once, however many callers ask) and returns its measured size in bytes."""
+        if not model_id:
+            raise InvalidArgument("modelId is empty")
+        kind = model_type(type_name)
+        if (model := self._models.get(model_id)) is not None:
+            return model.size_bytes
+        task = self._loading.get(model_id)
+        if task is None:
+            task = asyncio.create_task(self._load(model_id, kind, model_path), name=f"load {model_id}")
+            self._loading[model_id] = task
+            task.add_done_callback(lambda done: self._forget_load(model_id, done))
+        try:
+            # Shielded: a caller that goes away does not stop a load others may be waiting on; the router follows
+            # a cancelled loadModel with unloadModel, which cancels the task itself.
+            return (await asyncio.shield(task)).size_bytes
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                raise Unavailable(f"loading model {model_id} was cancelled by unloadModel") from None
+            raise
+
+    def _forget_load(self, model_id: str, task: asyncio.Task[Model]) -> None:
+        if self._loading.get(model_id) is task:
+            del self._loading[model_id]
+
+    async def _load(self, model_id: str, kind: ModelType, model_path: str) -> Model:
+        async with self._load_slots:
+            start = time.perf_counter()
+            try:
+                # On timeout the worker thread runs on to completion, but its model is dropped.
+                async with asyncio.timeout(self._settings.load_timeout_ms / 1000):
+                    model = await asyncio.to_thread(_load_blocking, kind, model_path)
+            except TimeoutError:
+                log.warning("load of model %s timed out after %d ms", model_id, self._settings.load_timeout_ms)
+                raise DeadlineExceeded(
+                    f"loading model {model_id} took longer than {self._settings.load_timeout_ms} ms"
+                ) from None
+            except MeshError as exc:
+                elapsed_ms = (time.perf_counter() - start) * 1000
+                log.warning("load of model %s failed after %.1f ms: %s", model_id, elapsed_ms, exc.message)
+                raise
+        self._models[model_id] = model
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        log.info("loaded model %s (type %s, %d bytes) in %.1f ms", model_id, kind.name, model.size_bytes, elapsed_ms)
+        return model
+
+    def unload(self, model_id: str) -> None:
+        """Drops the model, cancelling its load if one is in flight; an unknown id is not an error."""
+        task = self._loading.pop(model_id, None)
+        if task is not None:
+            task.cancel()
+            log.info("cancelled the load of model %s", model_id)
+        model = self._models.pop(model_id, None)
+        if model is not None:
+            size, start = model.size_bytes, time.perf_counter()
+            # The last reference unless a predict is still running: the model's memory is freed here.
+            del model
+            elapsed_ms = (time.perf_counter() - start) * 1000
+            log.info("unloaded model %s (%d bytes) in %.1f ms", model_id, size, elapsed_ms)
+        elif task is None:
+            log.info("unload of model %s: not loaded", model_id)
+
+    def purge(self) -> None:
+        """Unloads everything: the router's view of this instance starts empty."""
+        ids = list(dict.fromkeys([*self._loading, *self._models]))
+        for model_id in ids:
+            self.unload(model_id)
+        if ids:
+            log.info("purged %d models", len(ids))
+
+    def predict_size(self, type_name: str, model_path: str) -> int:
+        """A fast, conservative estimate from the file on disk (see each model type's multiplier)."""
+        return model_type(type_name).estimate_size(model_path)
+
+    def model(self, model_id: str) -> Model:
+        """The loaded model, or ModelNotLoaded."""
+        model = self._models.get(model_id)
+        if model is None:
+            raise ModelNotLoaded(model_id)
+        return model
+
+    def is_loaded(self, model_id: str) -> bool:
+        return model_id in self._models
+
+    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """Decodes the inputs, runs the model's predict, encodes its outputs."""
+        model = self.model(request.model_name)
+        inputs = inputs_to_numpy(request)
+        requested = [output.name for output in request.outputs]
+        if model.offload_predict:
+            outputs = await asyncio.to_thread(model.predict, inputs, requested)
+        else:
+            outputs = model.predict(inputs, requested)
+        return numpy_to_response(
+            request.model_name, outputs, model_version=request.model_version, request_id=request.id
+        )

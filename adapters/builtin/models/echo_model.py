@@ -1,0 +1,76 @@
+"""modelType "echo": returns its inputs unchanged, for proving every datatype round-trips through mesh.
+
+modelPath is a JSON file (or a directory holding `model.json`) holding an object, normally `{}`. The one key it
+reads, `ballast_bytes`, makes the model hold that many bytes of real memory: a model of a chosen size, which is
+how capacity and eviction are exercised without large model files.
+
+I/O: any number (at least one) of inputs of any datatype and shape; each input `<name>` comes back as output
+`<name>` with the same datatype, shape and data. A request that names outputs gets only those (each must be an
+input's name). BF16 comes back as FP32: the codec widens it on the way in (see mesh/proxy/codec.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from adapters.builtin.models.base import (
+    Model,
+    ModelType,
+    TensorSpec,
+    estimate_json_config,
+    measured_size,
+    read_json_config,
+    select_outputs,
+)
+from mesh.errors import InvalidArgument
+
+
+class EchoModel(Model):
+    @property
+    def platform(self) -> str:
+        return "echo"
+
+    # Any names, datatypes and shapes: metadata lists no fixed tensors.
+    @property
+    def inputs(self) -> Sequence[TensorSpec]:
+        return []
+
+    @property
+    def outputs(self) -> Sequence[TensorSpec]:
+        return []
+
+    def predict(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str]) -> dict[str, np.ndarray]:
+        if not inputs:
+            raise InvalidArgument("the echo model needs at least one input tensor")
+        return {name: inputs[name] for name in select_outputs(list(inputs), requested)}
+
+
+class BallastEchoModel(EchoModel):
+    def __init__(self, config_size: int, ballast_bytes: int) -> None:
+        self._ballast = np.ones(ballast_bytes, dtype=np.uint8)  # ones: zero pages would not be resident
+        super().__init__(config_size + self._ballast.nbytes)
+
+
+def _ballast_bytes(config: Mapping[str, object]) -> int:
+    ballast = config.get("ballast_bytes", 0)
+    if not isinstance(ballast, int) or isinstance(ballast, bool) or ballast < 0:
+        raise ValueError(f"ballast_bytes must be a non-negative integer, got {ballast!r}")
+    return ballast
+
+
+def load(model_path: str) -> EchoModel:
+    """Checks the config is a JSON object; the model holds nothing but its optional ballast."""
+    config = read_json_config(model_path)
+    ballast = _ballast_bytes(config)
+    if ballast:
+        return BallastEchoModel(measured_size(config), ballast)
+    return EchoModel(measured_size(config))
+
+
+def estimate(model_path: str) -> int:
+    return estimate_json_config(model_path) + _ballast_bytes(read_json_config(model_path))
+
+
+ECHO = ModelType("echo", load, estimate)

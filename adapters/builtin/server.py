@@ -1,0 +1,91 @@
+"""Process lifecycle: bind one grpc.aio server for both services, announce the port, stop on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import grpc
+
+from adapters.builtin.core import BuiltinRuntime
+from adapters.builtin.servicers import InferenceServicer, RuntimeServicer
+from adapters.builtin.settings import RuntimeSettings
+from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
+from mesh.gen import model_runtime_pb2_grpc as rt_grpc
+
+log = logging.getLogger(__name__)
+
+PARENT_POLL_S = 1.0
+
+
+def write_port_file(path: Path, port: int, instance_id: str) -> None:
+    """Writes {"port", "pid", "instance_id"} so that a reader never sees a partial file (tmp + rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "instance_id": instance_id}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+async def _stop_when_gone(parent_pid: int, stopping: asyncio.Event) -> None:
+    # Polling, because Linux's PR_SET_PDEATHSIG is not in Python's standard library. A dead parent that nobody has
+    # reaped yet still answers kill(pid, 0), so a direct child also watches for being reparented.
+    direct_child = os.getppid() == parent_pid
+    while True:
+        await asyncio.sleep(PARENT_POLL_S)
+        if not _alive(parent_pid) or (direct_child and os.getppid() != parent_pid):
+            break
+    log.warning("parent process %d is gone; stopping", parent_pid)
+    stopping.set()
+
+
+async def serve(settings: RuntimeSettings) -> None:
+    """Serves until SIGTERM or SIGINT, then stops gracefully and removes the port file."""
+    core = BuiltinRuntime(settings)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ]
+    )
+    rt_grpc.add_ModelRuntimeServicer_to_server(RuntimeServicer(core, settings), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    await server.start()
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    watcher = None
+    if settings.parent_pid is not None:
+        watcher = asyncio.create_task(_stop_when_gone(settings.parent_pid, stopping), name="parent watch")
+
+    # Written only once serving, so a parent that sees the file can connect at once.
+    if settings.port_file is not None:
+        write_port_file(settings.port_file, port, settings.instance_id)
+    log.info("serving on %s:%d (pid %d, capacity %d bytes)", settings.host, port, os.getpid(), settings.capacity_bytes)
+    try:
+        await stopping.wait()
+        if watcher is not None:
+            watcher.cancel()
+        log.info("stopping (grace %.1f s)", settings.shutdown_grace_s)
+        await server.stop(settings.shutdown_grace_s)
+    finally:
+        # A stale file would point a later reader at a port this process no longer holds.
+        if settings.port_file is not None:
+            settings.port_file.unlink(missing_ok=True)
+    log.info("stopped")

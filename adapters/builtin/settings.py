@@ -1,0 +1,78 @@
+"""The built-in runtime's settings: one typed object, filled from command-line flags by `parse_args`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    host: str = "127.0.0.1"
+    """Address to bind; the runtime serves only the router on its own host by default."""
+    port: int = 0
+    """Port to bind; 0 picks a free one, which is then written to `port_file`."""
+    port_file: Path | None = None
+    """Where to write {"port": N, "pid": P, "instance_id": ID} (atomically) once serving."""
+    capacity_bytes: int = 256 * 1024 * 1024
+    """Reported in runtimeStatus. The router enforces it; this process loads whatever it is asked to."""
+    instance_id: str = ""
+    """Names this process in logs and the port file; defaults to <hostname>-<pid>."""
+    max_loading_concurrency: int = 2
+    """Loads that may run at once; further loadModel calls wait their turn."""
+    load_timeout_ms: int = 30_000
+    """Reported in runtimeStatus, and enforced: a load that takes longer fails with DEADLINE_EXCEEDED."""
+    default_model_size_bytes: int = 1024 * 1024
+    """Reported in runtimeStatus: the size the router assumes before it knows better."""
+    parent_pid: int | None = None
+    """Stop (gracefully) once this process is gone, so a parent that dies without stopping us leaves no orphan."""
+    shutdown_grace_s: float = 5.0
+    """On SIGTERM/SIGINT, how long in-flight calls get to finish."""
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest gRPC message sent or received (the default 4 MiB is too small for tensors)."""
+    log_level: str = "INFO"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> RuntimeSettings:
+    """Settings from command-line flags (`argv`, or sys.argv[1:] when None)."""
+    d = RuntimeSettings()
+    parser = argparse.ArgumentParser(
+        prog="python -m adapters.builtin",
+        description="mesh's built-in Python model runtime: mmesh.ModelRuntime and inference.GRPCInferenceService",
+    )
+    parser.add_argument("--host", default=d.host)
+    parser.add_argument("--port", type=int, default=d.port, help="0 (default) binds a free port")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here as JSON once serving")
+    parser.add_argument("--capacity-bytes", type=_positive, default=d.capacity_bytes)
+    parser.add_argument("--instance-id", default="")
+    parser.add_argument("--max-loading-concurrency", type=_positive, default=d.max_loading_concurrency)
+    parser.add_argument("--load-timeout-ms", type=_positive, default=d.load_timeout_ms)
+    parser.add_argument("--default-model-size-bytes", type=_positive, default=d.default_model_size_bytes)
+    parser.add_argument("--parent-pid", type=_positive, help="stop when this process exits")
+    parser.add_argument("--shutdown-grace-s", type=float, default=d.shutdown_grace_s)
+    parser.add_argument("--log-level", default=d.log_level)
+    args = parser.parse_args(argv)
+    return RuntimeSettings(
+        host=args.host,
+        port=args.port,
+        port_file=args.port_file,
+        capacity_bytes=args.capacity_bytes,
+        instance_id=args.instance_id or f"{socket.gethostname()}-{os.getpid()}",
+        max_loading_concurrency=args.max_loading_concurrency,
+        load_timeout_ms=args.load_timeout_ms,
+        default_model_size_bytes=args.default_model_size_bytes,
+        parent_pid=args.parent_pid,
+        shutdown_grace_s=args.shutdown_grace_s,
+        log_level=args.log_level.upper(),
+    )

@@ -1,0 +1,61 @@
+"""Settings for the router, in one typed object read from flags and MESH_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the router can be told; env var MESH_<FIELD> (upper case) overrides the default."""
+
+    host: str = "127.0.0.1"
+    """Address both front doors bind; 0.0.0.0 to serve other machines."""
+    grpc_port: int = 8033
+    """gRPC front door (inference + management API); 0 picks a free port."""
+    rest_port: int = 8008
+    """REST front door (/v2/...); 0 picks a free port, -1 disables it."""
+    data_dir: str = ".mesh"
+    """Where the embedded store and the example models live."""
+    kv: str = ""
+    """Placement state store: memory:// (lost on exit), file://PATH, or empty for DATA_DIR/kv.log."""
+    kv_prefix: str = "mesh"
+    """Key prefix, so two meshes can share one store."""
+    instance_lease_seconds: float = 10.0
+    """A runtime instance whose record is not refreshed within this time disappears from routing."""
+    load_failure_backoff_seconds: float = 30.0
+    """A model that failed to load on an instance is not retried there before this has passed."""
+    unreachable_retry_seconds: float = 5.0
+    """A runtime instance that did not answer gets no loads or requests for this long, then one more try."""
+    load_timeout_seconds: float = 90.0
+    """Upper bound for one loadModel call when the runtime does not state its own."""
+    predict_size_timeout_seconds: float = 0.5
+    """predictModelSize must answer almost at once; past this the runtime's default size is used."""
+    last_used_flush_seconds: float = 5.0
+    """How often recency is written back to the store (batched, never per request)."""
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest gRPC message and REST body accepted and forwarded."""
+
+    def kv_url(self) -> str:
+        return self.kv or f"file://{os.path.abspath(os.path.join(self.data_dir, 'kv.log'))}"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then MESH_* variables, then explicit overrides that are not None."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"MESH_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(raw, type(getattr(cls, f.name)), f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(raw: str, kind: type, name: str) -> Any:
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"MESH_{name.upper()}={raw!r} is not a valid {kind.__name__}") from exc

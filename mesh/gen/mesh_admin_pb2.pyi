@@ -1,0 +1,42 @@
+from mesh.gen import model_mesh_pb2 as _model_mesh_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelEntry(_message.Message):
+    __slots__ = ("modelId", "modelInfo", "status", "sizeInBytes", "lastUsedTime")
+    MODELID_FIELD_NUMBER: _ClassVar[int]
+    MODELINFO_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
+    LASTUSEDTIME_FIELD_NUMBER: _ClassVar[int]
+    modelId: str
+    modelInfo: _model_mesh_pb2.ModelInfo
+    status: _model_mesh_pb2.ModelStatusInfo
+    sizeInBytes: int
+    lastUsedTime: int
+    def __init__(self, modelId: _Optional[str] = ..., modelInfo: _Optional[_Union[_model_mesh_pb2.ModelInfo, _Mapping]] = ..., status: _Optional[_Union[_model_mesh_pb2.ModelStatusInfo, _Mapping]] = ..., sizeInBytes: _Optional[int] = ..., lastUsedTime: _Optional[int] = ...) -> None: ...
+
+class VModelEntry(_message.Message):
+    __slots__ = ("vModelId", "status")
+    VMODELID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    vModelId: str
+    status: _model_mesh_pb2.VModelStatusInfo
+    def __init__(self, vModelId: _Optional[str] = ..., status: _Optional[_Union[_model_mesh_pb2.VModelStatusInfo, _Mapping]] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "vmodels")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    VMODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelEntry]
+    vmodels: _containers.RepeatedCompositeFieldContainer[VModelEntry]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelEntry, _Mapping]]] = ..., vmodels: _Optional[_Iterable[_Union[VModelEntry, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,394 @@
+"""Load on miss, single-flight, eviction and failure records: the placement decisions of one router.
+
+Routing an already-loaded model reads only the local view (no store round trip) and notes the time of use in
+memory; recency reaches the store in batches (flush_last_used). A miss starts at most one load per model in
+this router; every request for that model awaits the same future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import grpc
+
+from mesh.config import Settings
+from mesh.errors import ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
+from mesh.kv.base import KV
+from mesh.placement import policy
+from mesh.placement.instances import InstanceRegistry
+from mesh.placement.records import (
+    CopyRecord,
+    CopyState,
+    Keys,
+    Kind,
+    LoadFailure,
+    ModelRecord,
+    PlacementRecord,
+    now_ms,
+)
+from mesh.placement.store import UNCHANGED, RecordStore
+from mesh.placement.view import LocalView
+from mesh.runtime import RuntimeClient
+
+log = logging.getLogger(__name__)
+
+
+class _InstanceUnreachable(Exception):
+    """A runtime did not answer a load: not the model's fault, so no failure is recorded against it."""
+
+
+@dataclass(slots=True)
+class CopyLease:
+    """A request's hold on one copy: while held, the copy is not evicted."""
+
+    manager: PlacementManager
+    model_id: str
+    instance_id: str
+    client: RuntimeClient
+
+    def __enter__(self) -> CopyLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.manager._release(self.model_id, self.instance_id)
+
+
+class PlacementManager:
+    def __init__(self, kv: KV, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.kv_prefix)
+        self.view = LocalView(kv, self.keys)
+        self.store = RecordStore(kv, self.view)
+        self.instances = InstanceRegistry(
+            kv, self.view, self.store, settings.instance_lease_seconds, settings.max_message_bytes
+        )
+        self._loads: dict[str, asyncio.Task[str]] = {}
+        self._decide = asyncio.Lock()
+        self._in_flight: Counter[tuple[str, str]] = Counter()
+        self._evicting: set[tuple[str, str]] = set()
+        self._loads_on: Counter[str] = Counter()
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._last_used: dict[str, int] = {}
+        self._used_since_flush: set[str] = set()
+        self._flush_task: asyncio.Task[None] | None = None
+        # Instance id → monotonic time until which it is left alone after failing to answer.
+        self._unreachable: dict[str, float] = {}
+
+    async def start(self) -> None:
+        await self.view.start()
+        self._flush_task = asyncio.create_task(self._flush_periodically(), name="last-used-flush")
+
+    async def stop(self) -> None:
+        if self._flush_task:
+            self._flush_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush_task
+        for task in list(self._loads.values()):
+            task.cancel()
+        await asyncio.gather(*self._loads.values(), return_exceptions=True)
+        await self.flush_last_used()
+        await self.instances.close()
+        await self.view.stop()
+
+    # ---- instances -------------------------------------------------------------------------------------
+
+    async def add_instance(self, instance_id: str, endpoint: str, model_types: tuple[str, ...] = ()) -> None:
+        """Register a runtime instance; it starts empty, so any copies recorded on it are dropped."""
+        await self.instances.add(instance_id, endpoint, model_types)
+        self._unreachable.pop(instance_id, None)
+        for model_id, placement in list(self.view.placements.items()):
+            if instance_id in placement.record.copies:
+                await self._drop_copy(model_id, instance_id)
+
+    # ---- the data path ---------------------------------------------------------------------------------
+
+    def loaded_copy(self, model_id: str) -> CopyLease | None:
+        """A loaded copy to send a request to (the least busy), or None. No I/O."""
+        placement = self.view.placements.get(model_id)
+        if placement is None:
+            return None
+        best: str | None = None
+        for instance_id, copy in placement.record.copies.items():
+            if copy.state is not CopyState.LOADED or (model_id, instance_id) in self._evicting:
+                continue
+            if instance_id not in self.view.instances or not self.reachable(instance_id):
+                continue
+            if best is None or self._in_flight[(model_id, instance_id)] < self._in_flight[(model_id, best)]:
+                best = instance_id
+        if best is None:
+            return None
+        self._in_flight[(model_id, best)] += 1
+        self._last_used[model_id] = now_ms()
+        self._used_since_flush.add(model_id)
+        return CopyLease(self, model_id, best, self.instances.client(best))
+
+    async def acquire(self, model_id: str) -> CopyLease:
+        """A copy of the model, loading one first when none is loaded (one load however many callers)."""
+        lease = self.loaded_copy(model_id)
+        while lease is None:
+            await self.ensure_loaded(model_id)
+            lease = self.loaded_copy(model_id)
+        return lease
+
+    def _release(self, model_id: str, instance_id: str) -> None:
+        key = (model_id, instance_id)
+        self._in_flight[key] -= 1
+        if self._in_flight[key] <= 0:
+            del self._in_flight[key]
+
+    def loading(self, model_id: str) -> bool:
+        return model_id in self._loads
+
+    async def ensure_loaded(self, model_id: str) -> str:
+        """The instance holding a loaded copy, starting the one load for this model if there is none."""
+        placement = self.view.placements.get(model_id)
+        if placement:
+            for instance_id in placement.record.loaded_on():
+                if instance_id in self.view.instances:
+                    return instance_id
+        task = self._loads.get(model_id)
+        if task is None:
+            task = asyncio.create_task(self._load(model_id), name=f"load-{model_id}")
+            self._loads[model_id] = task
+            task.add_done_callback(lambda _t: self._loads.pop(model_id, None))
+        # Shielded: a caller that gives up (deadline, disconnect) must not cancel the load the others await.
+        return await asyncio.shield(task)
+
+    async def copy_lost(self, model_id: str, instance_id: str, reason: str, unreachable: bool) -> None:
+        """A copy the view lists is not there: the runtime said so, or did not answer at all."""
+        log.warning("copy of model %s on %s is gone (%s); dropping it", model_id, instance_id, reason)
+        if unreachable:
+            self.mark_unreachable(instance_id, reason)
+        await self._drop_copy(model_id, instance_id)
+
+    # ---- loading ---------------------------------------------------------------------------------------
+
+    async def _load(self, model_id: str) -> str:
+        """Place and load one copy; an unreachable instance is set aside and the next best one tried."""
+        model = self._model(model_id)
+        size = await self._size_estimate(model)
+        while True:
+            async with self._decide:
+                choice = self._choose(model, size)
+                for victim in choice.victims:
+                    self._evicting.add((victim.model_id, choice.instance_id))
+                await self._record_copy(model_id, choice.instance_id, CopyRecord(CopyState.LOADING, now_ms(), size))
+                self._loads_on[choice.instance_id] += 1
+            try:
+                return await self._load_at(model, choice)
+            except _InstanceUnreachable:
+                continue  # _choose no longer offers that instance; it raises when nothing is left
+
+    async def _load_at(self, model: ModelRecord, choice: policy.Placement) -> str:
+        model_id, instance_id = model.model_id, choice.instance_id
+        started = time.perf_counter()
+        done = False
+        try:
+            await self._evict(instance_id, choice.victims, for_model=model_id)
+            size = await self._load_on(instance_id, model)
+            done = True
+        except grpc.aio.AioRpcError as exc:
+            message = f"{exc.code().name}: {exc.details()}"
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                self.mark_unreachable(instance_id, message)
+                raise _InstanceUnreachable(instance_id) from exc
+            failure = LoadFailure(message, now_ms())
+            await self.store.update(
+                Kind.PLACEMENT, model_id, lambda p: (p or PlacementRecord()).with_failure(instance_id, failure)
+            )
+            log.error(
+                "load of model %s on %s failed after %.0f ms: %s",
+                model_id,
+                instance_id,
+                (time.perf_counter() - started) * 1000,
+                message,
+            )
+            raise ModelLoadFailed(f"model '{model_id}' failed to load on instance '{instance_id}': {message}") from exc
+        finally:
+            self._loads_on[instance_id] -= 1
+            if not done:
+                await self._drop_copy(model_id, instance_id, only_if=CopyState.LOADING)
+        await self._record_copy(model_id, instance_id, CopyRecord(CopyState.LOADED, now_ms(), size))
+        log.info(
+            "loaded model %s on %s in %.0f ms (%d bytes)",
+            model_id,
+            instance_id,
+            (time.perf_counter() - started) * 1000,
+            size,
+        )
+        await self._trim(instance_id, keep=model_id)
+        return instance_id
+
+    def mark_unreachable(self, instance_id: str, reason: str) -> None:
+        """Keep new loads and requests off an instance that did not answer, for a while."""
+        if instance_id not in self._unreachable:
+            log.warning("runtime instance %s is unreachable (%s); routing around it", instance_id, reason)
+        self._unreachable[instance_id] = time.monotonic() + self.settings.unreachable_retry_seconds
+
+    def reachable(self, instance_id: str) -> bool:
+        until = self._unreachable.get(instance_id)
+        if until is None:
+            return True
+        if time.monotonic() >= until:
+            del self._unreachable[instance_id]  # worth one more try
+            return True
+        return False
+
+    async def _record_copy(self, model_id: str, instance_id: str, copy: CopyRecord) -> None:
+        await self.store.update(
+            Kind.PLACEMENT, model_id, lambda p: (p or PlacementRecord()).with_copy(instance_id, copy)
+        )
+
+    async def _load_on(self, instance_id: str, model: ModelRecord) -> int:
+        record = self.view.instances[instance_id].record
+        slots = self._slots.setdefault(instance_id, asyncio.Semaphore(record.loading_slots))
+        timeout = record.load_timeout_ms / 1000 if record.load_timeout_ms else self.settings.load_timeout_seconds
+        async with slots:
+            return await self.instances.client(instance_id).load(model, timeout)
+
+    def _model(self, model_id: str) -> ModelRecord:
+        known = self.view.models.get(model_id)
+        if known is None:
+            raise ModelNotFound(model_id)
+        return known.record
+
+    def _choose(self, model: ModelRecord, size: int) -> policy.Placement:
+        placement = self.view.placements.get(model.model_id)
+        record = placement.record if placement else PlacementRecord()
+        failed = self._recent_failures(record)
+        excluded = frozenset(record.copies) | frozenset(failed)
+        choice = policy.choose_instance(model.model_type, size, self._instance_views(), excluded)
+        if choice is not None:
+            return choice
+        if failed:
+            instance_id, failure = max(failed.items(), key=lambda f: f[1].time_ms)
+            retry_in = self.settings.load_failure_backoff_seconds - (now_ms() - failure.time_ms) / 1000
+            raise ModelLoadFailed(
+                f"model '{model.model_id}' failed to load on instance '{instance_id}': {failure.message}"
+                f" (not retried for another {max(retry_in, 0):.0f}s)"
+            )
+        unreachable = sorted(
+            i for i, v in self.view.instances.items() if v.record.supports(model.model_type) and not self.reachable(i)
+        )
+        if unreachable:
+            raise Unavailable(
+                f"cannot place model '{model.model_id}': runtime instance(s) {', '.join(unreachable)}"
+                " did not answer; retry shortly"
+            )
+        reason, retryable = policy.why_unplaceable(
+            model.model_type, size, [v.record for v in self.view.instances.values()]
+        )
+        error = Unavailable if retryable else NoCapacity
+        raise error(f"cannot place model '{model.model_id}': {reason}")
+
+    def _recent_failures(self, record: PlacementRecord) -> dict[str, LoadFailure]:
+        horizon = now_ms() - self.settings.load_failure_backoff_seconds * 1000
+        return {i: f for i, f in record.failures.items() if f.time_ms > horizon and i in self.view.instances}
+
+    def _instance_views(self) -> list[policy.InstanceView]:
+        resident: defaultdict[str, list[policy.ResidentCopy]] = defaultdict(list)
+        for model_id, placement in self.view.placements.items():
+            record = placement.record
+            last_used = max(record.last_used_ms, self._last_used.get(model_id, 0))
+            for instance_id, copy in record.copies.items():
+                key = (model_id, instance_id)
+                evictable = copy.state is CopyState.LOADED and key not in self._evicting and not self._in_flight[key]
+                resident[instance_id].append(policy.ResidentCopy(model_id, copy.size_bytes, last_used, evictable))
+        return [
+            policy.InstanceView(known.record, resident[instance_id], self._loads_on[instance_id])
+            for instance_id, known in self.view.instances.items()
+            if self.reachable(instance_id)
+        ]
+
+    async def _size_estimate(self, model: ModelRecord) -> int:
+        placement = self.view.placements.get(model.model_id)
+        if placement and placement.record.size_bytes:
+            return placement.record.size_bytes
+        candidates = [v.record for v in self.view.instances.values() if v.record.supports(model.model_type)]
+        if not candidates:
+            return 0
+        try:
+            predicted = await self.instances.client(candidates[0].instance_id).predict_size(
+                model, self.settings.predict_size_timeout_seconds
+            )
+        except grpc.aio.AioRpcError:
+            predicted = 0
+        return predicted or candidates[0].default_model_size
+
+    # ---- eviction and unloading ------------------------------------------------------------------------
+
+    async def _evict(self, instance_id: str, victims: tuple[policy.ResidentCopy, ...], for_model: str) -> None:
+        for victim in victims:
+            age_s = (now_ms() - victim.last_used_ms) / 1000 if victim.last_used_ms else float("inf")
+            log.info(
+                "evicting model %s from %s (last used %.0fs ago) to make room for %s",
+                victim.model_id,
+                instance_id,
+                age_s,
+                for_model,
+            )
+            try:
+                await self.unload_copy(victim.model_id, instance_id)
+            finally:
+                self._evicting.discard((victim.model_id, instance_id))
+
+    async def _trim(self, instance_id: str, keep: str) -> None:
+        """Evict LRU copies when measured sizes overflow an instance (predictions can be low)."""
+        for inst in self._instance_views():
+            if inst.record.instance_id != instance_id:
+                continue
+            victims = tuple(v for v in policy.over_capacity(inst) if v.model_id != keep)
+            for victim in victims:
+                self._evicting.add((victim.model_id, instance_id))
+            await self._evict(instance_id, victims, for_model=keep)
+
+    async def unload_copy(self, model_id: str, instance_id: str) -> None:
+        """Stop routing to a copy, then unload it from its runtime."""
+        await self._drop_copy(model_id, instance_id)
+        started = time.perf_counter()
+        try:
+            await self.instances.client(instance_id).unload(model_id)
+        except (grpc.aio.AioRpcError, Unavailable) as exc:
+            log.warning("unload of model %s from %s failed: %s", model_id, instance_id, exc)
+            return
+        log.info("unloaded model %s from %s in %.0f ms", model_id, instance_id, (time.perf_counter() - started) * 1000)
+
+    async def _drop_copy(self, model_id: str, instance_id: str, only_if: CopyState | None = None) -> None:
+        def change(p: PlacementRecord | None) -> object:
+            copy = p.copies.get(instance_id) if p else None
+            if copy is None or (only_if is not None and copy.state is not only_if):
+                return UNCHANGED
+            return p.without_copy(instance_id)  # type: ignore[union-attr]
+
+        await self.store.update(Kind.PLACEMENT, model_id, change)
+
+    # ---- recency -----------------------------------------------------------------------------------------
+
+    async def flush_last_used(self) -> None:
+        """Write the in-memory recency to the store, one CAS per model used since the last flush."""
+        pending, self._used_since_flush = self._used_since_flush, set()
+        for model_id in pending:
+            used_ms = self._last_used.get(model_id, 0)
+
+            def change(p: PlacementRecord | None, used_ms: int = used_ms) -> object:
+                return p.used_at(used_ms) if p and p.last_used_ms < used_ms else UNCHANGED
+
+            await self.store.update(Kind.PLACEMENT, model_id, change)
+
+    def last_used_ms(self, model_id: str) -> int:
+        placement = self.view.placements.get(model_id)
+        stored = placement.record.last_used_ms if placement else 0
+        return max(stored, self._last_used.get(model_id, 0))
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.last_used_flush_seconds)
+            try:
+                await self.flush_last_used()
+            except Exception:  # noqa: BLE001 - a failed flush is retried next period; it must not stop
+                log.exception("flushing last-used times failed")

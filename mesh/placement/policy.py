@@ -1,0 +1,108 @@
+"""Choosing where a model loads and which copies make room: pure functions over records, no I/O.
+
+The ranking follows ModelMesh's placement order in spirit: an instance that fits the model without evicting
+anything beats one that must evict; among those that fit, fewer loads in flight, then more free space; among
+those that must evict, the one whose victims were used least recently (this is what makes the LRU
+cluster-wide rather than per instance), then fewer victims. Ties break on instance id so a decision is
+deterministic for the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from mesh.placement.records import InstanceRecord
+
+
+@dataclass(frozen=True)
+class ResidentCopy:
+    """A copy on an instance, as eviction sees it."""
+
+    model_id: str
+    size_bytes: int
+    last_used_ms: int
+    # Loading copies and copies serving requests right now are never victims.
+    evictable: bool
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    record: InstanceRecord
+    copies: Sequence[ResidentCopy]
+    loads_in_flight: int = 0
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(c.size_bytes for c in self.copies)
+
+    @property
+    def free_bytes(self) -> int:
+        return self.record.capacity_bytes - self.used_bytes
+
+
+@dataclass(frozen=True)
+class Placement:
+    instance_id: str
+    victims: tuple[ResidentCopy, ...]
+
+
+def victims_for(instance: InstanceView, size_bytes: int) -> tuple[ResidentCopy, ...] | None:
+    """The least recently used evictable copies whose removal frees size_bytes; None if impossible."""
+    needed = size_bytes - instance.free_bytes
+    if needed <= 0:
+        return ()
+    chosen: list[ResidentCopy] = []
+    for copy in sorted((c for c in instance.copies if c.evictable), key=lambda c: (c.last_used_ms, c.model_id)):
+        chosen.append(copy)
+        needed -= copy.size_bytes
+        if needed <= 0:
+            return tuple(chosen)
+    return None
+
+
+def choose_instance(
+    model_type: str,
+    size_bytes: int,
+    instances: Iterable[InstanceView],
+    excluded: frozenset[str] = frozenset(),
+) -> Placement | None:
+    """The best instance for a new copy, with the copies to evict first; None when nothing can hold it.
+
+    `excluded` holds instances that already have a copy or recently failed to load this model.
+    """
+    ranked: list[tuple[tuple, Placement]] = []
+    for inst in instances:
+        rec = inst.record
+        if rec.instance_id in excluded or not rec.supports(model_type) or size_bytes > rec.capacity_bytes:
+            continue
+        victims = victims_for(inst, size_bytes)
+        if victims is None:
+            continue
+        if victims:
+            newest_victim_use = max(v.last_used_ms for v in victims)
+            rank: tuple = (1, newest_victim_use, len(victims), inst.loads_in_flight, rec.instance_id)
+        else:
+            rank = (0, inst.loads_in_flight, -inst.free_bytes, len(inst.copies), rec.instance_id)
+        ranked.append((rank, Placement(rec.instance_id, victims)))
+    return min(ranked, key=lambda r: r[0])[1] if ranked else None
+
+
+def over_capacity(instance: InstanceView) -> tuple[ResidentCopy, ...]:
+    """Copies to evict when a measured size turned out larger than predicted and the instance overflows."""
+    if instance.free_bytes >= 0:
+        return ()
+    return victims_for(instance, 0) or ()
+
+
+def why_unplaceable(model_type: str, size_bytes: int, instances: Sequence[InstanceRecord]) -> tuple[str, bool]:
+    """Why choose_instance found nowhere to load, and whether trying again later can help."""
+    typed = [i for i in instances if i.supports(model_type)]
+    if not instances:
+        return "no runtime instances are registered", True
+    if not typed:
+        return f"no runtime instance supports model type '{model_type}'", False
+    largest = max(i.capacity_bytes for i in typed)
+    if size_bytes > largest:
+        return f"it needs {size_bytes} bytes but the largest instance for '{model_type}' holds {largest}", False
+    return "every instance that could hold it is busy loading or serving the models it would evict", True

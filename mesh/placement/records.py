@@ -1,0 +1,180 @@
+"""The records placement keeps in the KV store, and the keys they live under.
+
+Small JSON records, one key each, so every update is a compare-and-swap on that key's mod revision:
+  <prefix>/models/<id>      ModelRecord      what was registered (survives restarts)
+  <prefix>/placements/<id>  PlacementRecord  where copies are, their state, load failures, last use
+  <prefix>/vmodels/<id>     VModelRecord     alias → concrete model
+  <prefix>/instances/<id>   InstanceRecord   a runtime instance, bound to a lease
+Ids are percent-encoded in keys so any string (including '/') is a valid id.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Self
+from urllib.parse import quote, unquote
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Kind(enum.Enum):
+    MODEL = "models"
+    PLACEMENT = "placements"
+    VMODEL = "vmodels"
+    INSTANCE = "instances"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key layout under one prefix."""
+
+    prefix: str
+
+    def key(self, kind: Kind, record_id: str) -> str:
+        return f"{self.prefix}/{kind.value}/{quote(record_id, safe='')}"
+
+    def kind_prefix(self, kind: Kind) -> str:
+        return f"{self.prefix}/{kind.value}/"
+
+    @property
+    def root(self) -> str:
+        return f"{self.prefix}/"
+
+    def parse(self, key: str) -> tuple[Kind, str] | None:
+        """(kind, id) for a key under this prefix, None for anything else."""
+        if not key.startswith(self.root):
+            return None
+        kind_name, _, encoded = key[len(self.root) :].partition("/")
+        try:
+            return Kind(kind_name), unquote(encoded)
+        except ValueError:
+            return None
+
+
+class _Record:
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()  # type: ignore[call-overload]
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        return cls.from_dict(json.loads(data))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Self:
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class ModelRecord(_Record):
+    model_id: str
+    model_type: str
+    path: str = ""
+    key: str = ""
+    registered_ms: int = 0
+
+    def same_spec(self, other: ModelRecord) -> bool:
+        return (self.model_type, self.path, self.key) == (other.model_type, other.path, other.key)
+
+
+class CopyState(enum.StrEnum):
+    LOADING = "LOADING"
+    LOADED = "LOADED"
+
+
+@dataclass(frozen=True)
+class CopyRecord(_Record):
+    state: CopyState
+    since_ms: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class LoadFailure(_Record):
+    message: str
+    time_ms: int
+
+
+@dataclass(frozen=True)
+class PlacementRecord(_Record):
+    """Where a model's copies are. Keyed by instance id."""
+
+    copies: dict[str, CopyRecord] = field(default_factory=dict)
+    failures: dict[str, LoadFailure] = field(default_factory=dict)
+    last_used_ms: int = 0
+    # The best size known: predicted before the first load, measured after.
+    size_bytes: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Self:
+        return cls(
+            copies={
+                i: CopyRecord(CopyState(c["state"]), c["since_ms"], c["size_bytes"])
+                for i, c in raw.get("copies", {}).items()
+            },
+            failures={i: LoadFailure(**f) for i, f in raw.get("failures", {}).items()},
+            last_used_ms=raw.get("last_used_ms", 0),
+            size_bytes=raw.get("size_bytes", 0),
+        )
+
+    def loaded_on(self) -> list[str]:
+        return [i for i, c in self.copies.items() if c.state is CopyState.LOADED]
+
+    def with_copy(self, instance_id: str, copy: CopyRecord) -> PlacementRecord:
+        failures = {i: f for i, f in self.failures.items() if i != instance_id}
+        size = copy.size_bytes if copy.state is CopyState.LOADED else self.size_bytes or copy.size_bytes
+        return PlacementRecord({**self.copies, instance_id: copy}, failures, self.last_used_ms, size)
+
+    def without_copy(self, instance_id: str) -> PlacementRecord:
+        copies = {i: c for i, c in self.copies.items() if i != instance_id}
+        return PlacementRecord(copies, self.failures, self.last_used_ms, self.size_bytes)
+
+    def with_failure(self, instance_id: str, failure: LoadFailure) -> PlacementRecord:
+        copies = {i: c for i, c in self.copies.items() if i != instance_id}
+        return PlacementRecord(copies, {**self.failures, instance_id: failure}, self.last_used_ms, self.size_bytes)
+
+    def used_at(self, last_used_ms: int) -> PlacementRecord:
+        return PlacementRecord(self.copies, self.failures, max(self.last_used_ms, last_used_ms), self.size_bytes)
+
+
+@dataclass(frozen=True)
+class InstanceRecord(_Record):
+    """A runtime instance as the router sees it: where it is and how much it can hold."""
+
+    instance_id: str
+    endpoint: str
+    capacity_bytes: int
+    # Model types the runtime loads; empty means any.
+    model_types: tuple[str, ...] = ()
+    loading_slots: int = 1
+    default_model_size: int = 1_000_000
+    load_timeout_ms: int = 0
+    # "package.Service/Method" → field-number path where the model id is injected.
+    methods: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    started_ms: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Self:
+        raw = dict(raw)
+        raw["model_types"] = tuple(raw.get("model_types", ()))
+        raw["methods"] = {m: tuple(p) for m, p in raw.get("methods", {}).items()}
+        return cls(**raw)
+
+    def supports(self, model_type: str) -> bool:
+        return not self.model_types or model_type in self.model_types
+
+
+@dataclass(frozen=True)
+class VModelRecord(_Record):
+    """An alias: requests for the vmodel go to active_model_id until target_model_id has loaded."""
+
+    vmodel_id: str
+    active_model_id: str
+    target_model_id: str
+    owner: str = ""
+    auto_delete: bool = False
+    failed: bool = False

@@ -1,0 +1,296 @@
+"""Registration of models and vmodels, and their status: the management API's library core."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass, field
+
+from mesh.errors import AlreadyExists, Conflict, InvalidArgument, MeshError, ModelNotFound
+from mesh.placement.manager import PlacementManager
+from mesh.placement.records import CopyState, Kind, ModelRecord, VModelRecord, now_ms
+from mesh.placement.store import UNCHANGED
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(enum.Enum):
+    # Names and order follow mmesh.ModelStatusInfo.ModelStatus.
+    NOT_FOUND = 0
+    NOT_LOADED = 1
+    LOADING = 2
+    LOADED = 3
+    LOADING_FAILED = 4
+
+
+class VModelState(enum.Enum):
+    NOT_FOUND = 0
+    DEFINED = 1
+    TRANSITIONING = 2
+    TRANSITION_FAILED = 3
+
+
+@dataclass(frozen=True)
+class CopyStatus:
+    instance_id: str
+    state: ModelState
+    time_ms: int
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    state: ModelState
+    errors: list[str] = field(default_factory=list)
+    copies: list[CopyStatus] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class VModelStatus:
+    state: VModelState
+    active_model_id: str = ""
+    target_model_id: str = ""
+    active: ModelStatus = ModelStatus(ModelState.NOT_FOUND)
+    target: ModelStatus = ModelStatus(ModelState.NOT_FOUND)
+    owner: str = ""
+
+
+def _require_id(value: str, what: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{what} must not be empty")
+    return value
+
+
+class ModelRegistry:
+    def __init__(self, manager: PlacementManager) -> None:
+        self._manager = manager
+        self._view = manager.view
+        self._store = manager.store
+        self._background: set[asyncio.Task[object]] = set()
+
+    # ---- lookups for the data path -------------------------------------------------------------------
+
+    def resolve(self, name: str, vmodel: bool | None = None) -> str:
+        """The concrete model id a request names: vmodel=True/False from a header, None for model_name."""
+        if vmodel is not False:
+            alias = self._view.vmodels.get(name)
+            if alias is not None:
+                return alias.record.active_model_id
+            if vmodel:
+                raise ModelNotFound(name, "vmodel")
+        if name in self._view.models:
+            return name
+        raise ModelNotFound(name)
+
+    def models(self) -> list[ModelRecord]:
+        return [v.record for v in self._view.models.values()]
+
+    def vmodels(self) -> list[VModelRecord]:
+        return [v.record for v in self._view.vmodels.values()]
+
+    def size_bytes(self, model_id: str) -> int:
+        """The best size known: measured after a load, predicted before (0 when never placed)."""
+        placement = self._view.placements.get(model_id)
+        return placement.record.size_bytes if placement else 0
+
+    def last_used_ms(self, model_id: str) -> int:
+        return self._manager.last_used_ms(model_id)
+
+    # ---- models --------------------------------------------------------------------------------------
+
+    async def register(self, model: ModelRecord, load_now: bool = False, sync: bool = False) -> ModelStatus:
+        """Add a model; the same spec again is a no-op, a different spec under the same id is refused."""
+        _require_id(model.model_id, "modelId")
+        _require_id(model.model_type, f"modelInfo.type of model '{model.model_id}'")
+        stamped = ModelRecord(model.model_id, model.model_type, model.path, model.key, model.registered_ms or now_ms())
+
+        def change(current: ModelRecord | None) -> object:
+            if current is None:
+                return stamped
+            if not current.same_spec(stamped):
+                raise AlreadyExists(
+                    f"model '{model.model_id}' is already registered with type '{current.model_type}' and path "
+                    f"'{current.path}'; unregister it first or use a new id"
+                )
+            return UNCHANGED
+
+        await self._store.update(Kind.MODEL, model.model_id, change)
+        if load_now:
+            await self._load(model.model_id, sync)
+        return self.status(model.model_id)
+
+    async def unregister(self, model_id: str) -> None:
+        """Remove a model and unload its copies; unknown ids are a no-op (as in ModelMesh)."""
+        users = [v.vmodel_id for v in self.vmodels() if model_id in (v.active_model_id, v.target_model_id)]
+        if users:
+            raise Conflict(f"model '{model_id}' is still used by vmodel(s) {', '.join(sorted(users))}")
+        if model_id not in self._view.models:
+            return
+        await self._store.update(Kind.MODEL, model_id, lambda _: None)
+        placement = self._view.placements.get(model_id)
+        for instance_id in list(placement.record.copies) if placement else []:
+            await self._manager.unload_copy(model_id, instance_id)
+        await self._store.update(Kind.PLACEMENT, model_id, lambda _: None)
+        log.info("unregistered model %s", model_id)
+
+    async def ensure_loaded(self, model_id: str, sync: bool) -> ModelStatus:
+        if model_id not in self._view.models:
+            raise ModelNotFound(model_id)
+        await self._load(model_id, sync)
+        return self.status(model_id)
+
+    async def _load(self, model_id: str, sync: bool) -> None:
+        if sync:
+            try:
+                await self._manager.ensure_loaded(model_id)
+            except MeshError:
+                pass  # recorded as a failure; the status returned says so
+            return
+        self._spawn(self._manager.ensure_loaded(model_id))
+
+    def status(self, model_id: str) -> ModelStatus:
+        if model_id not in self._view.models:
+            return ModelStatus(ModelState.NOT_FOUND)
+        placement = self._view.placements.get(model_id)
+        copies: list[CopyStatus] = []
+        errors: list[str] = []
+        if placement:
+            live = self._view.instances
+            for instance_id, copy in placement.record.copies.items():
+                if instance_id in live:
+                    state = ModelState.LOADED if copy.state is CopyState.LOADED else ModelState.LOADING
+                    copies.append(CopyStatus(instance_id, state, copy.since_ms))
+            for instance_id, failure in placement.record.failures.items():
+                copies.append(CopyStatus(instance_id, ModelState.LOADING_FAILED, failure.time_ms))
+                errors.append(f"{instance_id}: {failure.message}")
+        copies.sort(key=lambda c: c.time_ms, reverse=True)
+        states = {c.state for c in copies}
+        if ModelState.LOADED in states:
+            state = ModelState.LOADED
+        elif ModelState.LOADING in states or self._manager.loading(model_id):
+            state = ModelState.LOADING
+        elif ModelState.LOADING_FAILED in states:
+            state = ModelState.LOADING_FAILED
+        else:
+            state = ModelState.NOT_LOADED
+        return ModelStatus(state, errors, copies)
+
+    # ---- vmodels -------------------------------------------------------------------------------------
+
+    async def set_vmodel(
+        self,
+        vmodel_id: str,
+        target_model_id: str,
+        *,
+        model: ModelRecord | None = None,
+        update_only: bool = False,
+        auto_delete: bool = False,
+        load_now: bool = False,
+        force: bool = False,
+        sync: bool = False,
+        expected_target: str = "",
+        owner: str = "",
+    ) -> VModelStatus:
+        """Point a vmodel at a model; the old target keeps serving until the new one has loaded."""
+        _require_id(vmodel_id, "vModelId")
+        _require_id(target_model_id, "targetModelId")
+        if model is not None and target_model_id not in self._view.models:
+            await self.register(ModelRecord(target_model_id, model.model_type, model.path, model.key))
+        if target_model_id not in self._view.models:
+            raise ModelNotFound(target_model_id)
+
+        def change(current: VModelRecord | None) -> object:
+            if current is None:
+                if update_only:
+                    raise ModelNotFound(vmodel_id, "vmodel")
+                return VModelRecord(vmodel_id, target_model_id, target_model_id, owner, auto_delete)
+            if owner and current.owner and owner != current.owner:
+                raise Conflict(f"vmodel '{vmodel_id}' belongs to owner '{current.owner}', not '{owner}'")
+            if expected_target and current.target_model_id != expected_target:
+                raise Conflict(
+                    f"vmodel '{vmodel_id}' targets '{current.target_model_id}', not the expected '{expected_target}'"
+                )
+            if current.target_model_id == target_model_id and not current.failed:
+                return UNCHANGED
+            active = target_model_id if force else current.active_model_id
+            return VModelRecord(vmodel_id, active, target_model_id, current.owner or owner, auto_delete)
+
+        record: VModelRecord = await self._store.update(Kind.VMODEL, vmodel_id, change)
+        if record.active_model_id != record.target_model_id or load_now:
+            transition = self._transition(vmodel_id, record.target_model_id)
+            if sync:
+                await transition
+            else:
+                self._spawn(transition)
+        return self.vmodel_status(vmodel_id)
+
+    async def _transition(self, vmodel_id: str, target: str) -> None:
+        try:
+            await self._manager.ensure_loaded(target)
+            failed = False
+        except MeshError as exc:
+            log.warning("vmodel %s: target %s did not load: %s", vmodel_id, target, exc.message)
+            failed = True
+        retired: list[str] = []
+
+        def change(current: VModelRecord | None) -> object:
+            if current is None or current.target_model_id != target:
+                return UNCHANGED  # deleted or retargeted meanwhile
+            if failed:
+                return VModelRecord(
+                    vmodel_id, current.active_model_id, target, current.owner, current.auto_delete, True
+                )
+            if current.active_model_id != target and current.auto_delete:
+                retired.append(current.active_model_id)
+            return VModelRecord(vmodel_id, target, target, current.owner, current.auto_delete)
+
+        await self._store.update(Kind.VMODEL, vmodel_id, change)
+        for model_id in retired:
+            await self._delete_if_unused(model_id)
+
+    async def delete_vmodel(self, vmodel_id: str, owner: str = "") -> None:
+        existing = self._view.vmodels.get(vmodel_id)
+        if existing is None:
+            return
+        record = existing.record
+        if owner and record.owner and owner != record.owner:
+            raise Conflict(f"vmodel '{vmodel_id}' belongs to owner '{record.owner}', not '{owner}'")
+        await self._store.update(Kind.VMODEL, vmodel_id, lambda _: None)
+        if record.auto_delete:
+            for model_id in {record.active_model_id, record.target_model_id}:
+                await self._delete_if_unused(model_id)
+
+    async def _delete_if_unused(self, model_id: str) -> None:
+        try:
+            await self.unregister(model_id)
+        except Conflict:
+            pass  # another vmodel still uses it
+
+    def vmodel_status(self, vmodel_id: str, owner: str = "") -> VModelStatus:
+        existing = self._view.vmodels.get(vmodel_id)
+        if existing is None or (owner and existing.record.owner and owner != existing.record.owner):
+            return VModelStatus(VModelState.NOT_FOUND)
+        record = existing.record
+        if record.active_model_id == record.target_model_id:
+            state = VModelState.DEFINED
+        else:
+            state = VModelState.TRANSITION_FAILED if record.failed else VModelState.TRANSITIONING
+        return VModelStatus(
+            state,
+            record.active_model_id,
+            record.target_model_id,
+            self.status(record.active_model_id),
+            self.status(record.target_model_id),
+            record.owner,
+        )
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: failures are recorded
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)

@@ -1,0 +1,148 @@
+"""The router's local copy of placement state, kept current by a prefix watch.
+
+The data path reads only this view, so routing an already-loaded model costs dict lookups and no store round
+trip. Every record carries the mod revision it was read at; a write's own result and the watch event for it
+may both arrive, and whichever is older is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from mesh.kv.base import KV, Compacted, EventType, KeyValue
+from mesh.placement.records import (
+    InstanceRecord,
+    Keys,
+    Kind,
+    ModelRecord,
+    PlacementRecord,
+    VModelRecord,
+)
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned(Generic[R]):
+    record: R
+    revision: int
+
+
+DECODERS: dict[Kind, Callable[[bytes], object]] = {
+    Kind.MODEL: ModelRecord.from_bytes,
+    Kind.PLACEMENT: PlacementRecord.from_bytes,
+    Kind.VMODEL: VModelRecord.from_bytes,
+    Kind.INSTANCE: InstanceRecord.from_bytes,
+}
+
+
+class LocalView:
+    """Models, placements, vmodels and instances by id, each with its mod revision."""
+
+    def __init__(self, kv: KV, keys: Keys) -> None:
+        self._kv = kv
+        self.keys = keys
+        self.tables: dict[Kind, dict[str, Versioned]] = {kind: {} for kind in Kind}
+        # Revision of the newest deletion per key, so a stale put arriving after a delete is not resurrected.
+        self._deleted_at: dict[tuple[Kind, str], int] = {}
+        self._revision = 0
+        self._watch_task: asyncio.Task[None] | None = None
+        self.on_change: list[Callable[[Kind, str], None]] = []
+
+    @property
+    def models(self) -> dict[str, Versioned[ModelRecord]]:
+        return self.tables[Kind.MODEL]
+
+    @property
+    def placements(self) -> dict[str, Versioned[PlacementRecord]]:
+        return self.tables[Kind.PLACEMENT]
+
+    @property
+    def vmodels(self) -> dict[str, Versioned[VModelRecord]]:
+        return self.tables[Kind.VMODEL]
+
+    @property
+    def instances(self) -> dict[str, Versioned[InstanceRecord]]:
+        return self.tables[Kind.INSTANCE]
+
+    async def start(self) -> None:
+        """Load everything under the prefix, then follow changes from the next revision on."""
+        kvs, revision = await self._kv.get_prefix(self.keys.root)
+        for kv in kvs:
+            self.apply_put(kv)
+        self._revision = revision
+        self._watch_task = asyncio.create_task(self._follow(), name="placement-view-watch")
+
+    async def stop(self) -> None:
+        if self._watch_task:
+            self._watch_task.cancel()
+            try:
+                await self._watch_task
+            except asyncio.CancelledError:
+                pass
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async for event in self._kv.watch_prefix(self.keys.root, self._revision + 1):
+                    if event.type is EventType.PUT:
+                        self.apply_put(event.kv)
+                    else:
+                        self.apply_delete(event.kv.key, event.kv.mod_revision)
+                    self._revision = max(self._revision, event.kv.mod_revision)
+                return
+            except Compacted:
+                log.warning("placement watch fell behind compaction; reloading the whole view")
+                await self._reload()
+
+    async def _reload(self) -> None:
+        """Replace the view with the store's contents, dropping records deleted while the watch was behind."""
+        kvs, revision = await self._kv.get_prefix(self.keys.root)
+        present = {self.keys.parse(kv.key) for kv in kvs}
+        for kind, table in self.tables.items():
+            for record_id in [r for r in table if (kind, r) not in present]:
+                del table[record_id]
+                self._changed(kind, record_id)
+        for kv in kvs:
+            self.apply_put(kv)
+        self._revision = revision
+
+    def apply_put(self, kv: KeyValue) -> None:
+        parsed = self.keys.parse(kv.key)
+        if parsed is None:
+            return
+        kind, record_id = parsed
+        table = self.tables[kind]
+        current = table.get(record_id)
+        if current and current.revision >= kv.mod_revision:
+            return
+        if self._deleted_at.get(parsed, 0) >= kv.mod_revision:
+            return
+        try:
+            table[record_id] = Versioned(DECODERS[kind](kv.value), kv.mod_revision)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring undecodable record %s: %s", kv.key, exc)
+            return
+        self._changed(kind, record_id)
+
+    def apply_delete(self, key: str, revision: int) -> None:
+        parsed = self.keys.parse(key)
+        if parsed is None:
+            return
+        kind, record_id = parsed
+        current = self.tables[kind].get(record_id)
+        if current and current.revision > revision:
+            return
+        self._deleted_at[parsed] = max(self._deleted_at.get(parsed, 0), revision)
+        if self.tables[kind].pop(record_id, None) is not None:
+            self._changed(kind, record_id)
+
+    def _changed(self, kind: Kind, record_id: str) -> None:
+        for callback in self.on_change:
+            callback(kind, record_id)

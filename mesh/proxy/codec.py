@@ -1,0 +1,664 @@
+"""The one place mesh converts tensors: protobuf ⇄ numpy for runtimes, and REST JSON ⇄ protobuf for the front door.
+
+Wire formats (KServe Open Inference Protocol v2):
+- raw contents are little-endian; BOOL is one byte per element; BYTES is each element as a 4-byte little-endian
+  length followed by its bytes (the layout of Triton's binary-data extension too).
+- FP16 and BF16 have no typed `contents` field, so they travel only as raw bytes. BF16 is the top half of an IEEE
+  float32: numpy has no bfloat16, so `inputs_to_numpy` widens it (exactly) to float32, JSON numbers are rounded to
+  nearest-even on the way in, and JSON output widens to float32 numbers.
+
+Errors in what a client sent raise InvalidArgument naming the tensor; a malformed runtime response or a model
+output numpy cannot describe raises MeshError (INTERNAL), because the caller did nothing wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mesh.errors import InvalidArgument, MeshError
+from mesh.gen import grpc_predict_v2_pb2 as pb
+
+BYTES = "BYTES"
+
+# The numpy dtype whose memory is the raw wire format of each fixed-size datatype.
+_WIRE_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BF16": np.dtype("<u2"),  # the bits; see the module docstring
+}
+DATATYPES: frozenset[str] = frozenset([*_WIRE_DTYPES, BYTES])
+
+# The typed InferTensorContents field of each datatype; the narrow integers share the 32-bit fields.
+_CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    BYTES: "bytes_contents",
+}
+
+# The element type of each typed field, for reading it back into numpy.
+_FIELD_DTYPES: dict[str, np.dtype[Any]] = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
+
+# numpy (kind, itemsize) → v2 datatype, for model outputs of any byte order.
+_DATATYPE_OF: dict[tuple[str, int], str] = {
+    (dt.kind, dt.itemsize): name for name, dt in _WIRE_DTYPES.items() if name != "BF16"
+}
+
+_U32 = struct.Struct("<I")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tensor values shared by both halves. "Wire arrays" have the dtype of _WIRE_DTYPES (BF16 as uint16 bits) or are
+# object arrays of bytes for BYTES.
+
+
+def _element_count(name: str, shape: Iterable[int]) -> int:
+    dims = list(shape)
+    if any(d < 0 for d in dims):
+        raise InvalidArgument(f"tensor '{name}': shape {dims} has a negative dimension")
+    return math.prod(dims)
+
+
+def _check_datatype(name: str, datatype: str) -> None:
+    if datatype not in DATATYPES:
+        raise InvalidArgument(
+            f"tensor '{name}': unknown datatype '{datatype}' (expected one of {', '.join(sorted(DATATYPES))})"
+        )
+
+
+def _serialize_bytes(items: Iterable[bytes]) -> bytes:
+    return b"".join(_U32.pack(len(item)) + item for item in items)
+
+
+def _deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
+    """Splits length-prefixed BYTES elements; the count must match the shape and nothing may be left over."""
+    view = memoryview(raw)
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise InvalidArgument(f"tensor '{name}': BYTES data ends inside a 4-byte length prefix")
+        (size,) = _U32.unpack_from(view, offset)
+        offset += 4
+        if offset + size > len(view):
+            raise InvalidArgument(f"tensor '{name}': BYTES element of {size} bytes runs past the end of the data")
+        items.append(bytes(view[offset : offset + size]))
+        offset += size
+    if len(items) != count:
+        raise InvalidArgument(f"tensor '{name}': shape needs {count} BYTES elements, data has {len(items)}")
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array
+
+
+def _raw_to_array(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
+    count = _element_count(name, shape)
+    if datatype == BYTES:
+        return _deserialize_bytes(name, raw, count).reshape(shape)
+    dtype = _WIRE_DTYPES[datatype]
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidArgument(
+            f"tensor '{name}': {datatype} shape {shape} needs {count * dtype.itemsize} bytes, got {len(raw)}"
+        )
+    if datatype == "BOOL":  # any non-zero byte is true; numpy would keep the odd bit pattern otherwise
+        return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _contents_to_array(name: str, datatype: str, shape: list[int], contents: pb.InferTensorContents) -> np.ndarray:
+    count = _element_count(name, shape)
+    field_name = _CONTENTS_FIELD.get(datatype)
+    if field_name is None:
+        if count == 0:
+            return np.empty(shape, dtype=_WIRE_DTYPES[datatype])
+        raise InvalidArgument(f"tensor '{name}': {datatype} has no typed contents; send it as raw contents")
+    values = getattr(contents, field_name)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"tensor '{name}': {datatype} shape {shape} needs {count} elements in {field_name}, got {len(values)}"
+        )
+    if datatype == BYTES:
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    wide = np.fromiter(values, dtype=_FIELD_DTYPES[field_name], count=count)
+    return _narrow(name, datatype, wide).reshape(shape)
+
+
+def _narrow(name: str, datatype: str, values: np.ndarray) -> np.ndarray:
+    """Casts integers to the datatype's width, refusing values that do not fit."""
+    dtype = _WIRE_DTYPES[datatype]
+    if dtype.kind in "iu" and values.size:
+        info = np.iinfo(dtype)
+        low, high = int(values.min()), int(values.max())
+        if low < info.min or high > info.max:
+            raise InvalidArgument(f"tensor '{name}': values [{low}, {high}] do not fit {datatype}")
+    return values.astype(dtype, copy=False)
+
+
+def _array_to_raw(datatype: str, array: np.ndarray) -> bytes:
+    """The raw wire bytes of a wire array (C order, whatever the array's layout)."""
+    if datatype == BYTES:
+        return _serialize_bytes(array.ravel().tolist())
+    return array.astype(_WIRE_DTYPES[datatype], copy=False).tobytes()
+
+
+def _bf16_to_float32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype("<u4") << 16).view("<f4")
+
+
+def _float32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """Rounds float32 to the nearest bfloat16 (ties to even), the way ml_dtypes and torch do; NaN stays NaN."""
+    bits = values.astype("<f4").view("<u4").astype("<u8")  # 64-bit so the rounding add cannot wrap
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+    return np.where(np.isnan(values), np.uint16(0x7FC0), rounded).astype("<u2")
+
+
+def _to_user(datatype: str, wire: np.ndarray) -> np.ndarray:
+    """A writable array for model code: BF16 widened to float32, buffers copied out of the message bytes."""
+    if datatype == "BF16":
+        return _bf16_to_float32(wire)
+    return wire if wire.flags.writeable else wire.copy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# protobuf ⇄ numpy, for runtimes.
+
+
+def _tensors_to_numpy(
+    tensors: Iterable[pb.ModelInferRequest.InferInputTensor | pb.ModelInferResponse.InferOutputTensor],
+    raw_contents: list[bytes],
+    kind: str,
+) -> dict[str, np.ndarray]:
+    tensors = list(tensors)
+    if raw_contents and len(raw_contents) != len(tensors):
+        raise InvalidArgument(f"{len(raw_contents)} raw contents for {len(tensors)} {kind}s; they must match")
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(tensors):
+        name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+        _check_datatype(name, datatype)
+        if name in arrays:
+            raise InvalidArgument(f"{kind} '{name}' appears more than once")
+        if raw_contents and tensor.HasField("contents"):
+            raise InvalidArgument(f"{kind} '{name}' has typed contents but the message uses raw contents")
+        if raw_contents:
+            wire = _raw_to_array(name, datatype, shape, raw_contents[index])
+        else:
+            wire = _contents_to_array(name, datatype, shape, tensor.contents)
+        arrays[name] = _to_user(datatype, wire)
+    return arrays
+
+
+def inputs_to_numpy(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    """The request's inputs by name, from typed contents or raw_input_contents; BYTES as object arrays of bytes.
+
+    BF16 inputs come back as float32. Raises InvalidArgument naming the input when the data does not fit its
+    datatype and shape.
+    """
+    return _tensors_to_numpy(request.inputs, list(request.raw_input_contents), "input")
+
+
+def outputs_to_numpy(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """The response's outputs by name, decoded like `inputs_to_numpy` (for clients and tests of runtimes)."""
+    return _tensors_to_numpy(response.outputs, list(response.raw_output_contents), "output")
+
+
+def _datatype_of(name: str, dtype: np.dtype[Any]) -> str:
+    if dtype.kind in "OSU":
+        return BYTES
+    if dtype.name == "bfloat16":  # ml_dtypes.bfloat16, whose memory is already the BF16 wire format
+        return "BF16"
+    datatype = _DATATYPE_OF.get((dtype.kind, dtype.itemsize))
+    if datatype is None:
+        raise MeshError(f"output '{name}': numpy dtype {dtype} has no v2 datatype")
+    return datatype
+
+
+def _as_bytes(name: str, item: object) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if isinstance(item, bytearray | memoryview):
+        return bytes(item)
+    raise MeshError(f"output '{name}': BYTES element of type {type(item).__name__} is not bytes or str")
+
+
+def _output_raw(name: str, datatype: str, array: np.ndarray) -> bytes:
+    if datatype == BYTES:
+        return _serialize_bytes(_as_bytes(name, item) for item in array.ravel().tolist())
+    if datatype == "BF16":
+        return array.tobytes()
+    return _array_to_raw(datatype, array)
+
+
+def numpy_to_response(
+    model_name: str, outputs: Mapping[str, np.ndarray], *, model_version: str = "", request_id: str = ""
+) -> pb.ModelInferResponse:
+    """A response carrying each array in raw_output_contents, its datatype derived from its dtype.
+
+    object, bytes and str arrays become BYTES (str encoded as UTF-8); ml_dtypes.bfloat16 becomes BF16.
+    """
+    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
+    for name, value in outputs.items():
+        array = np.asarray(value)
+        datatype = _datatype_of(name, array.dtype)
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        response.raw_output_contents.append(_output_raw(name, datatype, array))
+    return response
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# REST JSON ⇄ protobuf: the KServe v2 REST protocol with Triton's binary-data extension.
+
+
+@dataclass(frozen=True)
+class OutputEncoding:
+    """Which outputs the REST caller asked to receive as binary data after the JSON header."""
+
+    binary_default: bool = False  # the request's `parameters.binary_data_output`
+    binary: Mapping[str, bool] = field(default_factory=dict)  # each requested output's `binary_data`
+
+    def is_binary(self, name: str) -> bool:
+        return self.binary.get(name, self.binary_default)
+
+
+def _split_body(body: bytes, header_length: int | None) -> tuple[bytes | memoryview, memoryview]:
+    if header_length is None:
+        return body, memoryview(b"")
+    if not 0 <= header_length <= len(body):
+        raise InvalidArgument(
+            f"Inference-Header-Content-Length {header_length} is outside the {len(body)}-byte request body"
+        )
+    view = memoryview(body)
+    return view[:header_length], view[header_length:]
+
+
+def _load_json_object(header: bytes | memoryview) -> dict[str, Any]:
+    try:
+        document = json.loads(bytes(header))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidArgument(f"request body is not valid JSON: {err}") from err
+    if not isinstance(document, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    return document
+
+
+def _json_object(value: object, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what} must be a JSON object")
+    return dict(value)
+
+
+def _pop_bool(parameters: dict[str, Any], key: str, what: str) -> bool | None:
+    value = parameters.pop(key, None)
+    if value is not None and not isinstance(value, bool):
+        raise InvalidArgument(f"{what}: parameter '{key}' must be true or false")
+    return value
+
+
+def _set_parameters(target: Any, parameters: Mapping[str, Any], what: str) -> None:
+    """Copies JSON parameters into a protobuf map<string, InferParameter>."""
+    for key, value in parameters.items():
+        if isinstance(value, bool):  # before int: bool is an int in Python
+            target[key].bool_param = value
+        elif isinstance(value, int) and -(2**63) <= value < 2**63:
+            target[key].int64_param = value
+        elif isinstance(value, int) and 0 <= value < 2**64:
+            target[key].uint64_param = value
+        elif isinstance(value, float):
+            target[key].double_param = value
+        elif isinstance(value, str):
+            target[key].string_param = value
+        else:
+            raise InvalidArgument(f"{what}: parameter '{key}' must be a bool, 64-bit integer, number or string")
+
+
+def _parameters_to_json(parameters: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            result[key] = getattr(parameter, choice)
+    return result
+
+
+def _shape(name: str, value: object) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d < 2**63 for d in value
+    ):
+        raise InvalidArgument(f"input '{name}': shape must be a list of 64-bit integers")
+    _element_count(name, value)
+    return value
+
+
+def _check_data_shape(name: str, array: np.ndarray, shape: list[int]) -> None:
+    """Flat data needs the shape's element count; nested data must have exactly the shape."""
+    count = math.prod(shape)
+    if array.ndim <= 1 and array.size == count:
+        return
+    if array.ndim > 1 and list(array.shape) == shape:
+        return
+    raise InvalidArgument(
+        f"input '{name}': data of shape {list(array.shape)} ({array.size} elements) does not match shape {shape}"
+    )
+
+
+def _json_bytes(name: str, data: list[Any], shape: list[int], content_type: str) -> np.ndarray:
+    try:
+        array = np.array(data, dtype=object)
+    except ValueError as err:
+        raise InvalidArgument(f"input '{name}': data is ragged: {err}") from err
+    _check_data_shape(name, array, shape)
+    items = array.ravel().tolist()
+    if not all(isinstance(item, str) for item in items):
+        raise InvalidArgument(f"input '{name}': BYTES data must be JSON strings")
+    if content_type in ("base64", "b64"):
+        try:
+            items = [base64.b64decode(item, validate=True) for item in items]
+        except (binascii.Error, ValueError) as err:
+            raise InvalidArgument(f"input '{name}': data is not valid base64: {err}") from err
+    else:
+        try:
+            items = [item.encode("utf-8") for item in items]
+        except UnicodeEncodeError as err:  # JSON can carry lone surrogates ("\ud800"); UTF-8 cannot
+            raise InvalidArgument(f"input '{name}': data is not valid Unicode: {err}") from err
+    result = np.empty(len(items), dtype=object)
+    result[:] = items
+    return result.reshape(shape)
+
+
+def _json_numbers(name: str, datatype: str, data: list[Any], shape: list[int]) -> np.ndarray:
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise InvalidArgument(f"input '{name}': data is ragged or not numeric: {err}") from err
+    _check_data_shape(name, array, shape)
+    kind = array.dtype.kind
+    wanted = "f" if datatype == "BF16" else _WIRE_DTYPES[datatype].kind
+    if array.size and datatype == "BOOL" and kind != "b":
+        raise InvalidArgument(f"input '{name}': BOOL data must be true or false")
+    if array.size and wanted in "iu" and kind in "fO":
+        return _exact_integers(name, datatype, data, shape)
+    if array.size and wanted in "iu" and kind not in "iu":
+        raise InvalidArgument(f"input '{name}': {datatype} data must be integers, got {array.dtype} values")
+    if array.size and wanted == "f" and kind not in "iuf":
+        raise InvalidArgument(f"input '{name}': {datatype} data must be numbers, got {array.dtype} values")
+    array = array.reshape(shape)
+    if datatype == "BF16":
+        return _float32_to_bf16(array.astype(np.float32))
+    return _narrow(name, datatype, array)
+
+
+def _exact_integers(name: str, datatype: str, data: list[Any], shape: list[int]) -> np.ndarray:
+    """The slow path for integer data numpy could not type: it makes [0, 2**64 - 1] float64, and huge ints objects."""
+    items = np.array(data, dtype=object).ravel().tolist()
+    if not all(type(item) is int for item in items):
+        raise InvalidArgument(f"input '{name}': {datatype} data must be integers")
+    info = np.iinfo(_WIRE_DTYPES[datatype])
+    low, high = min(items), max(items)
+    if low < info.min or high > info.max:
+        raise InvalidArgument(f"input '{name}': values [{low}, {high}] do not fit {datatype}")
+    return np.array(items, dtype=_WIRE_DTYPES[datatype]).reshape(shape)
+
+
+@dataclass(frozen=True)
+class _RestInput:
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any]  # without the REST-only ones
+    array: np.ndarray  # a wire array
+    raw: bytes | None  # the binary part it came from, if it was sent binary
+
+
+def _binary_part(name: str, parameters: dict[str, Any], tail: memoryview, offset: int) -> bytes | None:
+    """The input's bytes from the binary tail, when its parameters give a binary_data_size."""
+    size = parameters.pop("binary_data_size", None)
+    if size is None:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidArgument(f"input '{name}': binary_data_size must be a non-negative integer")
+    if offset + size > len(tail):
+        raise InvalidArgument(f"input '{name}': binary_data_size {size} runs past the {len(tail)} bytes of binary data")
+    return bytes(tail[offset : offset + size])
+
+
+def _json_data_array(
+    name: str, datatype: str, shape: list[int], data: object, parameters: dict[str, Any]
+) -> np.ndarray:
+    if not isinstance(data, list):
+        raise InvalidArgument(f"input '{name}': needs 'data' as a JSON array, or binary data")
+    if datatype != BYTES:
+        return _json_numbers(name, datatype, data, shape)
+    content_type = parameters.get("content_type", "")
+    if content_type in ("base64", "b64"):  # consumed here; a runtime must not decode it again
+        del parameters["content_type"]
+    return _json_bytes(name, data, shape, content_type)
+
+
+def _decode_input(item: object, tail: memoryview, offset: int) -> _RestInput:
+    """One JSON input, its data from JSON or from the binary tail at offset."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+        raise InvalidArgument("each input must be a JSON object with a non-empty string 'name'")
+    name = item["name"]
+    datatype = item.get("datatype")
+    if not isinstance(datatype, str):
+        raise InvalidArgument(f"input '{name}': 'datatype' must be a string")
+    _check_datatype(name, datatype)
+    shape = _shape(name, item.get("shape"))
+    parameters = _json_object(item.get("parameters"), f"input '{name}' parameters")
+    if "shared_memory_region" in parameters:
+        raise InvalidArgument(f"input '{name}': shared memory is not supported")
+    raw = _binary_part(name, parameters, tail, offset)
+    if raw is None:
+        array = _json_data_array(name, datatype, shape, item.get("data"), parameters)
+    elif "data" in item:
+        raise InvalidArgument(f"input '{name}': has both 'data' and parameter 'binary_data_size'")
+    else:
+        array = _raw_to_array(name, datatype, shape, raw)  # validates the size and the BYTES framing
+    return _RestInput(name, datatype, shape, parameters, array, raw)
+
+
+def _decode_inputs(items: object, tail: memoryview) -> list[_RestInput]:
+    if not isinstance(items, list):
+        raise InvalidArgument("request needs 'inputs' as a JSON array")
+    tensors: list[_RestInput] = []
+    offset = 0
+    for item in items:
+        tensor = _decode_input(item, tail, offset)
+        if any(t.name == tensor.name for t in tensors):
+            raise InvalidArgument(f"input '{tensor.name}' appears more than once")
+        tensors.append(tensor)
+        offset += 0 if tensor.raw is None else len(tensor.raw)
+    if offset != len(tail):
+        raise InvalidArgument(f"binary data has {len(tail)} bytes but the inputs' binary_data_size total {offset}")
+    return tensors
+
+
+def _add_inputs(request: pb.ModelInferRequest, tensors: list[_RestInput]) -> None:
+    # The protocol forbids mixing typed and raw contents in one request, and FP16/BF16 exist only raw.
+    use_raw = any(t.raw is not None or t.datatype not in _CONTENTS_FIELD for t in tensors)
+    for tensor in tensors:
+        message = request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        _set_parameters(message.parameters, tensor.parameters, f"input '{tensor.name}'")
+        if tensor.raw is not None:
+            request.raw_input_contents.append(tensor.raw)
+        elif use_raw:
+            request.raw_input_contents.append(_array_to_raw(tensor.datatype, tensor.array))
+        else:
+            getattr(message.contents, _CONTENTS_FIELD[tensor.datatype]).extend(tensor.array.ravel().tolist())
+
+
+def _add_outputs(request: pb.ModelInferRequest, items: object, binary_default: bool) -> OutputEncoding:
+    if items is None:
+        return OutputEncoding(binary_default)
+    if not isinstance(items, list):
+        raise InvalidArgument("'outputs' must be a JSON array")
+    binary: dict[str, bool] = {}
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidArgument("each requested output must be a JSON object with a string 'name'")
+        name = item["name"]
+        parameters = _json_object(item.get("parameters"), f"output '{name}' parameters")
+        wants_binary = _pop_bool(parameters, "binary_data", f"output '{name}'")
+        if wants_binary is not None:
+            binary[name] = wants_binary
+        _set_parameters(request.outputs.add(name=name).parameters, parameters, f"output '{name}'")
+    return OutputEncoding(binary_default, binary)
+
+
+def decode_infer_request(
+    body: bytes, header_length: int | None, *, model_name: str, model_version: str = ""
+) -> tuple[pb.ModelInferRequest, OutputEncoding]:
+    """A REST infer body (JSON, then binary data when `header_length` is given) as a protobuf request.
+
+    The model name and version come from the URL, never the body. REST-only parameters (binary_data_size,
+    binary_data, binary_data_output, a consumed base64 content_type) are not forwarded.
+    """
+    header, tail = _split_body(body, header_length)
+    document = _load_json_object(header)
+    request_id = document.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidArgument("'id' must be a string")
+    request = pb.ModelInferRequest(model_name=model_name, model_version=model_version, id=request_id)
+    parameters = _json_object(document.get("parameters"), "request parameters")
+    binary_default = bool(_pop_bool(parameters, "binary_data_output", "request"))
+    _set_parameters(request.parameters, parameters, "request")
+    _add_inputs(request, _decode_inputs(document.get("inputs"), tail))
+    return request, _add_outputs(request, document.get("outputs"), binary_default)
+
+
+def _wire_output(tensor: pb.ModelInferResponse.InferOutputTensor, raw: bytes | None) -> np.ndarray:
+    shape = list(tensor.shape)
+    if raw is not None:
+        return _raw_to_array(tensor.name, tensor.datatype, shape, raw)
+    return _contents_to_array(tensor.name, tensor.datatype, shape, tensor.contents)
+
+
+def _json_data(datatype: str, wire: np.ndarray) -> tuple[list[Any], str | None]:
+    """Flat JSON values of a wire array, and the content_type they need (base64 for non-UTF-8 BYTES)."""
+    flat = wire.ravel()
+    if datatype == "BF16":
+        return _bf16_to_float32(flat).tolist(), None
+    if datatype != BYTES:
+        return flat.tolist(), None
+    items: list[bytes] = flat.tolist()
+    try:
+        return [item.decode("utf-8") for item in items], None
+    except UnicodeDecodeError:
+        return [base64.b64encode(item).decode("ascii") for item in items], "base64"
+
+
+def _encode_output(
+    tensor: pb.ModelInferResponse.InferOutputTensor, raw: bytes | None, binary: bool
+) -> tuple[dict[str, Any], bytes | None]:
+    _check_datatype(tensor.name, tensor.datatype)
+    output: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+    parameters = _parameters_to_json(tensor.parameters)
+    part: bytes | None = None
+    if binary:
+        wire = _wire_output(tensor, raw)  # validates even when the raw bytes pass through unchanged
+        part = raw if raw is not None else _array_to_raw(tensor.datatype, wire)
+        parameters["binary_data_size"] = len(part)
+    else:
+        output["data"], content_type = _json_data(tensor.datatype, _wire_output(tensor, raw))
+        if content_type is not None:
+            parameters["content_type"] = content_type
+    if parameters:
+        output["parameters"] = parameters
+    return output, part
+
+
+def infer_response_to_json(
+    response: pb.ModelInferResponse, encoding: OutputEncoding
+) -> tuple[dict[str, Any], list[bytes]]:
+    """The REST JSON of a response, and the binary parts (in output order) for the outputs sent as binary."""
+    raw = list(response.raw_output_contents)
+    if raw and len(raw) != len(response.outputs):
+        raise MeshError(f"runtime response has {len(raw)} raw contents for {len(response.outputs)} outputs")
+    outputs: list[dict[str, Any]] = []
+    parts: list[bytes] = []
+    for index, tensor in enumerate(response.outputs):
+        try:
+            output, part = _encode_output(tensor, raw[index] if raw else None, encoding.is_binary(tensor.name))
+        except InvalidArgument as err:  # the runtime's fault, not the caller's
+            raise MeshError(f"runtime response: {err.message}") from err
+        outputs.append(output)
+        if part is not None:
+            parts.append(part)
+    document: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "id": response.id,
+    }
+    if response.parameters:
+        document["parameters"] = _parameters_to_json(response.parameters)
+    document["outputs"] = outputs
+    return document, parts
+
+
+def encode_infer_response(response: pb.ModelInferResponse, encoding: OutputEncoding) -> tuple[bytes, int | None]:
+    """The REST body of a response, and the JSON header's length when binary outputs follow it (else None)."""
+    document, parts = infer_response_to_json(response, encoding)
+    header = json.dumps(document, separators=(",", ":")).encode("ascii")  # ASCII: header length is bytes
+    if not parts:
+        return header, None
+    return b"".join([header, *parts]), len(header)
+
+
+def model_metadata_to_json(metadata: pb.ModelMetadataResponse) -> dict[str, Any]:
+    """The v2 REST model metadata object."""
+    return {
+        "name": metadata.name,
+        "versions": list(metadata.versions),
+        "platform": metadata.platform,
+        "inputs": [_tensor_metadata(t) for t in metadata.inputs],
+        "outputs": [_tensor_metadata(t) for t in metadata.outputs],
+    }
+
+
+def _tensor_metadata(tensor: pb.ModelMetadataResponse.TensorMetadata) -> dict[str, Any]:
+    return {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+
+
+def server_metadata_to_json(metadata: pb.ServerMetadataResponse) -> dict[str, Any]:
+    """The v2 REST server metadata object."""
+    return {"name": metadata.name, "version": metadata.version, "extensions": list(metadata.extensions)}

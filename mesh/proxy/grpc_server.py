@@ -1,0 +1,267 @@
+"""The gRPC front door: KServe v2 inference (forwarded as bytes), the ModelMesh management API, health.
+
+Inference methods go through one generic handler with identity (de)serializers, so a request body is never
+decoded here; only the routing headers and, lacking those, field 1 of the body are read.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from mesh.errors import InvalidArgument, MeshError
+from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.gen import mesh_admin_pb2 as admin
+from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
+from mesh.gen import model_mesh_pb2 as mm
+from mesh.gen import model_mesh_pb2_grpc as mm_grpc
+from mesh.placement.records import ModelRecord
+from mesh.placement.registry import ModelRegistry, ModelStatus, VModelStatus
+from mesh.proxy import wire
+from mesh.proxy.dataplane import INFERENCE_SERVICE, ROUTED_BY_FIELD_1, DataPlane, Target
+
+log = logging.getLogger(__name__)
+
+MODEL_ID_HEADERS = ("mm-model-id", "mm-model-id-bin")
+VMODEL_ID_HEADERS = ("mm-vmodel-id", "mm-vmodel-id-bin")
+# Headers that steer mesh itself and are not passed on to the runtime.
+ROUTING_HEADERS = frozenset(MODEL_ID_HEADERS + VMODEL_ID_HEADERS)
+# Set by gRPC on each hop; forwarding the client's would clash with the router's own.
+HOP_HEADERS = frozenset({"user-agent", "te", "content-type", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout"})
+
+
+def _header_value(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def header_target(metadata: Any) -> Target | None:
+    """The model named by mm-model-id / mm-vmodel-id metadata, if any; both at once is an error."""
+    model = vmodel = None
+    for key, value in metadata or ():
+        if key in MODEL_ID_HEADERS:
+            model = _header_value(value)
+        elif key in VMODEL_ID_HEADERS:
+            vmodel = _header_value(value)
+    if model and vmodel:
+        raise InvalidArgument("send only one of the mm-model-id and mm-vmodel-id headers")
+    if vmodel:
+        return Target(vmodel, vmodel=True)
+    if model:
+        return Target(model, vmodel=False)
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: MeshError) -> None:
+    await context.abort(exc.grpc_code, exc.message)
+
+
+def maps_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The one place mesh errors become gRPC statuses."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except MeshError as exc:
+            await _abort(context, exc)
+
+    return wrapper
+
+
+class InferenceHandler(grpc.GenericRpcHandler):
+    """Routes GRPCInferenceService calls, and any unary call carrying a routing header, to a runtime copy."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+        local: dict[str, Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]] = {
+            f"/{INFERENCE_SERVICE}/ServerLive": self._server_live,
+            f"/{INFERENCE_SERVICE}/ServerReady": self._server_ready,
+            f"/{INFERENCE_SERVICE}/ServerMetadata": self._server_metadata,
+            f"/{INFERENCE_SERVICE}/ModelReady": self._model_ready,
+        }
+        self._local = {path: grpc.unary_unary_rpc_method_handler(fn) for path, fn in local.items()}
+        self._forwarders: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = details.method
+        handler = self._local.get(method)
+        if handler is not None:
+            return handler
+        if method in ROUTED_BY_FIELD_1 or any(k in ROUTING_HEADERS for k, _ in details.invocation_metadata or ()):
+            handler = self._forwarders.get(method)
+            if handler is None:
+                handler = grpc.unary_unary_rpc_method_handler(functools.partial(self._forward, method))
+                self._forwarders[method] = handler
+            return handler
+        return None
+
+    async def _forward(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            metadata = context.invocation_metadata()
+            target = header_target(metadata)
+            if target is None:
+                if method not in ROUTED_BY_FIELD_1:
+                    raise InvalidArgument(f"{method} needs an mm-model-id or mm-vmodel-id header")
+                target = Target(wire.read_string(request, 1))
+                if not target.name:
+                    raise InvalidArgument("the request names no model: set model_name or an mm-model-id header")
+            remaining = context.time_remaining()
+            passed = tuple((k, v) for k, v in metadata or () if k not in ROUTING_HEADERS and k not in HOP_HEADERS)
+            return await self._dataplane.forward(method, request, target, remaining, passed)
+        except MeshError as exc:
+            await _abort(context, exc)
+            raise AssertionError("abort raises") from exc
+
+    async def _server_live(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return pb.ServerLiveResponse(live=await self._dataplane.server_live()).SerializeToString()
+
+    async def _server_ready(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return pb.ServerReadyResponse(ready=await self._dataplane.server_ready()).SerializeToString()
+
+    async def _server_metadata(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return self._dataplane.server_metadata().SerializeToString()
+
+    async def _model_ready(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            parsed = pb.ModelReadyRequest.FromString(request)
+            target = header_target(context.invocation_metadata())
+            ready = await self._dataplane.model_ready(target.name if target else parsed.name, parsed.version)
+        except MeshError as exc:
+            await _abort(context, exc)
+            raise AssertionError("abort raises") from exc
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError has no stable public home
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unparseable ModelReadyRequest: {exc}")
+        return pb.ModelReadyResponse(ready=ready).SerializeToString()
+
+
+def status_info(status: ModelStatus) -> mm.ModelStatusInfo:
+    return mm.ModelStatusInfo(
+        status=status.state.value,
+        errors=status.errors,
+        modelCopyInfos=[
+            mm.ModelStatusInfo.ModelCopyInfo(location=c.instance_id, copyStatus=c.state.value, time=c.time_ms)
+            for c in status.copies
+        ],
+    )
+
+
+def vmodel_status_info(status: VModelStatus) -> mm.VModelStatusInfo:
+    return mm.VModelStatusInfo(
+        status=status.state.value,
+        activeModelId=status.active_model_id,
+        targetModelId=status.target_model_id,
+        activeModelStatus=status_info(status.active),
+        targetModelStatus=status_info(status.target),
+        owner=status.owner,
+    )
+
+
+def _model_record(model_id: str, info: mm.ModelInfo) -> ModelRecord:
+    return ModelRecord(model_id, info.type, info.path, info.key)
+
+
+class ManagementServicer(mm_grpc.ModelMeshServicer):
+    """mmesh.ModelMesh: converts messages and calls the registry."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    @maps_errors
+    async def registerModel(self, request: mm.RegisterModelRequest, context: Any) -> mm.ModelStatusInfo:
+        model = _model_record(request.modelId, request.modelInfo)
+        return status_info(await self._registry.register(model, request.loadNow, request.sync))
+
+    @maps_errors
+    async def unregisterModel(self, request: mm.UnregisterModelRequest, context: Any) -> mm.UnregisterModelResponse:
+        await self._registry.unregister(request.modelId)
+        return mm.UnregisterModelResponse()
+
+    @maps_errors
+    async def getModelStatus(self, request: mm.GetStatusRequest, context: Any) -> mm.ModelStatusInfo:
+        return status_info(self._registry.status(request.modelId))
+
+    @maps_errors
+    async def ensureLoaded(self, request: mm.EnsureLoadedRequest, context: Any) -> mm.ModelStatusInfo:
+        return status_info(await self._registry.ensure_loaded(request.modelId, request.sync))
+
+    @maps_errors
+    async def setVModel(self, request: mm.SetVModelRequest, context: Any) -> mm.VModelStatusInfo:
+        status = await self._registry.set_vmodel(
+            request.vModelId,
+            request.targetModelId,
+            model=_model_record(request.targetModelId, request.modelInfo) if request.HasField("modelInfo") else None,
+            update_only=request.updateOnly,
+            auto_delete=request.autoDeleteTargetModel,
+            load_now=request.loadNow,
+            force=request.force,
+            sync=request.sync,
+            expected_target=request.expectedTargetModelId,
+            owner=request.owner,
+        )
+        return vmodel_status_info(status)
+
+    @maps_errors
+    async def deleteVModel(self, request: mm.DeleteVModelRequest, context: Any) -> mm.DeleteVModelResponse:
+        await self._registry.delete_vmodel(request.vModelId, request.owner)
+        return mm.DeleteVModelResponse()
+
+    @maps_errors
+    async def getVModelStatus(self, request: mm.GetVModelStatusRequest, context: Any) -> mm.VModelStatusInfo:
+        return vmodel_status_info(self._registry.vmodel_status(request.vModelId, request.owner))
+
+
+class AdminServicer(admin_grpc.MeshAdminServicer):
+    """meshadmin.MeshAdmin: listings the KServe API has no call for."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    @maps_errors
+    async def ListModels(self, request: admin.ListModelsRequest, context: Any) -> admin.ListModelsResponse:
+        registry = self._registry
+        models = [
+            admin.ModelEntry(
+                modelId=m.model_id,
+                modelInfo=mm.ModelInfo(type=m.model_type, path=m.path, key=m.key),
+                status=status_info(registry.status(m.model_id)),
+                sizeInBytes=registry.size_bytes(m.model_id),
+                lastUsedTime=registry.last_used_ms(m.model_id),
+            )
+            for m in sorted(registry.models(), key=lambda m: m.model_id)
+        ]
+        vmodels = [
+            admin.VModelEntry(vModelId=v.vmodel_id, status=vmodel_status_info(registry.vmodel_status(v.vmodel_id)))
+            for v in sorted(registry.vmodels(), key=lambda v: v.vmodel_id)
+        ]
+        return admin.ListModelsResponse(models=models, vmodels=vmodels)
+
+
+async def start_grpc_server(
+    dataplane: DataPlane, registry: ModelRegistry, host: str, port: int, max_message_bytes: int
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Bind and start; returns the server, the bound port (port 0 picks one) and the health servicer."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+    )
+    mm_grpc.add_ModelMeshServicer_to_server(ManagementServicer(registry), server)
+    admin_grpc.add_MeshAdminServicer_to_server(AdminServicer(registry), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_generic_rpc_handlers([InferenceHandler(dataplane)])
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {host}:{port}")
+    await server.start()
+    return server, bound, health_servicer
+
+
+HEALTH_SERVING = health_pb2.HealthCheckResponse.SERVING
+HEALTH_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,0 +1,147 @@
+"""The REST front door: KServe v2 / Triton HTTP routes that convert with mesh.proxy.codec and call the DataPlane.
+
+Status codes: errors are `{"error": message}` with mesh.errors.http_status of the error's gRPC code, mapped in
+one middleware. A model or server that is not ready answers 503 (retryable), as KServe does; Triton answers 400
+for a model that is not ready, but a client waiting for a load should retry, and tritonclient's is_*_ready only
+checks for 200.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from mesh.errors import InvalidArgument, MeshError, Unavailable, http_status
+from mesh.proxy import codec
+from mesh.proxy.dataplane import DataPlane
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8008
+MAX_BODY_BYTES = 64 * 1024 * 1024
+HEADER_LENGTH = "Inference-Header-Content-Length"  # Triton's binary-data extension: the JSON part's size
+
+_DATAPLANE = web.AppKey("dataplane", DataPlane)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _errors_to_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place errors become HTTP: MeshError by its code, aiohttp's own (404, 405, 413) by theirs."""
+    try:
+        return await handler(request)
+    except MeshError as err:
+        return _error(http_status(err.grpc_code), err.message)
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        generic = f"{err.status}: {err.reason}"  # aiohttp's default text adds nothing to the reason
+        detail = err.text if err.text and err.text != generic else err.reason
+        return _error(err.status, f"{detail} ({request.method} {request.path})")
+    except Exception as err:
+        log.exception("REST %s %s failed", request.method, request.path)
+        return _error(500, f"internal error: {type(err).__name__}: {err}")
+
+
+def _dataplane(request: web.Request) -> DataPlane:
+    return request.app[_DATAPLANE]
+
+
+def _model(request: web.Request) -> tuple[str, str]:
+    return request.match_info["name"], request.match_info.get("version", "")
+
+
+def _header_length(request: web.Request) -> int | None:
+    value = request.headers.get(HEADER_LENGTH)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"{HEADER_LENGTH} must be an integer, got '{value}'") from None
+
+
+async def _server_live(request: web.Request) -> web.Response:
+    if not await _dataplane(request).server_live():
+        raise Unavailable("server is not live")
+    return web.json_response({"live": True})
+
+
+async def _server_ready(request: web.Request) -> web.Response:
+    if not await _dataplane(request).server_ready():
+        raise Unavailable("server is not ready")
+    return web.json_response({"ready": True})
+
+
+async def _server_metadata(request: web.Request) -> web.Response:
+    return web.json_response(codec.server_metadata_to_json(_dataplane(request).server_metadata()))
+
+
+async def _model_metadata(request: web.Request) -> web.Response:
+    metadata = await _dataplane(request).model_metadata(*_model(request))
+    return web.json_response(codec.model_metadata_to_json(metadata))
+
+
+async def _model_ready(request: web.Request) -> web.Response:
+    name, version = _model(request)
+    if not await _dataplane(request).model_ready(name, version):
+        raise Unavailable(f"model '{name}' is not ready")
+    return web.json_response({"name": name, "ready": True})
+
+
+async def _model_infer(request: web.Request) -> web.Response:
+    name, version = _model(request)
+    body = await request.read()  # aiohttp has already undone any Content-Encoding
+    infer_request, encoding = codec.decode_infer_request(
+        body, _header_length(request), model_name=name, model_version=version
+    )
+    response = await _dataplane(request).model_infer(infer_request)
+    payload, header_length = codec.encode_infer_response(response, encoding)
+    if header_length is None:
+        return web.Response(body=payload, content_type="application/json")
+    return web.Response(
+        body=payload, content_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)}
+    )
+
+
+def create_app(dataplane: DataPlane) -> web.Application:
+    """The REST application over a data plane (bodies up to MAX_BODY_BYTES)."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_to_json])
+    app[_DATAPLANE] = dataplane
+    app.add_routes(
+        [
+            web.get("/v2/health/live", _server_live),
+            web.get("/v2/health/ready", _server_ready),
+            web.get("/v2", _server_metadata),
+            web.get("/v2/models/{name}", _model_metadata),
+            web.get("/v2/models/{name}/versions/{version}", _model_metadata),
+            web.get("/v2/models/{name}/ready", _model_ready),
+            web.get("/v2/models/{name}/versions/{version}/ready", _model_ready),
+            web.post("/v2/models/{name}/infer", _model_infer),
+            web.post("/v2/models/{name}/versions/{version}/infer", _model_infer),
+        ]
+    )
+    return app
+
+
+async def start_rest_server(dataplane: DataPlane, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serves the REST front door on host:port (0 picks a free port); returns the runner and the bound port.
+
+    Stop it with `await runner.cleanup()`.
+    """
+    runner = web.AppRunner(create_app(dataplane), access_log=None)  # one log line per request is noise here
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1]
+    log.info("REST server listening on %s:%d", host, bound)
+    return runner, bound

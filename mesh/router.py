@@ -1,0 +1,97 @@
+"""One router process: the KV store, placement, and both front doors, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health
+
+from mesh.config import Settings
+from mesh.kv import open_kv
+from mesh.kv.base import KV
+from mesh.placement.manager import PlacementManager
+from mesh.placement.records import Kind
+from mesh.placement.registry import ModelRegistry
+from mesh.proxy.dataplane import INFERENCE_SERVICE, DataPlane
+from mesh.proxy.grpc_server import HEALTH_NOT_SERVING, HEALTH_SERVING, start_grpc_server
+from mesh.proxy.rest_server import start_rest_server
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ports:
+    grpc: int
+    rest: int | None
+
+
+class Router:
+    """Assembles the library core; `mesh serve` and the tests both run exactly this."""
+
+    def __init__(self, settings: Settings, kv: KV | None = None) -> None:
+        self.settings = settings
+        self._kv = kv
+        self._owns_kv = kv is None
+        self.manager: PlacementManager
+        self.registry: ModelRegistry
+        self.dataplane: DataPlane
+        self._grpc: grpc.aio.Server | None = None
+        self._rest: web.AppRunner | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Ports:
+        settings = self.settings
+        if self._kv is None:
+            self._kv = open_kv(settings.kv_url())
+        self.manager = PlacementManager(self._kv, settings)
+        await self.manager.start()
+        self.registry = ModelRegistry(self.manager)
+        self.dataplane = DataPlane(self.registry, self.manager)
+        self._grpc, grpc_port, self._health = await start_grpc_server(
+            self.dataplane, self.registry, settings.host, settings.grpc_port, settings.max_message_bytes
+        )
+        rest_port = None
+        if settings.rest_port >= 0:
+            self._rest, rest_port = await start_rest_server(self.dataplane, settings.host, settings.rest_port)
+        self.manager.view.on_change.append(self._on_change)
+        await self._update_health()
+        log.info(
+            "mesh router serving gRPC on %s:%d, REST on %s",
+            settings.host,
+            grpc_port,
+            f"{settings.host}:{rest_port}" if rest_port else "(disabled)",
+        )
+        return Ports(grpc_port, rest_port)
+
+    async def add_instance(self, instance_id: str, endpoint: str, model_types: tuple[str, ...] = ()) -> None:
+        await self.manager.add_instance(instance_id, endpoint, model_types)
+
+    def _on_change(self, kind: Kind, record_id: str) -> None:
+        if kind is Kind.INSTANCE and self._health is not None:
+            self._health_task = asyncio.get_running_loop().create_task(self._update_health())
+
+    async def _update_health(self) -> None:
+        if self._health is None:
+            return
+        state = HEALTH_SERVING if await self.dataplane.server_ready() else HEALTH_NOT_SERVING
+        for service in ("", INFERENCE_SERVICE):
+            await self._health.set(service, state)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop serving, then placement, then the store; safe to call twice."""
+        rest, self._rest = self._rest, None
+        server, self._grpc = self._grpc, None
+        if rest is not None:
+            await rest.cleanup()
+        if server is None:
+            return
+        await server.stop(grace)
+        await self.registry.close()
+        await self.manager.stop()
+        if self._kv is not None and self._owns_kv:
+            await self._kv.close()

@@ -1,0 +1,66 @@
+"""The client side of the runtime SPI, and the byte-level channel requests are forwarded on."""
+
+from __future__ import annotations
+
+import grpc
+
+from mesh.gen import model_runtime_pb2 as rt
+from mesh.gen import model_runtime_pb2_grpc as rt_grpc
+from mesh.placement.records import ModelRecord
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class RuntimeClient:
+    """One runtime instance: its SPI stub and a cache of raw pass-through method callables."""
+
+    def __init__(self, instance_id: str, endpoint: str, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        self.instance_id = instance_id
+        self.endpoint = endpoint
+        self._channel = grpc.aio.insecure_channel(
+            endpoint,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                # Runtimes are local: don't let a down runtime hold requests in reconnect backoff for long.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        self._spi = rt_grpc.ModelRuntimeStub(self._channel)
+        self._methods: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+
+    def method(self, path: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        """A callable that sends and receives raw message bytes: the proxy never re-encodes a request."""
+        call = self._methods.get(path)
+        if call is None:
+            call = self._channel.unary_unary(path, request_serializer=_identity, response_deserializer=_identity)
+            self._methods[path] = call
+        return call
+
+    async def status(self, timeout: float) -> rt.RuntimeStatusResponse:
+        return await self._spi.runtimeStatus(rt.RuntimeStatusRequest(), timeout=timeout, wait_for_ready=True)
+
+    async def predict_size(self, model: ModelRecord, timeout: float) -> int:
+        request = rt.PredictModelSizeRequest(
+            modelId=model.model_id, modelType=model.model_type, modelPath=model.path, modelKey=model.key
+        )
+        return (await self._spi.predictModelSize(request, timeout=timeout)).sizeInBytes
+
+    async def load(self, model: ModelRecord, timeout: float) -> int:
+        """Load and return the size in bytes (asking modelSize when the load response says 0)."""
+        request = rt.LoadModelRequest(
+            modelId=model.model_id, modelType=model.model_type, modelPath=model.path, modelKey=model.key
+        )
+        size = (await self._spi.loadModel(request, timeout=timeout)).sizeInBytes
+        if size == 0:
+            size = (await self._spi.modelSize(rt.ModelSizeRequest(modelId=model.model_id), timeout=30)).sizeInBytes
+        return size
+
+    async def unload(self, model_id: str, timeout: float = 30) -> None:
+        await self._spi.unloadModel(rt.UnloadModelRequest(modelId=model_id), timeout=timeout)
+
+    async def close(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,172 @@
+"""`mesh serve`: the embedded default. A router plus N built-in runtime processes, supervised, on one machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.config import Settings
+from mesh.errors import MeshError
+from mesh.placement.records import ModelRecord
+from mesh.router import Ports, Router
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODEL_TYPES = ("sklearn", "text", "echo")
+RUNTIME_START_TIMEOUT = 60.0
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    runtimes: int = 2
+    capacity_bytes: int = 2 * 1024 * 1024
+    examples_dir: Path | None = EXAMPLES_DIR
+    port_file: Path | None = None
+
+
+class RuntimeProcess:
+    """One built-in runtime child process, found through the port file it writes once it serves."""
+
+    def __init__(self, instance_id: str, capacity_bytes: int, workdir: Path) -> None:
+        self.instance_id = instance_id
+        self.capacity_bytes = capacity_bytes
+        self.port_file = workdir / f"{instance_id}.port"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> str:
+        """Start the process and return its endpoint once it listens."""
+        self.port_file.unlink(missing_ok=True)
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "adapters.builtin",
+            "--host", "127.0.0.1", "--port", "0", "--port-file", str(self.port_file),
+            "--capacity-bytes", str(self.capacity_bytes), "--instance-id", self.instance_id,
+            "--parent-pid", str(os.getpid()),
+        )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RUNTIME_START_TIMEOUT
+        while not self.port_file.exists():
+            if self.process.returncode is not None:
+                raise RuntimeError(f"runtime {self.instance_id} exited with {self.process.returncode} on start")
+            if loop.time() > deadline:
+                raise RuntimeError(f"runtime {self.instance_id} did not start within {RUNTIME_START_TIMEOUT:.0f}s")
+            await asyncio.sleep(0.05)
+        port = json.loads(self.port_file.read_text())["port"]
+        return f"127.0.0.1:{port}"
+
+    async def stop(self, grace: float = 5.0) -> None:
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def load_example_models(examples_dir: Path, dest: Path) -> list[ModelRecord]:
+    """Build the example models shipped in examples/ into dest and describe them for registration."""
+    spec = importlib.util.spec_from_file_location("mesh_examples_build", examples_dir / "build_models.py")
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"no build_models.py in {examples_dir}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    built = module.build_examples(dest)
+    return [ModelRecord(m.model_id, m.model_type, str(Path(m.path).resolve())) for m in built]
+
+
+class EmbeddedMesh:
+    """Router + runtimes as one unit: start, supervise (restart a runtime that dies), stop."""
+
+    def __init__(self, settings: Settings, options: ServeOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.router = Router(settings)
+        self._workdir = Path(tempfile.mkdtemp(prefix="mesh-runtimes-"))
+        self.runtimes = [
+            RuntimeProcess(f"runtime-{i}", options.capacity_bytes, self._workdir) for i in range(options.runtimes)
+        ]
+        self._supervisors: list[asyncio.Task[None]] = []
+
+    async def start(self) -> Ports:
+        ports = await self.router.start()
+        try:
+            endpoints = await asyncio.gather(*(r.start() for r in self.runtimes))
+            for runtime, endpoint in zip(self.runtimes, endpoints, strict=True):
+                await self.router.add_instance(runtime.instance_id, endpoint, BUILTIN_MODEL_TYPES)
+                self._supervisors.append(asyncio.create_task(self._supervise(runtime)))
+            if self.options.examples_dir is not None:
+                await self._register_examples(self.options.examples_dir)
+        except BaseException:
+            await self.stop()
+            raise
+        return ports
+
+    async def _register_examples(self, examples_dir: Path) -> None:
+        dest = Path(self.settings.data_dir) / "examples"
+        models = await asyncio.to_thread(load_example_models, examples_dir, dest)
+        for model in models:
+            try:
+                await self.router.registry.register(model)
+            except MeshError as exc:
+                log.warning("example model %s not registered: %s", model.model_id, exc.message)
+        log.info("registered %d example models: %s", len(models), ", ".join(m.model_id for m in models))
+
+    async def _supervise(self, runtime: RuntimeProcess) -> None:
+        """Restart a runtime process that exits while the mesh runs; its copies are dropped and reloaded."""
+        while True:
+            assert runtime.process is not None
+            code = await runtime.process.wait()
+            log.error("runtime %s exited with %s; restarting it", runtime.instance_id, code)
+            await asyncio.sleep(1.0)
+            try:
+                endpoint = await runtime.start()
+                await self.router.add_instance(runtime.instance_id, endpoint, BUILTIN_MODEL_TYPES)
+            except (RuntimeError, MeshError) as exc:
+                log.error("runtime %s did not come back: %s", runtime.instance_id, exc)
+                return
+
+    async def stop(self) -> None:
+        for task in self._supervisors:
+            task.cancel()
+        await asyncio.gather(*self._supervisors, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.router.stop()
+        await asyncio.gather(*(r.stop() for r in self.runtimes))
+        for path in self._workdir.glob("*"):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._workdir.rmdir()
+
+
+async def serve(settings: Settings, options: ServeOptions) -> None:
+    """Run until SIGINT/SIGTERM, then stop everything that was started (no orphan processes)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    mesh = EmbeddedMesh(settings, options)
+    ports = await mesh.start()
+    if options.port_file is not None:
+        tmp = options.port_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"grpc": ports.grpc, "rest": ports.rest, "pid": os.getpid()}))
+        tmp.replace(options.port_file)
+    log.info(
+        "mesh is up: gRPC %s:%d, REST %s:%s; Ctrl-C stops it", settings.host, ports.grpc, settings.host, ports.rest
+    )
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await mesh.stop()
