@@ -16,6 +16,7 @@ from adapters.builtin.servicers import InferenceServicer, RuntimeServicer
 from adapters.builtin.settings import RuntimeSettings
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
+from mesh.grpcutil import RejectUnparseable
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,11 @@ async def serve(settings: RuntimeSettings) -> None:
     """Serves until SIGTERM or SIGINT, then stops gracefully and removes the port file."""
     core = BuiltinRuntime(settings)
     server = grpc.aio.server(
+        interceptors=[RejectUnparseable()],
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ]
+        ],
     )
     rt_grpc.add_ModelRuntimeServicer_to_server(RuntimeServicer(core, settings), server)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
 
 import grpc
 
@@ -13,43 +10,17 @@ import mesh
 from adapters.builtin.core import BuiltinRuntime
 from adapters.builtin.models import TensorSpec
 from adapters.builtin.settings import RuntimeSettings
-from mesh.errors import MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
+from mesh.grpcutil import maps_errors
 
-log = logging.getLogger(__name__)
 
 SERVER_NAME = "mesh-builtin-runtime"
 RUNTIME_VERSION = f"{SERVER_NAME}/{mesh.__version__}"
 # The methods the router may forward here, each with the field path of its model name (field 1 in both).
 FORWARDED_METHODS = ("inference.GRPCInferenceService/ModelInfer", "inference.GRPCInferenceService/ModelMetadata")
-
-S = TypeVar("S")
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-
-
-def grpc_errors(
-    method: Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
-) -> Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
-    """Ends the call with a MeshError's own code and message; anything unexpected is logged and is INTERNAL."""
-
-    @functools.wraps(method)
-    async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        try:
-            return await method(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except MeshError as exc:
-            await context.abort(exc.grpc_code, exc.message)
-        except Exception as exc:
-            log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        raise AssertionError("unreachable: context.abort raises")
-
-    return wrapper
 
 
 class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
@@ -59,29 +30,29 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
         self._core = core
         self._settings = settings
 
-    @grpc_errors
+    @maps_errors
     async def loadModel(self, request: rt.LoadModelRequest, context: grpc.aio.ServicerContext) -> rt.LoadModelResponse:
         size = await self._core.load(request.modelId, request.modelType, request.modelPath)
         return rt.LoadModelResponse(sizeInBytes=size)
 
-    @grpc_errors
+    @maps_errors
     async def unloadModel(
         self, request: rt.UnloadModelRequest, context: grpc.aio.ServicerContext
     ) -> rt.UnloadModelResponse:
         self._core.unload(request.modelId)
         return rt.UnloadModelResponse()
 
-    @grpc_errors
+    @maps_errors
     async def predictModelSize(
         self, request: rt.PredictModelSizeRequest, context: grpc.aio.ServicerContext
     ) -> rt.PredictModelSizeResponse:
         return rt.PredictModelSizeResponse(sizeInBytes=self._core.predict_size(request.modelType, request.modelPath))
 
-    @grpc_errors
+    @maps_errors
     async def modelSize(self, request: rt.ModelSizeRequest, context: grpc.aio.ServicerContext) -> rt.ModelSizeResponse:
         return rt.ModelSizeResponse(sizeInBytes=self._core.model(request.modelId).size_bytes)
 
-    @grpc_errors
+    @maps_errors
     async def runtimeStatus(
         self, request: rt.RuntimeStatusRequest, context: grpc.aio.ServicerContext
     ) -> rt.RuntimeStatusResponse:
@@ -111,31 +82,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: BuiltinRuntime) -> None:
         self._core = core
 
-    @grpc_errors
+    @maps_errors
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    @grpc_errors
+    @maps_errors
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=True)
 
-    @grpc_errors
+    @maps_errors
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=mesh.__version__)
 
-    @grpc_errors
+    @maps_errors
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self._core.is_loaded(request.name))
 
-    @grpc_errors
+    @maps_errors
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
@@ -147,7 +118,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=_tensor_metadata(model.outputs),
         )
 
-    @grpc_errors
+    @maps_errors
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:

@@ -20,6 +20,7 @@ from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
+from mesh.grpcutil import RejectUnparseable, maps_errors
 from mesh.placement.records import ModelRecord
 from mesh.placement.registry import ModelRegistry, ModelStatus, VModelStatus
 from mesh.proxy import wire
@@ -58,19 +59,6 @@ def header_target(metadata: Any) -> Target | None:
 
 async def _abort(context: grpc.aio.ServicerContext, exc: MeshError) -> None:
     await context.abort(exc.grpc_code, exc.message)
-
-
-def maps_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """The one place mesh errors become gRPC statuses."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await method(self, request, context)
-        except MeshError as exc:
-            await _abort(context, exc)
-
-    return wrapper
 
 
 class InferenceHandler(grpc.GenericRpcHandler):
@@ -246,10 +234,11 @@ async def start_grpc_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Bind and start; returns the server, the bound port (port 0 picks one) and the health servicer."""
     server = grpc.aio.server(
+        interceptors=[RejectUnparseable()],
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
-        ]
+        ],
     )
     mm_grpc.add_ModelMeshServicer_to_server(ManagementServicer(registry), server)
     admin_grpc.add_MeshAdminServicer_to_server(AdminServicer(registry), server)
