@@ -16,7 +16,6 @@ from mesh.gen import model_runtime_pb2 as rt
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
 from mesh.grpcutil import maps_errors
 
-
 SERVER_NAME = "mesh-builtin-runtime"
 RUNTIME_VERSION = f"{SERVER_NAME}/{mesh.__version__}"
 # The methods the router may forward here, each with the field path of its model name (field 1 in both).
