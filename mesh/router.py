@@ -68,6 +68,12 @@ class Router:
         )
         return Ports(grpc_port, rest_port)
 
+    @property
+    def kv(self) -> KV:
+        """The store this router runs on (another router may share it)."""
+        assert self._kv is not None, "start() first"
+        return self._kv
+
     async def add_instance(self, instance_id: str, endpoint: str, model_types: tuple[str, ...] = ()) -> None:
         await self.manager.add_instance(instance_id, endpoint, model_types)
 

@@ -78,6 +78,8 @@ class PlacementManager:
         self._flush_task: asyncio.Task[None] | None = None
         # Instance id → monotonic time until which it is left alone after failing to answer.
         self._unreachable: dict[str, float] = {}
+        self._placement_waiters: dict[str, asyncio.Event] = {}
+        self.view.on_change.append(self._on_view_change)
 
     async def start(self) -> None:
         await self.view.start()
@@ -146,11 +148,9 @@ class PlacementManager:
 
     async def ensure_loaded(self, model_id: str) -> str:
         """The instance holding a loaded copy, starting the one load for this model if there is none."""
-        placement = self.view.placements.get(model_id)
-        if placement:
-            for instance_id in placement.record.loaded_on():
-                if instance_id in self.view.instances:
-                    return instance_id
+        holder = self._loaded_holder(model_id)
+        if holder is not None:
+            return holder
         task = self._loads.get(model_id)
         if task is None:
             task = asyncio.create_task(self._load(model_id), name=f"load-{model_id}")
@@ -169,20 +169,93 @@ class PlacementManager:
     # ---- loading ---------------------------------------------------------------------------------------
 
     async def _load(self, model_id: str) -> str:
-        """Place and load one copy; an unreachable instance is set aside and the next best one tried."""
+        """Place and load one copy, unless another router claimed the load first; then wait for its result.
+
+        The claim is the compare-and-swap that records the LOADING copy: it succeeds only while the model has no
+        live copy, so however many routers miss at once, one of them loads. An unreachable instance is set
+        aside and the next best one tried.
+        """
         model = self._model(model_id)
         size = await self._size_estimate(model)
         while True:
             async with self._decide:
+                holder = self._loaded_holder(model_id)
+                if holder is not None:
+                    return holder
                 choice = self._choose(model, size)
-                for victim in choice.victims:
-                    self._evicting.add((victim.model_id, choice.instance_id))
-                await self._record_copy(model_id, choice.instance_id, CopyRecord(CopyState.LOADING, now_ms(), size))
-                self._loads_on[choice.instance_id] += 1
+                claimed = await self._claim(model_id, choice.instance_id, size)
+                if claimed:
+                    for victim in choice.victims:
+                        self._evicting.add((victim.model_id, choice.instance_id))
+                    self._loads_on[choice.instance_id] += 1
+            if not claimed:
+                await self._await_placement_change(model_id, self._load_timeout(choice.instance_id))
+                continue
             try:
                 return await self._load_at(model, choice)
             except _InstanceUnreachable:
                 continue  # _choose no longer offers that instance; it raises when nothing is left
+
+    def _loaded_holder(self, model_id: str) -> str | None:
+        placement = self.view.placements.get(model_id)
+        if placement is None:
+            return None
+        for instance_id in placement.record.loaded_on():
+            if instance_id in self.view.instances and self.reachable(instance_id):
+                return instance_id
+        return None
+
+    def _live_copies(self, record: PlacementRecord) -> list[str]:
+        """Copies that count: on a known, reachable instance, and loaded or loading within the load timeout."""
+        now = now_ms()
+        live = []
+        for instance_id, copy in record.copies.items():
+            if instance_id not in self.view.instances or not self.reachable(instance_id):
+                continue
+            if copy.state is CopyState.LOADING and now - copy.since_ms > self._load_timeout(instance_id) * 1000:
+                continue  # its loader died or gave up without clearing it
+            live.append(instance_id)
+        return live
+
+    async def _claim(self, model_id: str, instance_id: str, size: int) -> bool:
+        """Record a LOADING copy on instance_id if, and only if, the model has no live copy anywhere."""
+        claimed = False
+
+        def change(current: PlacementRecord | None) -> object:
+            nonlocal claimed
+            record = current or PlacementRecord()
+            claimed = not self._live_copies(record)
+            if not claimed:
+                return UNCHANGED
+            live = set(self._live_copies(record))
+            for stale in [i for i, c in record.copies.items() if c.state is CopyState.LOADING and i not in live]:
+                record = record.without_copy(stale)
+            return record.with_copy(instance_id, CopyRecord(CopyState.LOADING, now_ms(), size))
+
+        await self.store.update(Kind.PLACEMENT, model_id, change)
+        return claimed
+
+    async def _await_placement_change(self, model_id: str, timeout: float) -> None:
+        """Wait until the model's placement record changes (another router's load finished or failed)."""
+        event = self._placement_waiters.setdefault(model_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass  # a claim that old is stale: the next _claim ignores it
+        finally:
+            self._placement_waiters.pop(model_id, None)
+
+    def _on_view_change(self, kind: Kind, record_id: str) -> None:
+        if kind is Kind.PLACEMENT:
+            event = self._placement_waiters.get(record_id)
+            if event is not None:
+                event.set()
+
+    def _load_timeout(self, instance_id: str) -> float:
+        known = self.view.instances.get(instance_id)
+        if known is not None and known.record.load_timeout_ms:
+            return known.record.load_timeout_ms / 1000
+        return self.settings.load_timeout_seconds
 
     async def _load_at(self, model: ModelRecord, choice: policy.Placement) -> str:
         model_id, instance_id = model.model_id, choice.instance_id
@@ -247,9 +320,8 @@ class PlacementManager:
     async def _load_on(self, instance_id: str, model: ModelRecord) -> int:
         record = self.view.instances[instance_id].record
         slots = self._slots.setdefault(instance_id, asyncio.Semaphore(record.loading_slots))
-        timeout = record.load_timeout_ms / 1000 if record.load_timeout_ms else self.settings.load_timeout_seconds
         async with slots:
-            return await self.instances.client(instance_id).load(model, timeout)
+            return await self.instances.client(instance_id).load(model, self._load_timeout(instance_id))
 
     def _model(self, model_id: str) -> ModelRecord:
         known = self.view.models.get(model_id)
@@ -261,7 +333,7 @@ class PlacementManager:
         placement = self.view.placements.get(model.model_id)
         record = placement.record if placement else PlacementRecord()
         failed = self._recent_failures(record)
-        excluded = frozenset(record.copies) | frozenset(failed)
+        excluded = frozenset(self._live_copies(record)) | frozenset(failed)
         choice = policy.choose_instance(model.model_type, size, self._instance_views(), excluded)
         if choice is not None:
             return choice

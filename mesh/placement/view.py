@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from cachetools import TTLCache
+
 from mesh.kv.base import KV, Compacted, EventType, KeyValue
 from mesh.placement.records import (
     InstanceRecord,
@@ -49,8 +51,9 @@ class LocalView:
         self._kv = kv
         self.keys = keys
         self.tables: dict[Kind, dict[str, Versioned]] = {kind: {} for kind in Kind}
-        # Revision of the newest deletion per key, so a stale put arriving after a delete is not resurrected.
-        self._deleted_at: dict[tuple[Kind, str], int] = {}
+        # Revision of recent deletions per key, so a stale put arriving after a delete is not resurrected.
+        # Bounded: a late event is late by a watch round trip, not by minutes.
+        self._deleted_at: TTLCache[tuple[Kind, str], int] = TTLCache(maxsize=100_000, ttl=300)
         self._revision = 0
         self._watch_task: asyncio.Task[None] | None = None
         self.on_change: list[Callable[[Kind, str], None]] = []

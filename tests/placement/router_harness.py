@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +71,7 @@ class Mesh:
     runtimes: list[Runtime]
     grpc_port: int
     tmp: Path
+    make: Callable[..., Awaitable[Mesh]] | None = None
     channel: grpc.aio.Channel = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +85,11 @@ class Mesh:
 
     async def infer(self, model_name: str, value: int = 7, metadata=()) -> pb.ModelInferResponse:  # type: ignore[no-untyped-def]
         return await self.inference.ModelInfer(echo_request(model_name, value), metadata=metadata, timeout=30)
+
+    async def join(self) -> Mesh:
+        """Another router over the same store (the runtimes are registered once, by the first)."""
+        assert self.make is not None
+        return await self.make([], shared_kv=self.router.kv)
 
     def loads(self) -> int:
         return sum(r.calls[LOAD] for r in self.runtimes)

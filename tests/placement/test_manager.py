@@ -173,3 +173,14 @@ async def test_both_routing_headers_at_once_is_invalid(make_mesh):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await mesh.infer("m", metadata=(("mm-model-id", "m"), ("mm-vmodel-id", "m")))
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_routers_sharing_a_store_load_a_model_once(make_mesh):
+    first = await make_mesh([10_000_000, 10_000_000])
+    second = await first.join()  # a second router over the same store, seeing the same runtimes
+    await first.register_echo("shared")
+    await asyncio.sleep(0.05)  # the registration reaches the second router through its watch
+    replies = await asyncio.gather(*(mesh.infer("shared", value=i) for i in range(40) for mesh in (first, second)))
+    assert len(replies) == 80
+    assert first.loads() == 1
+    assert second.router.registry.status("shared").state is ModelState.LOADED
