@@ -12,11 +12,15 @@ from pathlib import Path
 import grpc
 
 from adapters.builtin.core import BuiltinRuntime
-from adapters.builtin.servicers import InferenceServicer, RuntimeServicer
+from adapters.builtin.models import MODEL_TYPES
+from adapters.builtin.servicers import InferenceServicer, RuntimeServicer, status_response
 from adapters.builtin.settings import RuntimeSettings
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
 from mesh.grpcutil import RejectUnparseable
+from mesh.kv import open_kv
+from mesh.placement.instances import InstancePublisher, record_from_status
+from mesh.placement.records import Keys
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,16 @@ async def _stop_when_gone(parent_pid: int, stopping: asyncio.Event) -> None:
     stopping.set()
 
 
+async def _publish(settings: RuntimeSettings, port: int) -> InstancePublisher:
+    """Join the mesh on our own: publish this instance's record in its store, under a lease kept alive here."""
+    endpoint = settings.advertise or f"{settings.host}:{port}"
+    record = record_from_status(settings.instance_id, endpoint, status_response(settings), tuple(MODEL_TYPES))
+    publisher = InstancePublisher(open_kv(settings.kv), Keys(settings.kv_prefix), settings.lease_seconds)
+    await publisher.publish(record)
+    log.info("published instance %s at %s in %s", settings.instance_id, endpoint, settings.kv)
+    return publisher
+
+
 async def serve(settings: RuntimeSettings) -> None:
     """Serves until SIGTERM or SIGINT, then stops gracefully and removes the port file."""
     core = BuiltinRuntime(settings)
@@ -76,6 +90,7 @@ async def serve(settings: RuntimeSettings) -> None:
     if settings.parent_pid is not None:
         watcher = asyncio.create_task(_stop_when_gone(settings.parent_pid, stopping), name="parent watch")
 
+    publisher = await _publish(settings, port) if settings.kv else None
     # Written only once serving, so a parent that sees the file can connect at once.
     if settings.port_file is not None:
         write_port_file(settings.port_file, port, settings.instance_id)
@@ -85,6 +100,8 @@ async def serve(settings: RuntimeSettings) -> None:
         if watcher is not None:
             watcher.cancel()
         log.info("stopping (grace %.1f s)", settings.shutdown_grace_s)
+        if publisher is not None:
+            await publisher.close(close_store=True)  # leave routing first, then finish what is in flight
         await server.stop(settings.shutdown_grace_s)
     finally:
         # A stale file would point a later reader at a port this process no longer holds.

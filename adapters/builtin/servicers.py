@@ -57,18 +57,20 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
     ) -> rt.RuntimeStatusResponse:
         # The contract: the router calls this at its startup and assumes nothing is loaded once it says READY.
         self._core.purge()
-        settings = self._settings
-        return rt.RuntimeStatusResponse(
-            status=rt.RuntimeStatusResponse.READY,
-            capacityInBytes=settings.capacity_bytes,
-            maxLoadingConcurrency=settings.max_loading_concurrency,
-            modelLoadingTimeoutMs=settings.load_timeout_ms,
-            defaultModelSizeInBytes=settings.default_model_size_bytes,
-            runtimeVersion=RUNTIME_VERSION,
-            methodInfos={
-                method: rt.RuntimeStatusResponse.MethodInfo(idInjectionPath=[1]) for method in FORWARDED_METHODS
-            },
-        )
+        return status_response(self._settings)
+
+
+def status_response(settings: RuntimeSettings) -> rt.RuntimeStatusResponse:
+    """What this runtime is: capacity, concurrency, timeouts, and the methods the router may forward."""
+    return rt.RuntimeStatusResponse(
+        status=rt.RuntimeStatusResponse.READY,
+        capacityInBytes=settings.capacity_bytes,
+        maxLoadingConcurrency=settings.max_loading_concurrency,
+        modelLoadingTimeoutMs=settings.load_timeout_ms,
+        defaultModelSizeInBytes=settings.default_model_size_bytes,
+        runtimeVersion=RUNTIME_VERSION,
+        methodInfos={method: rt.RuntimeStatusResponse.MethodInfo(idInjectionPath=[1]) for method in FORWARDED_METHODS},
+    )
 
 
 def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[pb.ModelMetadataResponse.TensorMetadata]:

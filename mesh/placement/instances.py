@@ -1,4 +1,11 @@
-"""Runtime instances: registering them (status, lease, record) and the SPI clients that reach them."""
+"""Runtime instances: probing a runtime, publishing its record under a lease, and the clients that reach them.
+
+A record is published either by the router that started the runtime (`mesh serve`, the embedded default) or by
+the runtime process itself (`--kv`), which is how runtimes join a mesh whose routers run elsewhere. Either way
+the record is bound to a lease: when its publisher dies, the record expires and the instance leaves routing.
+Each publication carries a new `started_ms`, the instance's incarnation; copies recorded under an older
+incarnation are not trusted (the runtime restarted empty).
+"""
 
 from __future__ import annotations
 
@@ -10,20 +17,22 @@ import grpc
 
 from mesh.errors import Unavailable
 from mesh.gen import model_runtime_pb2 as rt
-from mesh.kv.base import KV, LeaseNotFound
-from mesh.placement.records import InstanceRecord, Kind, now_ms
-from mesh.placement.store import RecordStore
+from mesh.kv.base import KV, KeyValue, LeaseNotFound
+from mesh.placement.records import InstanceRecord, Keys, Kind, now_ms
 from mesh.placement.view import LocalView
 from mesh.runtime import RuntimeClient
 
 log = logging.getLogger(__name__)
 
 
-def record_from_status(instance_id: str, endpoint: str, status: rt.RuntimeStatusResponse) -> InstanceRecord:
+def record_from_status(
+    instance_id: str, endpoint: str, status: rt.RuntimeStatusResponse, model_types: tuple[str, ...] = ()
+) -> InstanceRecord:
     return InstanceRecord(
         instance_id=instance_id,
         endpoint=endpoint,
         capacity_bytes=status.capacityInBytes,
+        model_types=model_types,
         loading_slots=max(1, status.maxLoadingConcurrency),
         default_model_size=status.defaultModelSizeInBytes or 1_000_000,
         load_timeout_ms=status.modelLoadingTimeoutMs,
@@ -32,90 +41,78 @@ def record_from_status(instance_id: str, endpoint: str, status: rt.RuntimeStatus
     )
 
 
-class InstanceRegistry:
-    """The instances this router registered, kept alive by a lease, and a client per known instance."""
+async def probe_runtime(
+    instance_id: str, endpoint: str, model_types: tuple[str, ...] = (), startup_timeout: float = 60.0
+) -> InstanceRecord:
+    """Wait for a runtime to report READY (it purges its models then) and describe it as a record."""
+    client = RuntimeClient(instance_id, endpoint)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + startup_timeout
+    try:
+        while True:
+            try:
+                status = await client.status(timeout=max(0.1, deadline - loop.time()))
+            except grpc.aio.AioRpcError as exc:
+                raise Unavailable(f"runtime '{instance_id}' at {endpoint} did not answer: {exc.details()}") from exc
+            if status.status == rt.RuntimeStatusResponse.READY:
+                return record_from_status(instance_id, endpoint, status, model_types)
+            if status.status == rt.RuntimeStatusResponse.FAILING or loop.time() > deadline:
+                raise Unavailable(f"runtime '{instance_id}' at {endpoint} is not ready")
+            await asyncio.sleep(0.2)
+    finally:
+        await client.close()
 
-    def __init__(self, kv: KV, view: LocalView, store: RecordStore, lease_seconds: float, max_message_bytes: int):
+
+class InstancePublisher:
+    """Keeps instance records in the store under one lease: publish, keep alive, publish again after expiry."""
+
+    def __init__(self, kv: KV, keys: Keys, lease_seconds: float) -> None:
         self._kv = kv
-        self._view = view
-        self._store = store
+        self._keys = keys
         self._lease_seconds = lease_seconds
-        self._max_message_bytes = max_message_bytes
-        self._clients: dict[str, RuntimeClient] = {}
-        self._owned: dict[str, InstanceRecord] = {}
+        self._records: dict[str, InstanceRecord] = {}
         self._lease = 0
         self._keepalive: asyncio.Task[None] | None = None
 
-    def client(self, instance_id: str) -> RuntimeClient:
-        """The client for an instance in the view (raises Unavailable when it is gone)."""
-        client = self._clients.get(instance_id)
-        if client is None:
-            known = self._view.instances.get(instance_id)
-            if known is None:
-                raise Unavailable(f"runtime instance '{instance_id}' is gone")
-            client = RuntimeClient(instance_id, known.record.endpoint, self._max_message_bytes)
-            self._clients[instance_id] = client
-        return client
-
-    async def add(
-        self, instance_id: str, endpoint: str, model_types: tuple[str, ...] = (), startup_timeout: float = 60
-    ) -> InstanceRecord:
-        """Wait for the runtime to report READY (it purges its models then) and publish its record."""
-        client = RuntimeClient(instance_id, endpoint, self._max_message_bytes)
-        deadline = asyncio.get_running_loop().time() + startup_timeout
-        while True:
-            try:
-                status = await client.status(timeout=max(0.1, deadline - asyncio.get_running_loop().time()))
-            except grpc.aio.AioRpcError as exc:
-                await client.close()
-                raise Unavailable(f"runtime '{instance_id}' at {endpoint} did not answer: {exc.details()}") from exc
-            if status.status == rt.RuntimeStatusResponse.READY:
-                break
-            if status.status == rt.RuntimeStatusResponse.FAILING or asyncio.get_running_loop().time() > deadline:
-                await client.close()
-                raise Unavailable(f"runtime '{instance_id}' at {endpoint} is not ready")
-            await asyncio.sleep(0.2)
-        record = record_from_status(instance_id, endpoint, status)
-        if model_types:
-            record = InstanceRecord(**{**record.__dict__, "model_types": model_types})
-        old = self._clients.pop(instance_id, None)
-        if old:
-            await old.close()
-        self._clients[instance_id] = client
-        await self._publish(record)
-        self._owned[instance_id] = record
-        log.info("runtime instance %s ready at %s (capacity %d bytes)", instance_id, endpoint, record.capacity_bytes)
-        return record
-
-    async def remove(self, instance_id: str) -> None:
-        self._owned.pop(instance_id, None)
-        await self._store.update(Kind.INSTANCE, instance_id, lambda _: None)
-        client = self._clients.pop(instance_id, None)
-        if client:
-            await client.close()
-
-    async def _publish(self, record: InstanceRecord) -> None:
+    async def publish(self, record: InstanceRecord) -> KeyValue:
+        """Write the record under the lease; returns what was written, for a view to apply at once."""
+        self._records[record.instance_id] = record
         if not self._lease:
             self._lease = await self._kv.grant_lease(self._lease_seconds)
             self._keepalive = asyncio.create_task(self._keep_alive(), name="instance-lease-keepalive")
         try:
-            await self._store.update(Kind.INSTANCE, record.instance_id, lambda _: record, lease=self._lease)
+            return await self._put(record)
         except LeaseNotFound:
-            # Expired between keep-alives (a stalled loop); the keep-alive task re-publishes the others.
-            self._lease = await self._kv.grant_lease(self._lease_seconds)
-            await self._store.update(Kind.INSTANCE, record.instance_id, lambda _: record, lease=self._lease)
+            await self._renew()
+            return await self._put(record)
+
+    async def withdraw(self, instance_id: str) -> None:
+        if self._records.pop(instance_id, None) is not None:
+            await self._kv.delete(self._keys.key(Kind.INSTANCE, instance_id))
+
+    async def _put(self, record: InstanceRecord) -> KeyValue:
+        key, value = self._keys.key(Kind.INSTANCE, record.instance_id), record.to_bytes()
+        revision = await self._kv.put(key, value, self._lease)
+        return KeyValue(key, value, create_revision=0, mod_revision=revision, version=0, lease=self._lease)
+
+    async def _renew(self) -> None:
+        """The lease expired (a stalled loop, a store outage): publish everything again under a new one."""
+        log.warning("instance lease expired; publishing %d instance record(s) again", len(self._records))
+        self._lease = await self._kv.grant_lease(self._lease_seconds)
+        for record in self._records.values():
+            await self._put(record)
 
     async def _keep_alive(self) -> None:
         while True:
             await asyncio.sleep(self._lease_seconds / 3)
-            if await self._kv.keep_alive(self._lease):
-                continue
-            log.warning("instance lease expired; registering %d instances again", len(self._owned))
-            self._lease = await self._kv.grant_lease(self._lease_seconds)
-            for record in self._owned.values():
-                await self._store.update(Kind.INSTANCE, record.instance_id, lambda _, r=record: r, lease=self._lease)
+            try:
+                if not await self._kv.keep_alive(self._lease):
+                    await self._renew()
+            except Exception as exc:  # noqa: BLE001 - store outages are retried next period; the task must live
+                log.warning("keeping the instance lease alive failed: %s", exc)
 
-    async def close(self) -> None:
+    async def close(self, close_store: bool = False) -> None:
+        """Stop keeping the lease alive and revoke it, so the records vanish at once."""
         if self._keepalive:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -123,6 +120,33 @@ class InstanceRegistry:
         if self._lease:
             with contextlib.suppress(Exception):
                 await self._kv.revoke_lease(self._lease)
+        self._lease = 0
+        if close_store:
+            await self._kv.close()
+
+
+class RuntimeClients:
+    """One SPI client per instance in the view, replaced when the instance comes back at another endpoint."""
+
+    def __init__(self, view: LocalView, max_message_bytes: int) -> None:
+        self._view = view
+        self._max_message_bytes = max_message_bytes
+        self._clients: dict[str, RuntimeClient] = {}
+
+    def get(self, instance_id: str) -> RuntimeClient:
+        """The client for an instance in the view (raises Unavailable when it is gone)."""
+        known = self._view.instances.get(instance_id)
+        if known is None:
+            raise Unavailable(f"runtime instance '{instance_id}' is gone")
+        client = self._clients.get(instance_id)
+        if client is None or client.endpoint != known.record.endpoint:
+            if client is not None:
+                asyncio.get_running_loop().create_task(client.close())
+            client = RuntimeClient(instance_id, known.record.endpoint, self._max_message_bytes)
+            self._clients[instance_id] = client
+        return client
+
+    async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()

@@ -20,7 +20,7 @@ from mesh.config import Settings
 from mesh.errors import ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
 from mesh.kv.base import KV
 from mesh.placement import policy
-from mesh.placement.instances import InstanceRegistry
+from mesh.placement.instances import InstancePublisher, RuntimeClients, probe_runtime
 from mesh.placement.records import (
     CopyRecord,
     CopyState,
@@ -64,9 +64,8 @@ class PlacementManager:
         self.keys = Keys(settings.kv_prefix)
         self.view = LocalView(kv, self.keys)
         self.store = RecordStore(kv, self.view)
-        self.instances = InstanceRegistry(
-            kv, self.view, self.store, settings.instance_lease_seconds, settings.max_message_bytes
-        )
+        self.clients = RuntimeClients(self.view, settings.max_message_bytes)
+        self.publisher = InstancePublisher(kv, self.keys, settings.instance_lease_seconds)
         self._loads: dict[str, asyncio.Task[str]] = {}
         self._decide = asyncio.Lock()
         self._in_flight: Counter[tuple[str, str]] = Counter()
@@ -79,6 +78,7 @@ class PlacementManager:
         # Instance id → monotonic time until which it is left alone after failing to answer.
         self._unreachable: dict[str, float] = {}
         self._placement_waiters: dict[str, asyncio.Event] = {}
+        self._janitor_tasks: set[asyncio.Task[None]] = set()
         self.view.on_change.append(self._on_view_change)
 
     async def start(self) -> None:
@@ -90,22 +90,44 @@ class PlacementManager:
             self._flush_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flush_task
-        for task in list(self._loads.values()):
+        for task in [*self._loads.values(), *self._janitor_tasks]:
             task.cancel()
+        await asyncio.gather(*self._janitor_tasks, return_exceptions=True)
         await asyncio.gather(*self._loads.values(), return_exceptions=True)
         await self.flush_last_used()
-        await self.instances.close()
+        await self.publisher.close()
+        await self.clients.close()
         await self.view.stop()
 
     # ---- instances -------------------------------------------------------------------------------------
 
     async def add_instance(self, instance_id: str, endpoint: str, model_types: tuple[str, ...] = ()) -> None:
-        """Register a runtime instance; it starts empty, so any copies recorded on it are dropped."""
-        await self.instances.add(instance_id, endpoint, model_types)
+        """Probe a runtime this router started and publish its record under this router's lease.
+
+        The probe purges the runtime, so the record is a new incarnation and any copies recorded on the
+        instance before are dropped.
+        """
+        record = await probe_runtime(instance_id, endpoint, model_types)
+        self.view.apply_put(await self.publisher.publish(record))
         self._unreachable.pop(instance_id, None)
+        log.info("runtime instance %s ready at %s (capacity %d bytes)", instance_id, endpoint, record.capacity_bytes)
+        await self._drop_stale_copies(instance_id)
+
+    def current(self, instance_id: str, copy: CopyRecord) -> bool:
+        """The copy was made on the instance's present incarnation, which is known and reachable."""
+        known = self.view.instances.get(instance_id)
+        return known is not None and copy.incarnation == known.record.started_ms and self.reachable(instance_id)
+
+    async def _drop_stale_copies(self, instance_id: str) -> None:
+        """Remove copies recorded on an earlier incarnation of an instance (it restarted empty)."""
+        known = self.view.instances.get(instance_id)
+        if known is None:
+            return
+        incarnation = known.record.started_ms
         for model_id, placement in list(self.view.placements.items()):
-            if instance_id in placement.record.copies:
-                await self._drop_copy(model_id, instance_id)
+            copy = placement.record.copies.get(instance_id)
+            if copy is not None and copy.incarnation != incarnation:
+                await self._drop_copy(model_id, instance_id, only_incarnation=copy.incarnation)
 
     # ---- the data path ---------------------------------------------------------------------------------
 
@@ -118,7 +140,7 @@ class PlacementManager:
         for instance_id, copy in placement.record.copies.items():
             if copy.state is not CopyState.LOADED or (model_id, instance_id) in self._evicting:
                 continue
-            if instance_id not in self.view.instances or not self.reachable(instance_id):
+            if not self.current(instance_id, copy):
                 continue
             if best is None or self._in_flight[(model_id, instance_id)] < self._in_flight[(model_id, best)]:
                 best = instance_id
@@ -127,7 +149,7 @@ class PlacementManager:
         self._in_flight[(model_id, best)] += 1
         self._last_used[model_id] = now_ms()
         self._used_since_flush.add(model_id)
-        return CopyLease(self, model_id, best, self.instances.client(best))
+        return CopyLease(self, model_id, best, self.clients.get(best))
 
     async def acquire(self, model_id: str) -> CopyLease:
         """A copy of the model, loading one first when none is loaded (one load however many callers)."""
@@ -183,7 +205,8 @@ class PlacementManager:
                 if holder is not None:
                     return holder
                 choice = self._choose(model, size)
-                claimed = await self._claim(model_id, choice.instance_id, size)
+                incarnation = self.view.instances[choice.instance_id].record.started_ms
+                claimed = await self._claim(model_id, choice.instance_id, size, incarnation)
                 if claimed:
                     for victim in choice.victims:
                         self._evicting.add((victim.model_id, choice.instance_id))
@@ -192,7 +215,7 @@ class PlacementManager:
                 await self._await_placement_change(model_id, self._load_timeout(choice.instance_id))
                 continue
             try:
-                return await self._load_at(model, choice)
+                return await self._load_at(model, choice, incarnation)
             except _InstanceUnreachable:
                 continue  # _choose no longer offers that instance; it raises when nothing is left
 
@@ -200,8 +223,8 @@ class PlacementManager:
         placement = self.view.placements.get(model_id)
         if placement is None:
             return None
-        for instance_id in placement.record.loaded_on():
-            if instance_id in self.view.instances and self.reachable(instance_id):
+        for instance_id, copy in placement.record.copies.items():
+            if copy.state is CopyState.LOADED and self.current(instance_id, copy):
                 return instance_id
         return None
 
@@ -210,14 +233,14 @@ class PlacementManager:
         now = now_ms()
         live = []
         for instance_id, copy in record.copies.items():
-            if instance_id not in self.view.instances or not self.reachable(instance_id):
+            if not self.current(instance_id, copy):
                 continue
             if copy.state is CopyState.LOADING and now - copy.since_ms > self._load_timeout(instance_id) * 1000:
                 continue  # its loader died or gave up without clearing it
             live.append(instance_id)
         return live
 
-    async def _claim(self, model_id: str, instance_id: str, size: int) -> bool:
+    async def _claim(self, model_id: str, instance_id: str, size: int, incarnation: int) -> bool:
         """Record a LOADING copy on instance_id if, and only if, the model has no live copy anywhere."""
         claimed = False
 
@@ -230,7 +253,7 @@ class PlacementManager:
             live = set(self._live_copies(record))
             for stale in [i for i, c in record.copies.items() if c.state is CopyState.LOADING and i not in live]:
                 record = record.without_copy(stale)
-            return record.with_copy(instance_id, CopyRecord(CopyState.LOADING, now_ms(), size))
+            return record.with_copy(instance_id, CopyRecord(CopyState.LOADING, now_ms(), size, incarnation))
 
         await self.store.update(Kind.PLACEMENT, model_id, change)
         return claimed
@@ -250,6 +273,11 @@ class PlacementManager:
             event = self._placement_waiters.get(record_id)
             if event is not None:
                 event.set()
+        elif kind is Kind.INSTANCE and record_id in self.view.instances:
+            # A runtime that published itself again restarted empty; clean up what it held before.
+            task = asyncio.get_running_loop().create_task(self._drop_stale_copies(record_id))
+            self._janitor_tasks.add(task)
+            task.add_done_callback(self._janitor_tasks.discard)
 
     def _load_timeout(self, instance_id: str) -> float:
         known = self.view.instances.get(instance_id)
@@ -257,7 +285,7 @@ class PlacementManager:
             return known.record.load_timeout_ms / 1000
         return self.settings.load_timeout_seconds
 
-    async def _load_at(self, model: ModelRecord, choice: policy.Placement) -> str:
+    async def _load_at(self, model: ModelRecord, choice: policy.Placement, incarnation: int) -> str:
         model_id, instance_id = model.model_id, choice.instance_id
         started = time.perf_counter()
         done = False
@@ -286,7 +314,7 @@ class PlacementManager:
             self._loads_on[instance_id] -= 1
             if not done:
                 await self._drop_copy(model_id, instance_id, only_if=CopyState.LOADING)
-        await self._record_copy(model_id, instance_id, CopyRecord(CopyState.LOADED, now_ms(), size))
+        await self._record_copy(model_id, instance_id, CopyRecord(CopyState.LOADED, now_ms(), size, incarnation))
         log.info(
             "loaded model %s on %s in %.0f ms (%d bytes)",
             model_id,
@@ -321,7 +349,7 @@ class PlacementManager:
         record = self.view.instances[instance_id].record
         slots = self._slots.setdefault(instance_id, asyncio.Semaphore(record.loading_slots))
         async with slots:
-            return await self.instances.client(instance_id).load(model, self._load_timeout(instance_id))
+            return await self.clients.get(instance_id).load(model, self._load_timeout(instance_id))
 
     def _model(self, model_id: str) -> ModelRecord:
         known = self.view.models.get(model_id)
@@ -385,7 +413,7 @@ class PlacementManager:
         if not candidates:
             return 0
         try:
-            predicted = await self.instances.client(candidates[0].instance_id).predict_size(
+            predicted = await self.clients.get(candidates[0].instance_id).predict_size(
                 model, self.settings.predict_size_timeout_seconds
             )
         except grpc.aio.AioRpcError:
@@ -424,16 +452,20 @@ class PlacementManager:
         await self._drop_copy(model_id, instance_id)
         started = time.perf_counter()
         try:
-            await self.instances.client(instance_id).unload(model_id)
+            await self.clients.get(instance_id).unload(model_id)
         except (grpc.aio.AioRpcError, Unavailable) as exc:
             log.warning("unload of model %s from %s failed: %s", model_id, instance_id, exc)
             return
         log.info("unloaded model %s from %s in %.0f ms", model_id, instance_id, (time.perf_counter() - started) * 1000)
 
-    async def _drop_copy(self, model_id: str, instance_id: str, only_if: CopyState | None = None) -> None:
+    async def _drop_copy(
+        self, model_id: str, instance_id: str, only_if: CopyState | None = None, only_incarnation: int | None = None
+    ) -> None:
         def change(p: PlacementRecord | None) -> object:
             copy = p.copies.get(instance_id) if p else None
             if copy is None or (only_if is not None and copy.state is not only_if):
+                return UNCHANGED
+            if only_incarnation is not None and copy.incarnation != only_incarnation:
                 return UNCHANGED
             return p.without_copy(instance_id)  # type: ignore[union-attr]
 

@@ -91,6 +91,8 @@ class CopyRecord(_Record):
     state: CopyState
     since_ms: int
     size_bytes: int
+    # The instance's started_ms when the copy was made: a copy from an earlier incarnation is gone.
+    incarnation: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class PlacementRecord(_Record):
     def from_dict(cls, raw: dict[str, Any]) -> Self:
         return cls(
             copies={
-                i: CopyRecord(CopyState(c["state"]), c["since_ms"], c["size_bytes"])
+                i: CopyRecord(CopyState(c["state"]), c["since_ms"], c["size_bytes"], c.get("incarnation", 0))
                 for i, c in raw.get("copies", {}).items()
             },
             failures={i: LoadFailure(**f) for i, f in raw.get("failures", {}).items()},

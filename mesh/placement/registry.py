@@ -155,9 +155,8 @@ class ModelRegistry:
         copies: list[CopyStatus] = []
         errors: list[str] = []
         if placement:
-            live = self._view.instances
             for instance_id, copy in placement.record.copies.items():
-                if instance_id in live:
+                if self._manager.current(instance_id, copy):
                     state = ModelState.LOADED if copy.state is CopyState.LOADED else ModelState.LOADING
                     copies.append(CopyStatus(instance_id, state, copy.since_ms))
             for instance_id, failure in placement.record.failures.items():
