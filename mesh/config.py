@@ -35,6 +35,12 @@ class Settings:
     """predictModelSize must answer almost at once; past this the runtime's default size is used."""
     last_used_flush_seconds: float = 5.0
     """How often recency is written back to the store (batched, never per request)."""
+    scale_up_rpm: float = 2000.0
+    """Requests per minute per copy, seen by one router, above which a model gets another copy."""
+    scale_up_in_flight: int = 16
+    """Requests in flight on a model's least busy copy above which it gets another copy."""
+    idle_copy_seconds: float = 300.0
+    """A model unused this long keeps one copy; its extra copies are unloaded."""
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message and REST body accepted and forwarded."""
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import grpc
 
 from mesh.config import Settings
-from mesh.errors import ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
+from mesh.errors import MeshError, ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
 from mesh.kv.base import KV
 from mesh.placement import policy
 from mesh.placement.instances import InstancePublisher, RuntimeClients, probe_runtime
@@ -79,6 +79,9 @@ class PlacementManager:
         self._unreachable: dict[str, float] = {}
         self._placement_waiters: dict[str, asyncio.Event] = {}
         self._janitor_tasks: set[asyncio.Task[None]] = set()
+        self._requests: Counter[str] = Counter()
+        self._scaling: set[str] = set()
+        self._rate_window_start = time.monotonic()
         self.view.on_change.append(self._on_view_change)
 
     async def start(self) -> None:
@@ -146,9 +149,12 @@ class PlacementManager:
                 best = instance_id
         if best is None:
             return None
-        self._in_flight[(model_id, best)] += 1
+        in_flight = self._in_flight[(model_id, best)] = self._in_flight[(model_id, best)] + 1
         self._last_used[model_id] = now_ms()
         self._used_since_flush.add(model_id)
+        self._requests[model_id] += 1
+        if in_flight > self.settings.scale_up_in_flight:
+            self._scale_up(model_id)  # even the least busy copy is saturated
         return CopyLease(self, model_id, best, self.clients.get(best))
 
     async def acquire(self, model_id: str) -> CopyLease:
@@ -240,17 +246,20 @@ class PlacementManager:
             live.append(instance_id)
         return live
 
-    async def _claim(self, model_id: str, instance_id: str, size: int, incarnation: int) -> bool:
-        """Record a LOADING copy on instance_id if, and only if, the model has no live copy anywhere."""
+    async def _claim(
+        self, model_id: str, instance_id: str, size: int, incarnation: int, expected_live: int = 0
+    ) -> bool:
+        """Record a LOADING copy on instance_id if, and only if, the model has exactly expected_live live copies
+        (0 for a first load; the current count for an extra copy) and none of them is on that instance."""
         claimed = False
 
         def change(current: PlacementRecord | None) -> object:
             nonlocal claimed
             record = current or PlacementRecord()
-            claimed = not self._live_copies(record)
+            live = set(self._live_copies(record))
+            claimed = len(live) == expected_live and instance_id not in live
             if not claimed:
                 return UNCHANGED
-            live = set(self._live_copies(record))
             for stale in [i for i, c in record.copies.items() if c.state is CopyState.LOADING and i not in live]:
                 record = record.without_copy(stale)
             return record.with_copy(instance_id, CopyRecord(CopyState.LOADING, now_ms(), size, incarnation))
@@ -494,5 +503,74 @@ class PlacementManager:
             await asyncio.sleep(self.settings.last_used_flush_seconds)
             try:
                 await self.flush_last_used()
-            except Exception:  # noqa: BLE001 - a failed flush is retried next period; it must not stop
-                log.exception("flushing last-used times failed")
+                self._review_rates()
+                await self.retire_idle_copies()
+            except Exception:  # noqa: BLE001 - a failed round is retried next period; it must not stop
+                log.exception("periodic placement maintenance failed")
+
+    # ---- copies follow load ------------------------------------------------------------------------------
+
+    def _review_rates(self) -> None:
+        """Add a copy to models whose request rate per copy, seen by this router, passed the threshold."""
+        now = time.monotonic()
+        minutes = max(now - self._rate_window_start, 1e-3) / 60
+        counts, self._requests, self._rate_window_start = self._requests, Counter(), now
+        for model_id, count in counts.items():
+            copies = len(self._loaded_copies(model_id)) or 1
+            if count / minutes / copies > self.settings.scale_up_rpm:
+                self._scale_up(model_id)
+
+    def _loaded_copies(self, model_id: str) -> list[tuple[str, CopyRecord]]:
+        placement = self.view.placements.get(model_id)
+        if placement is None:
+            return []
+        return [
+            (i, c) for i, c in placement.record.copies.items() if c.state is CopyState.LOADED and self.current(i, c)
+        ]
+
+    def _scale_up(self, model_id: str) -> None:
+        if model_id in self._scaling or model_id in self._loads:
+            return
+        self._scaling.add(model_id)
+        task = asyncio.get_running_loop().create_task(self._add_copy(model_id), name=f"scale-up-{model_id}")
+        self._janitor_tasks.add(task)
+        task.add_done_callback(self._janitor_tasks.discard)
+        task.add_done_callback(lambda _t: self._scaling.discard(model_id))
+
+    async def _add_copy(self, model_id: str) -> None:
+        """Load one more copy on another instance, into free space only: an extra copy never evicts a model."""
+        try:
+            model = self._model(model_id)
+            async with self._decide:
+                placement = self.view.placements.get(model_id)
+                record = placement.record if placement else PlacementRecord()
+                live = self._live_copies(record)
+                if not live or any(record.copies[i].state is CopyState.LOADING for i in live):
+                    return
+                size = record.size_bytes
+                excluded = frozenset(live) | frozenset(self._recent_failures(record))
+                choice = policy.choose_instance(model.model_type, size, self._instance_views(), excluded)
+                if choice is None or choice.victims:
+                    return
+                incarnation = self.view.instances[choice.instance_id].record.started_ms
+                if not await self._claim(model_id, choice.instance_id, size, incarnation, expected_live=len(live)):
+                    return
+                self._loads_on[choice.instance_id] += 1
+            log.info("adding copy %d of model %s on %s to follow load", len(live) + 1, model_id, choice.instance_id)
+            await self._load_at(model, choice, incarnation)
+        except (MeshError, _InstanceUnreachable) as exc:
+            log.warning("extra copy of model %s not added: %s", model_id, exc)
+
+    async def retire_idle_copies(self) -> None:
+        """Unload all but the oldest copy of every model idle for idle_copy_seconds (cluster-wide last use)."""
+        horizon = now_ms() - self.settings.idle_copy_seconds * 1000
+        for model_id in list(self.view.placements):
+            loaded = self._loaded_copies(model_id)
+            if len(loaded) < 2 or self.last_used_ms(model_id) > horizon:
+                continue
+            # Every router picks the same survivor, so two routers retiring at once agree.
+            survivor = min(loaded, key=lambda ic: (ic[1].since_ms, ic[0]))[0]
+            for instance_id, _copy in loaded:
+                if instance_id != survivor and not self._in_flight[(model_id, instance_id)]:
+                    log.info("unloading idle extra copy of model %s from %s", model_id, instance_id)
+                    await self.unload_copy(model_id, instance_id)

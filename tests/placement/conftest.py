@@ -17,7 +17,7 @@ async def make_mesh(tmp_path: Path):  # type: ignore[no-untyped-def]
     started: list[Mesh] = []
 
     async def make(capacities: list[int], kv: str = "memory://", shared_kv=None, **overrides) -> Mesh:  # type: ignore[no-untyped-def]
-        settings = Settings(grpc_port=0, rest_port=-1, kv=kv, **overrides)
+        settings = Settings(**{"grpc_port": 0, "rest_port": -1, "kv": kv, **overrides})
         router = Router(settings, kv=shared_kv)
         ports = await router.start()
         runtimes = [await start_runtime(f"rt-{chr(97 + i)}", cap) for i, cap in enumerate(capacities)]

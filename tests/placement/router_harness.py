@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import grpc
@@ -87,9 +87,10 @@ class Mesh:
         return await self.inference.ModelInfer(echo_request(model_name, value), metadata=metadata, timeout=30)
 
     async def join(self) -> Mesh:
-        """Another router over the same store (the runtimes are registered once, by the first)."""
+        """Another router over the same store and settings (the runtimes are registered once, by the first)."""
         assert self.make is not None
-        return await self.make([], shared_kv=self.router.kv)
+        settings = {f.name: getattr(self.router.settings, f.name) for f in fields(self.router.settings)}
+        return await self.make([], shared_kv=self.router.kv, **settings)
 
     def loads(self) -> int:
         return sum(r.calls[LOAD] for r in self.runtimes)

@@ -176,7 +176,8 @@ async def test_both_routing_headers_at_once_is_invalid(make_mesh):
 
 
 async def test_routers_sharing_a_store_load_a_model_once(make_mesh):
-    first = await make_mesh([10_000_000, 10_000_000])
+    # Scale-up thresholds out of reach: this test is about the first load only.
+    first = await make_mesh([10_000_000, 10_000_000], scale_up_in_flight=10_000)
     second = await first.join()  # a second router over the same store, seeing the same runtimes
     await first.register_echo("shared")
     await asyncio.sleep(0.05)  # the registration reaches the second router through its watch
@@ -184,3 +185,40 @@ async def test_routers_sharing_a_store_load_a_model_once(make_mesh):
     assert len(replies) == 80
     assert first.loads() == 1
     assert second.router.registry.status("shared").state is ModelState.LOADED
+
+
+async def copies_on(mesh: Mesh, model_id: str) -> int:
+    return sum([await r.is_loaded(model_id) for r in mesh.runtimes])
+
+
+async def test_copies_follow_load_and_idle_extras_are_retired(make_mesh):
+    mesh = await make_mesh(
+        [10_000_000, 10_000_000], scale_up_in_flight=2, idle_copy_seconds=0.3, last_used_flush_seconds=0.1
+    )
+    await mesh.register_echo("hot")
+    await use(mesh, "hot")
+    assert await copies_on(mesh, "hot") == 1
+    for _ in range(20):  # bursts of concurrent requests saturate the one copy
+        await asyncio.gather(*(mesh.infer("hot", value=i) for i in range(24)))
+        if await copies_on(mesh, "hot") == 2:
+            break
+    assert await copies_on(mesh, "hot") == 2
+    assert mesh.router.registry.status("hot").state is ModelState.LOADED
+    assert len(mesh.router.registry.status("hot").copies) == 2
+    for _ in range(40):  # idle now: the extra copy goes, one stays
+        await asyncio.sleep(0.1)
+        if await copies_on(mesh, "hot") == 1:
+            break
+    assert await copies_on(mesh, "hot") == 1
+    await use(mesh, "hot")
+
+
+async def test_an_extra_copy_never_evicts_another_model(make_mesh):
+    mesh = await make_mesh([int(BALLAST * 1.5), int(BALLAST * 1.5)], scale_up_in_flight=1)
+    await mesh.register_echo("busy", BALLAST)
+    await mesh.register_echo("other", BALLAST)
+    await use(mesh, "busy", "other")  # one on each instance, each instance full
+    for _ in range(5):
+        await asyncio.gather(*(mesh.infer("busy", value=i) for i in range(16)))
+    assert await loaded(mesh, "busy", "other") == {"busy": True, "other": True}
+    assert await copies_on(mesh, "busy") == 1
