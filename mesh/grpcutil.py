@@ -47,26 +47,30 @@ class _Unparseable:
         self.error = error
 
 
-class RejectUnparseable(grpc.aio.ServerInterceptor):
-    """Answers INVALID_ARGUMENT, naming the method, for a request body that does not parse.
+class RejectingUnparseable:
+    """A server to hand to a generated `add_XServicer_to_server`: its protobuf handlers answer INVALID_ARGUMENT,
+    naming the method, for a request body that does not parse.
 
-    Left alone, grpc fails the call with UNKNOWN ("Unexpected DecodeError") before any servicer code runs, which
-    tells a client nothing and blames the server. Handlers that take raw bytes (the router's inference path)
-    have no deserializer and pass through untouched.
+    Left alone, grpc fails such a call with UNKNOWN ("Unexpected DecodeError") before any servicer code runs,
+    which tells a client nothing and blames the server. Wrapping the handlers once at registration costs the
+    calls nothing; an interceptor would add a coroutine to every call, the raw-bytes inference path included.
     """
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None or handler.unary_unary is None:
-            return handler
-        return _lenient(handler, handler_call_details.method)
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass  # generated code registers the same handlers below, by name, where they can be wrapped
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        wrapped = {name: _lenient(handler, f"/{service}/{name}") for name, handler in handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+        self._server.add_registered_method_handlers(service, wrapped)
 
 
 def _lenient(handler: Any, method: str) -> grpc.RpcMethodHandler:
+    if handler.request_deserializer is None or handler.unary_unary is None:
+        return handler
     deserialize = handler.request_deserializer
     behavior = handler.unary_unary
 

@@ -17,7 +17,7 @@ from adapters.builtin.servicers import InferenceServicer, RuntimeServicer, statu
 from adapters.builtin.settings import RuntimeSettings
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
-from mesh.grpcutil import RejectUnparseable
+from mesh.grpcutil import RejectingUnparseable
 from mesh.kv import open_kv
 from mesh.placement.instances import InstancePublisher, record_from_status
 from mesh.placement.records import Keys
@@ -70,14 +70,13 @@ async def serve(settings: RuntimeSettings) -> None:
     """Serves until SIGTERM or SIGINT, then stops gracefully and removes the port file."""
     core = BuiltinRuntime(settings)
     server = grpc.aio.server(
-        interceptors=[RejectUnparseable()],
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
         ],
     )
-    rt_grpc.add_ModelRuntimeServicer_to_server(RuntimeServicer(core, settings), server)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
+    rt_grpc.add_ModelRuntimeServicer_to_server(RuntimeServicer(core, settings), RejectingUnparseable(server))
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), RejectingUnparseable(server))
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
 

@@ -51,28 +51,18 @@ class LocalView:
         self._kv = kv
         self.keys = keys
         self.tables: dict[Kind, dict[str, Versioned]] = {kind: {} for kind in Kind}
+        # The same dicts by name: read on every request, and attribute access beats hashing an Enum member.
+        # The tables are only ever changed in place, so these stay the same objects.
+        self.models: dict[str, Versioned[ModelRecord]] = self.tables[Kind.MODEL]
+        self.placements: dict[str, Versioned[PlacementRecord]] = self.tables[Kind.PLACEMENT]
+        self.vmodels: dict[str, Versioned[VModelRecord]] = self.tables[Kind.VMODEL]
+        self.instances: dict[str, Versioned[InstanceRecord]] = self.tables[Kind.INSTANCE]
         # Revision of recent deletions per key, so a stale put arriving after a delete is not resurrected.
         # Bounded: a late event is late by a watch round trip, not by minutes.
         self._deleted_at: TTLCache[tuple[Kind, str], int] = TTLCache(maxsize=100_000, ttl=300)
         self._revision = 0
         self._watch_task: asyncio.Task[None] | None = None
         self.on_change: list[Callable[[Kind, str], None]] = []
-
-    @property
-    def models(self) -> dict[str, Versioned[ModelRecord]]:
-        return self.tables[Kind.MODEL]
-
-    @property
-    def placements(self) -> dict[str, Versioned[PlacementRecord]]:
-        return self.tables[Kind.PLACEMENT]
-
-    @property
-    def vmodels(self) -> dict[str, Versioned[VModelRecord]]:
-        return self.tables[Kind.VMODEL]
-
-    @property
-    def instances(self) -> dict[str, Versioned[InstanceRecord]]:
-        return self.tables[Kind.INSTANCE]
 
     async def start(self) -> None:
         """Load everything under the prefix, then follow changes from the next revision on."""

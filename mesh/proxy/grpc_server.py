@@ -20,7 +20,7 @@ from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
-from mesh.grpcutil import RejectUnparseable, maps_errors
+from mesh.grpcutil import RejectingUnparseable, maps_errors
 from mesh.placement.records import ModelRecord
 from mesh.placement.registry import ModelRegistry, ModelStatus, VModelStatus
 from mesh.proxy import wire
@@ -234,14 +234,13 @@ async def start_grpc_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Bind and start; returns the server, the bound port (port 0 picks one) and the health servicer."""
     server = grpc.aio.server(
-        interceptors=[RejectUnparseable()],
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ],
     )
-    mm_grpc.add_ModelMeshServicer_to_server(ManagementServicer(registry), server)
-    admin_grpc.add_MeshAdminServicer_to_server(AdminServicer(registry), server)
+    mm_grpc.add_ModelMeshServicer_to_server(ManagementServicer(registry), RejectingUnparseable(server))
+    admin_grpc.add_MeshAdminServicer_to_server(AdminServicer(registry), RejectingUnparseable(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_generic_rpc_handlers([InferenceHandler(dataplane)])

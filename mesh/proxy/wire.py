@@ -67,19 +67,45 @@ def read_string(data: bytes, number: int) -> str:
     """The value of a top-level string field ("" when absent); the last occurrence wins, as in protobuf.
 
     Only top-level tags are walked: tensors are skipped by their length prefix, so the cost grows with the
-    number of top-level fields, not with the size of the message.
+    number of top-level fields, not with the size of the message. This runs on every routed request, hence
+    one flat loop with a fast path for one-byte tags and lengths.
     """
-    view = memoryview(data)
+    pos, end = 0, len(data)
     found: tuple[int, int] | None = None
-    for field, wire_type, start, end, _ in _fields(view):
-        if field == number:
-            if wire_type != _LEN:
-                raise InvalidArgument(f"malformed protobuf message: field {number} is not a string")
-            found = (start, end)
+    while pos < end:
+        tag = data[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = _varint(data, pos)
+        field, wire_type = tag >> 3, tag & 7
+        if field == 0:
+            raise InvalidArgument("malformed protobuf message: field number 0")
+        if wire_type == _LEN:
+            if pos >= end:
+                raise InvalidArgument("malformed protobuf message: truncated varint")
+            length = data[pos]
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = _varint(data, pos)
+            start, pos = pos, pos + length
+            if field == number:
+                found = (start, pos)
+        elif wire_type == _VARINT:
+            _, pos = _varint(data, pos)
+        elif wire_type == _I64:
+            pos += 8
+        elif wire_type == _I32:
+            pos += 4
+        else:
+            raise InvalidArgument(f"malformed protobuf message: unsupported wire type {wire_type}")
+        if pos > end:
+            raise InvalidArgument("malformed protobuf message: field runs past the end")
     if found is None:
         return ""
     try:
-        return str(view[found[0] : found[1]], "utf-8")
+        return data[found[0] : found[1]].decode()
     except UnicodeDecodeError as exc:
         raise InvalidArgument(f"field {number} is not valid UTF-8") from exc
 

@@ -1,0 +1,53 @@
+"""The mesh router for the benchmark: mesh.router.Router in its own process, in front of a runtime started elsewhere.
+
+The runtime is the one the other targets also call, so every target reaches the same process. The `echo` model is
+registered here and loaded by the first request that names it.
+
+    python -m bench.mesh_router --runtime 127.0.0.1:PORT --port-file FILE
+    python -m cProfile -o router.prof -m bench.mesh_router ...   (the profile is written on SIGTERM)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
+
+from bench._serving import wait_for_stop, write_port_file
+from mesh.config import Settings
+from mesh.placement.records import ModelRecord
+from mesh.router import Router
+
+INSTANCE_ID = "bench-rt"
+MODEL_ID = "echo"
+
+
+async def serve(runtime: str, port_file: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-") as workdir:
+        settings = Settings(host="127.0.0.1", grpc_port=0, rest_port=-1, kv="memory://", data_dir=workdir)
+        router = Router(settings)
+        ports = await router.start()
+        try:
+            await router.add_instance(INSTANCE_ID, runtime, ("echo",))
+            model_path = Path(workdir) / "echo.json"
+            model_path.write_text("{}", encoding="utf-8")
+            await router.registry.register(ModelRecord(MODEL_ID, "echo", str(model_path)))
+            write_port_file(port_file, ports.grpc)
+            await wait_for_stop()
+        finally:
+            await router.stop(1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.mesh_router", description=__doc__.splitlines()[0])
+    parser.add_argument("--runtime", required=True, help="host:port of a running built-in runtime")
+    parser.add_argument("--port-file", type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s router %(name)s: %(message)s")
+    asyncio.run(serve(args.runtime, args.port_file))
+
+
+if __name__ == "__main__":
+    main()
