@@ -131,7 +131,7 @@ async def test_a_torn_last_line_is_dropped_with_a_warning(
     await kv.close()
     write_file(log_path, b'{"rev":99,"put":[["torn","', append=True)  # a crash mid-write
 
-    with caplog.at_level(logging.WARNING, logger="mesh.kv.memory"):
+    with caplog.at_level(logging.WARNING, logger="mesh.kv.wal"):
         kv = reopen(log_path, opened)
 
     assert "torn" in caplog.text
@@ -203,6 +203,6 @@ async def test_open_kv_understands_memory_file_urls_and_paths(tmp_path: Path) ->
     finally:
         await by_path.close()
 
-    for unsupported in ["etcd://localhost:2379", "file://", ""]:
+    for unsupported in ["redis://localhost:6379", "file://", ""]:
         with pytest.raises(ValueError, match="unsupported KV url"):
             open_kv(unsupported)

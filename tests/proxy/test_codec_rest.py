@@ -1,4 +1,4 @@
-"""The tensor codec as pure functions: protobuf ⇄ numpy, REST JSON ⇄ protobuf, and tritonclient compatibility."""
+"""REST JSON and the binary-data extension ⇄ protobuf as pure functions, and tritonclient compatibility."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import struct
 from typing import Any
 
-import grpc
 import ml_dtypes
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from codec_samples import OUTPUTS, assert_same, serialize_bytes
 
 from mesh.errors import InvalidArgument, MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
@@ -48,17 +48,7 @@ def decode(document: dict[str, Any], *parts: bytes) -> tuple[pb.ModelInferReques
     return codec.decode_infer_request(body, header_length, model_name="m")
 
 
-def assert_same(actual: np.ndarray, expected: np.ndarray) -> None:
-    assert actual.dtype == expected.dtype
-    assert actual.shape == expected.shape
-    assert actual.tolist() == expected.tolist()
-
-
-def serialize_bytes(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(item)) + item for item in items)
-
-
-# --- JSON → protobuf → numpy ------------------------------------------------------------------------------------
+# --- JSON → protobuf → numpy --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("datatype", sorted(SAMPLES))
@@ -203,118 +193,7 @@ def test_empty_tensors_decode_from_json_and_binary() -> None:
     assert (arrays["b"].shape, arrays["b"].dtype) == ((2, 0), object)
 
 
-# --- protobuf → numpy directly ----------------------------------------------------------------------------------
-
-
-def test_raw_input_contents_decode_to_writable_arrays() -> None:
-    request = pb.ModelInferRequest(model_name="m")
-    request.inputs.add(name="f", datatype="FP16", shape=[2, 2])
-    request.inputs.add(name="s", datatype="BYTES", shape=[2])
-    request.raw_input_contents.extend([np.arange(4, dtype="<f2").tobytes(), serialize_bytes([b"\x80", b"ok"])])
-    arrays = codec.inputs_to_numpy(request)
-    assert_same(arrays["f"], np.arange(4, dtype=np.float16).reshape(2, 2))
-    assert arrays["s"].tolist() == [b"\x80", b"ok"]
-    arrays["f"][0, 0] = 9  # model code may work in place
-    assert arrays["f"][0, 0] == 9
-
-
-def test_typed_contents_decode_with_the_narrow_integer_widths() -> None:
-    request = pb.ModelInferRequest(model_name="m")
-    request.inputs.add(name="u", datatype="UINT16", shape=[2]).contents.uint_contents.extend([1, 65535])
-    request.inputs.add(name="i", datatype="INT8", shape=[1]).contents.int_contents.extend([-5])
-    arrays = codec.inputs_to_numpy(request)
-    assert_same(arrays["u"], np.array([1, 65535], np.uint16))
-    assert_same(arrays["i"], np.array([-5], np.int8))
-
-
-def _bad_pb(kind: str) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="m")
-    tensor = request.inputs.add(name="x", datatype="INT32", shape=[2])
-    if kind == "count":
-        tensor.contents.int_contents.extend([1, 2, 3])
-    elif kind == "wrong_field":
-        tensor.contents.fp32_contents.extend([1, 2])
-    elif kind == "range":
-        tensor.datatype = "UINT8"
-        tensor.contents.uint_contents.extend([1, 300])
-    elif kind == "fp16_typed":
-        tensor.datatype = "FP16"
-        tensor.contents.fp32_contents.extend([1, 2])
-    elif kind == "unknown":
-        tensor.datatype = "FP99"
-    elif kind == "raw_count":
-        request.inputs.add(name="y", datatype="INT32", shape=[1])
-        request.raw_input_contents.append(b"\x00" * 8)
-    elif kind == "raw_size":
-        request.raw_input_contents.append(b"\x00" * 7)
-    elif kind == "mixed":
-        tensor.contents.int_contents.extend([1, 2])
-        request.raw_input_contents.append(b"\x00" * 8)
-    elif kind == "negative_shape":
-        del tensor.shape[:]
-        tensor.shape.extend([-1, 2])
-    elif kind == "duplicate":
-        tensor.contents.int_contents.extend([1, 2])
-        request.inputs.add(name="x", datatype="INT32", shape=[0])
-    return request
-
-
-@pytest.mark.parametrize(
-    ("kind", "message"),
-    [
-        ("count", "needs 2 elements in int_contents, got 3"),
-        ("wrong_field", "needs 2 elements in int_contents, got 0"),
-        ("range", "do not fit UINT8"),
-        ("fp16_typed", "FP16 has no typed contents"),
-        ("unknown", "unknown datatype 'FP99'"),
-        ("raw_count", "1 raw contents for 2 inputs"),
-        ("raw_size", "needs 8 bytes, got 7"),
-        ("mixed", "has typed contents but the message uses raw contents"),
-        ("negative_shape", "negative dimension"),
-        ("duplicate", "appears more than once"),
-    ],
-)
-def test_bad_protobuf_inputs_raise_invalid_argument(kind: str, message: str) -> None:
-    with pytest.raises(InvalidArgument, match="'x'|inputs") as caught:
-        codec.inputs_to_numpy(_bad_pb(kind))
-    assert message in caught.value.message
-    assert caught.value.grpc_code == grpc.StatusCode.INVALID_ARGUMENT
-
-
-# --- numpy → protobuf → JSON ------------------------------------------------------------------------------------
-
-# numpy arrays as a model returns them, the datatype numpy_to_response must choose, the JSON data expected.
-OUTPUTS: dict[str, tuple[np.ndarray, str, list[Any]]] = {
-    "bool": (np.array([[True], [False]]), "BOOL", [True, False]),
-    "u8": (np.array([0, 255], np.uint8), "UINT8", [0, 255]),
-    "u16": (np.array([65535], np.uint16), "UINT16", [65535]),
-    "u32": (np.array([2**32 - 1], np.uint32), "UINT32", [2**32 - 1]),
-    "u64": (np.array([2**64 - 1], np.uint64), "UINT64", [2**64 - 1]),
-    "i8": (np.array([-128], np.int8), "INT8", [-128]),
-    "i16": (np.array([-(2**15)], np.int16), "INT16", [-(2**15)]),
-    "i32": (np.array([[1, -2], [3, 4]], np.int32), "INT32", [1, -2, 3, 4]),
-    "i64": (np.array([-(2**63)], np.int64), "INT64", [-(2**63)]),
-    "f16": (np.array([0.5, -65504], np.float16), "FP16", [0.5, -65504.0]),
-    "f32": (np.array([[0.25, 1e30]], np.float32), "FP32", [0.25, float(np.float32(1e30))]),
-    "f64": (np.array([0.1, -1e300]), "FP64", [0.1, -1e300]),
-    "bf16": (np.array([1.5, -3.0], ml_dtypes.bfloat16), "BF16", [1.5, -3.0]),
-    "obj": (np.array([[b"a", "b\u00e9"]], dtype=object), "BYTES", ["a", "b\u00e9"]),
-    "str": (np.array(["x", "yy"]), "BYTES", ["x", "yy"]),
-    "bytes": (np.array([b"p", b"qq"]), "BYTES", ["p", "qq"]),
-}
-
-
-def test_numpy_outputs_become_raw_contents_with_derived_datatypes() -> None:
-    response = codec.numpy_to_response(
-        "m", {name: array for name, (array, _, _) in OUTPUTS.items()}, model_version="2", request_id="r"
-    )
-    assert (response.model_name, response.model_version, response.id) == ("m", "2", "r")
-    assert len(response.raw_output_contents) == len(OUTPUTS)
-    for tensor in response.outputs:
-        array, datatype, _ = OUTPUTS[tensor.name]
-        assert (tensor.datatype, list(tensor.shape)) == (datatype, list(array.shape))
-    assert response.raw_output_contents[list(OUTPUTS).index("i32")] == np.array([1, -2, 3, 4], "<i4").tobytes()
-    assert response.raw_output_contents[list(OUTPUTS).index("obj")] == serialize_bytes([b"a", "b\u00e9".encode()])
+# --- numpy → protobuf → JSON --------------------------------------------------------------------------------------
 
 
 def test_numpy_outputs_render_as_flat_json_data() -> None:
@@ -346,27 +225,6 @@ def test_numpy_outputs_survive_json_into_tritonclient() -> None:
     result = httpclient.InferenceServerClient.parse_response_body(body)
     for name, array in arrays.items():
         assert_same(result.as_numpy(name), array)
-
-
-def test_numpy_to_response_writes_little_endian_c_order_for_any_layout() -> None:
-    big_endian = np.array([1, 2, 3], dtype=">i4")
-    transposed = np.arange(6, dtype=np.int16).reshape(2, 3).T
-    response = codec.numpy_to_response("m", {"be": big_endian, "t": transposed})
-    assert response.raw_output_contents[0] == np.array([1, 2, 3], "<i4").tobytes()
-    assert response.raw_output_contents[1] == np.array([[0, 3], [1, 4], [2, 5]], "<i2").tobytes()
-    assert list(response.outputs[1].shape) == [3, 2]
-    assert codec.outputs_to_numpy(response)["t"].tolist() == transposed.tolist()
-
-
-@pytest.mark.parametrize(
-    ("array", "message"),
-    [(np.array([1j]), "complex128 has no v2 datatype"), (np.array([b"a", None], dtype=object), "NoneType")],
-)
-def test_unencodable_model_outputs_are_internal_errors_not_the_callers_fault(array: np.ndarray, message: str) -> None:
-    with pytest.raises(MeshError, match=message) as caught:
-        codec.numpy_to_response("m", {"y": array})
-    assert not isinstance(caught.value, InvalidArgument)
-    assert caught.value.grpc_code == grpc.StatusCode.INTERNAL
 
 
 def test_non_utf8_bytes_outputs_render_as_base64_with_content_type() -> None:

@@ -1,14 +1,12 @@
-"""The one place mesh converts tensors: protobuf ⇄ numpy for runtimes, and REST JSON ⇄ protobuf for the front door.
+"""REST JSON ⇄ protobuf: the KServe v2 REST protocol with Triton's binary-data extension, built on `tensors`.
 
-Wire formats (KServe Open Inference Protocol v2):
-- raw contents are little-endian; BOOL is one byte per element; BYTES is each element as a 4-byte little-endian
-  length followed by its bytes (the layout of Triton's binary-data extension too).
-- FP16 and BF16 have no typed `contents` field, so they travel only as raw bytes. BF16 is the top half of an IEEE
-  float32: numpy has no bfloat16, so `inputs_to_numpy` widens it (exactly) to float32, JSON numbers are rounded to
-  nearest-even on the way in, and JSON output widens to float32 numbers.
+A REST infer body is JSON, optionally followed by binary parts (the `Inference-Header-Content-Length` header gives
+the JSON's length); each binary input names its part's size in `binary_data_size`. JSON BYTES are UTF-8 strings,
+or base64 with `content_type` "base64" (how non-UTF-8 outputs are sent). BF16 JSON numbers are rounded to
+nearest-even on the way in, and BF16 outputs render as float32 numbers.
 
-Errors in what a client sent raise InvalidArgument naming the tensor; a malformed runtime response or a model
-output numpy cannot describe raises MeshError (INTERNAL), because the caller did nothing wrong.
+Errors in what a client sent raise InvalidArgument naming the tensor; a malformed runtime response raises MeshError
+(INTERNAL), because the caller did nothing wrong.
 """
 
 from __future__ import annotations
@@ -17,8 +15,7 @@ import base64
 import binascii
 import json
 import math
-import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,265 +23,19 @@ import numpy as np
 
 from mesh.errors import InvalidArgument, MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
-
-BYTES = "BYTES"
-
-# The numpy dtype whose memory is the raw wire format of each fixed-size datatype.
-_WIRE_DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BF16": np.dtype("<u2"),  # the bits; see the module docstring
-}
-DATATYPES: frozenset[str] = frozenset([*_WIRE_DTYPES, BYTES])
-
-# The typed InferTensorContents field of each datatype; the narrow integers share the 32-bit fields.
-_CONTENTS_FIELD: dict[str, str] = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    BYTES: "bytes_contents",
-}
-
-# The element type of each typed field, for reading it back into numpy.
-_FIELD_DTYPES: dict[str, np.dtype[Any]] = {
-    "bool_contents": np.dtype(np.bool_),
-    "int_contents": np.dtype(np.int32),
-    "int64_contents": np.dtype(np.int64),
-    "uint_contents": np.dtype(np.uint32),
-    "uint64_contents": np.dtype(np.uint64),
-    "fp32_contents": np.dtype(np.float32),
-    "fp64_contents": np.dtype(np.float64),
-}
-
-# numpy (kind, itemsize) → v2 datatype, for model outputs of any byte order.
-_DATATYPE_OF: dict[tuple[str, int], str] = {
-    (dt.kind, dt.itemsize): name for name, dt in _WIRE_DTYPES.items() if name != "BF16"
-}
-
-_U32 = struct.Struct("<I")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Tensor values shared by both halves. "Wire arrays" have the dtype of _WIRE_DTYPES (BF16 as uint16 bits) or are
-# object arrays of bytes for BYTES.
-
-
-def _element_count(name: str, shape: Iterable[int]) -> int:
-    dims = list(shape)
-    if any(d < 0 for d in dims):
-        raise InvalidArgument(f"tensor '{name}': shape {dims} has a negative dimension")
-    return math.prod(dims)
-
-
-def _check_datatype(name: str, datatype: str) -> None:
-    if datatype not in DATATYPES:
-        raise InvalidArgument(
-            f"tensor '{name}': unknown datatype '{datatype}' (expected one of {', '.join(sorted(DATATYPES))})"
-        )
-
-
-def _serialize_bytes(items: Iterable[bytes]) -> bytes:
-    return b"".join(_U32.pack(len(item)) + item for item in items)
-
-
-def _deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
-    """Splits length-prefixed BYTES elements; the count must match the shape and nothing may be left over."""
-    view = memoryview(raw)
-    items: list[bytes] = []
-    offset = 0
-    while offset < len(view):
-        if offset + 4 > len(view):
-            raise InvalidArgument(f"tensor '{name}': BYTES data ends inside a 4-byte length prefix")
-        (size,) = _U32.unpack_from(view, offset)
-        offset += 4
-        if offset + size > len(view):
-            raise InvalidArgument(f"tensor '{name}': BYTES element of {size} bytes runs past the end of the data")
-        items.append(bytes(view[offset : offset + size]))
-        offset += size
-    if len(items) != count:
-        raise InvalidArgument(f"tensor '{name}': shape needs {count} BYTES elements, data has {len(items)}")
-    array = np.empty(count, dtype=object)
-    array[:] = items
-    return array
-
-
-def _raw_to_array(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
-    count = _element_count(name, shape)
-    if datatype == BYTES:
-        return _deserialize_bytes(name, raw, count).reshape(shape)
-    dtype = _WIRE_DTYPES[datatype]
-    if len(raw) != count * dtype.itemsize:
-        raise InvalidArgument(
-            f"tensor '{name}': {datatype} shape {shape} needs {count * dtype.itemsize} bytes, got {len(raw)}"
-        )
-    if datatype == "BOOL":  # any non-zero byte is true; numpy would keep the odd bit pattern otherwise
-        return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(shape)
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
-def _contents_to_array(name: str, datatype: str, shape: list[int], contents: pb.InferTensorContents) -> np.ndarray:
-    count = _element_count(name, shape)
-    field_name = _CONTENTS_FIELD.get(datatype)
-    if field_name is None:
-        if count == 0:
-            return np.empty(shape, dtype=_WIRE_DTYPES[datatype])
-        raise InvalidArgument(f"tensor '{name}': {datatype} has no typed contents; send it as raw contents")
-    values = getattr(contents, field_name)
-    if len(values) != count:
-        raise InvalidArgument(
-            f"tensor '{name}': {datatype} shape {shape} needs {count} elements in {field_name}, got {len(values)}"
-        )
-    if datatype == BYTES:
-        array = np.empty(count, dtype=object)
-        array[:] = list(values)
-        return array.reshape(shape)
-    wide = np.fromiter(values, dtype=_FIELD_DTYPES[field_name], count=count)
-    return _narrow(name, datatype, wide).reshape(shape)
-
-
-def _narrow(name: str, datatype: str, values: np.ndarray) -> np.ndarray:
-    """Casts integers to the datatype's width, refusing values that do not fit."""
-    dtype = _WIRE_DTYPES[datatype]
-    if dtype.kind in "iu" and values.size:
-        info = np.iinfo(dtype)
-        low, high = int(values.min()), int(values.max())
-        if low < info.min or high > info.max:
-            raise InvalidArgument(f"tensor '{name}': values [{low}, {high}] do not fit {datatype}")
-    return values.astype(dtype, copy=False)
-
-
-def _array_to_raw(datatype: str, array: np.ndarray) -> bytes:
-    """The raw wire bytes of a wire array (C order, whatever the array's layout)."""
-    if datatype == BYTES:
-        return _serialize_bytes(array.ravel().tolist())
-    return array.astype(_WIRE_DTYPES[datatype], copy=False).tobytes()
-
-
-def _bf16_to_float32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype("<u4") << 16).view("<f4")
-
-
-def _float32_to_bf16(values: np.ndarray) -> np.ndarray:
-    """Rounds float32 to the nearest bfloat16 (ties to even), the way ml_dtypes and torch do; NaN stays NaN."""
-    bits = values.astype("<f4").view("<u4").astype("<u8")  # 64-bit so the rounding add cannot wrap
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
-    return np.where(np.isnan(values), np.uint16(0x7FC0), rounded).astype("<u2")
-
-
-def _to_user(datatype: str, wire: np.ndarray) -> np.ndarray:
-    """A writable array for model code: BF16 widened to float32, buffers copied out of the message bytes."""
-    if datatype == "BF16":
-        return _bf16_to_float32(wire)
-    return wire if wire.flags.writeable else wire.copy()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# protobuf ⇄ numpy, for runtimes.
-
-
-def _tensors_to_numpy(
-    tensors: Iterable[pb.ModelInferRequest.InferInputTensor | pb.ModelInferResponse.InferOutputTensor],
-    raw_contents: list[bytes],
-    kind: str,
-) -> dict[str, np.ndarray]:
-    tensors = list(tensors)
-    if raw_contents and len(raw_contents) != len(tensors):
-        raise InvalidArgument(f"{len(raw_contents)} raw contents for {len(tensors)} {kind}s; they must match")
-    arrays: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(tensors):
-        name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
-        _check_datatype(name, datatype)
-        if name in arrays:
-            raise InvalidArgument(f"{kind} '{name}' appears more than once")
-        if raw_contents and tensor.HasField("contents"):
-            raise InvalidArgument(f"{kind} '{name}' has typed contents but the message uses raw contents")
-        if raw_contents:
-            wire = _raw_to_array(name, datatype, shape, raw_contents[index])
-        else:
-            wire = _contents_to_array(name, datatype, shape, tensor.contents)
-        arrays[name] = _to_user(datatype, wire)
-    return arrays
-
-
-def inputs_to_numpy(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
-    """The request's inputs by name, from typed contents or raw_input_contents; BYTES as object arrays of bytes.
-
-    BF16 inputs come back as float32. Raises InvalidArgument naming the input when the data does not fit its
-    datatype and shape.
-    """
-    return _tensors_to_numpy(request.inputs, list(request.raw_input_contents), "input")
-
-
-def outputs_to_numpy(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    """The response's outputs by name, decoded like `inputs_to_numpy` (for clients and tests of runtimes)."""
-    return _tensors_to_numpy(response.outputs, list(response.raw_output_contents), "output")
-
-
-def _datatype_of(name: str, dtype: np.dtype[Any]) -> str:
-    if dtype.kind in "OSU":
-        return BYTES
-    if dtype.name == "bfloat16":  # ml_dtypes.bfloat16, whose memory is already the BF16 wire format
-        return "BF16"
-    datatype = _DATATYPE_OF.get((dtype.kind, dtype.itemsize))
-    if datatype is None:
-        raise MeshError(f"output '{name}': numpy dtype {dtype} has no v2 datatype")
-    return datatype
-
-
-def _as_bytes(name: str, item: object) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, str):
-        return item.encode("utf-8")
-    if isinstance(item, bytearray | memoryview):
-        return bytes(item)
-    raise MeshError(f"output '{name}': BYTES element of type {type(item).__name__} is not bytes or str")
-
-
-def _output_raw(name: str, datatype: str, array: np.ndarray) -> bytes:
-    if datatype == BYTES:
-        return _serialize_bytes(_as_bytes(name, item) for item in array.ravel().tolist())
-    if datatype == "BF16":
-        return array.tobytes()
-    return _array_to_raw(datatype, array)
-
-
-def numpy_to_response(
-    model_name: str, outputs: Mapping[str, np.ndarray], *, model_version: str = "", request_id: str = ""
-) -> pb.ModelInferResponse:
-    """A response carrying each array in raw_output_contents, its datatype derived from its dtype.
-
-    object, bytes and str arrays become BYTES (str encoded as UTF-8); ml_dtypes.bfloat16 becomes BF16.
-    """
-    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
-    for name, value in outputs.items():
-        array = np.asarray(value)
-        datatype = _datatype_of(name, array.dtype)
-        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        response.raw_output_contents.append(_output_raw(name, datatype, array))
-    return response
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# REST JSON ⇄ protobuf: the KServe v2 REST protocol with Triton's binary-data extension.
+from mesh.proxy.codec.tensors import (
+    BYTES,
+    CONTENTS_FIELD,
+    WIRE_DTYPES,
+    array_to_raw,
+    bf16_to_float32,
+    check_datatype,
+    contents_to_array,
+    element_count,
+    float32_to_bf16,
+    narrow,
+    raw_to_array,
+)
 
 
 @dataclass(frozen=True)
@@ -365,7 +116,7 @@ def _shape(name: str, value: object) -> list[int]:
         isinstance(d, int) and not isinstance(d, bool) and d < 2**63 for d in value
     ):
         raise InvalidArgument(f"input '{name}': shape must be a list of 64-bit integers")
-    _element_count(name, value)
+    element_count(name, value)
     return value
 
 
@@ -412,7 +163,7 @@ def _json_numbers(name: str, datatype: str, data: list[Any], shape: list[int]) -
         raise InvalidArgument(f"input '{name}': data is ragged or not numeric: {err}") from err
     _check_data_shape(name, array, shape)
     kind = array.dtype.kind
-    wanted = "f" if datatype == "BF16" else _WIRE_DTYPES[datatype].kind
+    wanted = "f" if datatype == "BF16" else WIRE_DTYPES[datatype].kind
     if array.size and datatype == "BOOL" and kind != "b":
         raise InvalidArgument(f"input '{name}': BOOL data must be true or false")
     if array.size and wanted in "iu" and kind in "fO":
@@ -423,8 +174,8 @@ def _json_numbers(name: str, datatype: str, data: list[Any], shape: list[int]) -
         raise InvalidArgument(f"input '{name}': {datatype} data must be numbers, got {array.dtype} values")
     array = array.reshape(shape)
     if datatype == "BF16":
-        return _float32_to_bf16(array.astype(np.float32))
-    return _narrow(name, datatype, array)
+        return float32_to_bf16(array.astype(np.float32))
+    return narrow(name, datatype, array)
 
 
 def _exact_integers(name: str, datatype: str, data: list[Any], shape: list[int]) -> np.ndarray:
@@ -432,11 +183,11 @@ def _exact_integers(name: str, datatype: str, data: list[Any], shape: list[int])
     items = np.array(data, dtype=object).ravel().tolist()
     if not all(type(item) is int for item in items):
         raise InvalidArgument(f"input '{name}': {datatype} data must be integers")
-    info = np.iinfo(_WIRE_DTYPES[datatype])
+    info = np.iinfo(WIRE_DTYPES[datatype])
     low, high = min(items), max(items)
     if low < info.min or high > info.max:
         raise InvalidArgument(f"input '{name}': values [{low}, {high}] do not fit {datatype}")
-    return np.array(items, dtype=_WIRE_DTYPES[datatype]).reshape(shape)
+    return np.array(items, dtype=WIRE_DTYPES[datatype]).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -482,7 +233,7 @@ def _decode_input(item: object, tail: memoryview, offset: int) -> _RestInput:
     datatype = item.get("datatype")
     if not isinstance(datatype, str):
         raise InvalidArgument(f"input '{name}': 'datatype' must be a string")
-    _check_datatype(name, datatype)
+    check_datatype(name, datatype)
     shape = _shape(name, item.get("shape"))
     parameters = _json_object(item.get("parameters"), f"input '{name}' parameters")
     if "shared_memory_region" in parameters:
@@ -493,7 +244,7 @@ def _decode_input(item: object, tail: memoryview, offset: int) -> _RestInput:
     elif "data" in item:
         raise InvalidArgument(f"input '{name}': has both 'data' and parameter 'binary_data_size'")
     else:
-        array = _raw_to_array(name, datatype, shape, raw)  # validates the size and the BYTES framing
+        array = raw_to_array(name, datatype, shape, raw)  # validates the size and the BYTES framing
     return _RestInput(name, datatype, shape, parameters, array, raw)
 
 
@@ -515,16 +266,16 @@ def _decode_inputs(items: object, tail: memoryview) -> list[_RestInput]:
 
 def _add_inputs(request: pb.ModelInferRequest, tensors: list[_RestInput]) -> None:
     # The protocol forbids mixing typed and raw contents in one request, and FP16/BF16 exist only raw.
-    use_raw = any(t.raw is not None or t.datatype not in _CONTENTS_FIELD for t in tensors)
+    use_raw = any(t.raw is not None or t.datatype not in CONTENTS_FIELD for t in tensors)
     for tensor in tensors:
         message = request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         _set_parameters(message.parameters, tensor.parameters, f"input '{tensor.name}'")
         if tensor.raw is not None:
             request.raw_input_contents.append(tensor.raw)
         elif use_raw:
-            request.raw_input_contents.append(_array_to_raw(tensor.datatype, tensor.array))
+            request.raw_input_contents.append(array_to_raw(tensor.datatype, tensor.array))
         else:
-            getattr(message.contents, _CONTENTS_FIELD[tensor.datatype]).extend(tensor.array.ravel().tolist())
+            getattr(message.contents, CONTENTS_FIELD[tensor.datatype]).extend(tensor.array.ravel().tolist())
 
 
 def _add_outputs(request: pb.ModelInferRequest, items: object, binary_default: bool) -> OutputEncoding:
@@ -569,15 +320,15 @@ def decode_infer_request(
 def _wire_output(tensor: pb.ModelInferResponse.InferOutputTensor, raw: bytes | None) -> np.ndarray:
     shape = list(tensor.shape)
     if raw is not None:
-        return _raw_to_array(tensor.name, tensor.datatype, shape, raw)
-    return _contents_to_array(tensor.name, tensor.datatype, shape, tensor.contents)
+        return raw_to_array(tensor.name, tensor.datatype, shape, raw)
+    return contents_to_array(tensor.name, tensor.datatype, shape, tensor.contents)
 
 
 def _json_data(datatype: str, wire: np.ndarray) -> tuple[list[Any], str | None]:
     """Flat JSON values of a wire array, and the content_type they need (base64 for non-UTF-8 BYTES)."""
     flat = wire.ravel()
     if datatype == "BF16":
-        return _bf16_to_float32(flat).tolist(), None
+        return bf16_to_float32(flat).tolist(), None
     if datatype != BYTES:
         return flat.tolist(), None
     items: list[bytes] = flat.tolist()
@@ -590,13 +341,13 @@ def _json_data(datatype: str, wire: np.ndarray) -> tuple[list[Any], str | None]:
 def _encode_output(
     tensor: pb.ModelInferResponse.InferOutputTensor, raw: bytes | None, binary: bool
 ) -> tuple[dict[str, Any], bytes | None]:
-    _check_datatype(tensor.name, tensor.datatype)
+    check_datatype(tensor.name, tensor.datatype)
     output: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
     parameters = _parameters_to_json(tensor.parameters)
     part: bytes | None = None
     if binary:
         wire = _wire_output(tensor, raw)  # validates even when the raw bytes pass through unchanged
-        part = raw if raw is not None else _array_to_raw(tensor.datatype, wire)
+        part = raw if raw is not None else array_to_raw(tensor.datatype, wire)
         parameters["binary_data_size"] = len(part)
     else:
         output["data"], content_type = _json_data(tensor.datatype, _wire_output(tensor, raw))
