@@ -114,7 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 8033; 0 = any free)")
     serve.add_argument("--rest-port", type=int, default=None, help="REST port (default 8008; 0 = any, -1 = off)")
-    serve.add_argument("--kv", default=None, help="state store: memory:// or file://PATH (default DATA_DIR/kv.log)")
+    serve.add_argument(
+        "--kv",
+        default=None,
+        help="state store: memory://, file://PATH or etcd://HOST:PORT[,...] (default DATA_DIR/kv.log)",
+    )
     serve.add_argument("--data-dir", default=None, help="where state and example models live (default .mesh)")
     serve.add_argument("--runtimes", type=int, default=2, help="built-in runtime processes to start")
     serve.add_argument("--capacity-mb", type=float, default=2.0, help="model memory per runtime, in MiB")

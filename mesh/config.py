@@ -20,7 +20,8 @@ class Settings:
     data_dir: str = ".mesh"
     """Where the embedded store and the example models live."""
     kv: str = ""
-    """Placement state store: memory:// (lost on exit), file://PATH, or empty for DATA_DIR/kv.log."""
+    """Placement state store: memory:// (lost on exit), file://PATH, etcd://HOST:PORT[,HOST:PORT...], or empty
+    for DATA_DIR/kv.log."""
     kv_prefix: str = "mesh"
     """Key prefix, so two meshes can share one store."""
     instance_lease_seconds: float = 10.0

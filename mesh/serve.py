@@ -128,8 +128,8 @@ class EmbeddedMesh:
         while True:
             assert runtime.process is not None
             code = await runtime.process.wait()
+            await asyncio.sleep(1.0)  # a Ctrl-C reaches the runtimes too; stop() cancels this wait then
             log.error("runtime %s exited with %s; restarting it", runtime.instance_id, code)
-            await asyncio.sleep(1.0)
             try:
                 endpoint = await runtime.start()
                 await self.router.add_instance(runtime.instance_id, endpoint, BUILTIN_MODEL_TYPES)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from etcd_server import EtcdServer
 
 from mesh.kv.base import (
     KV,
@@ -26,6 +27,7 @@ from mesh.kv.base import (
     Put,
     WatchEvent,
 )
+from mesh.kv.etcd import EtcdKV
 from mesh.kv.memory import MemoryKV
 
 # Small, so that the compaction test can outrun it with a few writes; other tests stay well inside it.
@@ -46,9 +48,18 @@ def _open_memory(tmp_path: Path, persistent: bool) -> Backend:
     return Backend(MemoryKV(path, history=MEMORY_HISTORY), lease_ttl=0.3, history=MEMORY_HISTORY)
 
 
-@pytest.fixture(params=["memory", "memory-persistent"])
+def _open_etcd(request: pytest.FixtureRequest) -> Backend:
+    server: EtcdServer = request.getfixturevalue("etcd_server")  # started only when an etcd test runs
+    # etcd's shortest lease is 2 s with its default election timeout; its history is compacted only on request.
+    return Backend(EtcdKV([server.endpoint]), lease_ttl=2.0, history=None)
+
+
+@pytest.fixture(params=["memory", "memory-persistent", "etcd"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    opened = _open_memory(tmp_path, persistent=request.param == "memory-persistent")
+    if request.param == "etcd":
+        opened = _open_etcd(request)
+    else:
+        opened = _open_memory(tmp_path, persistent=request.param == "memory-persistent")
     try:
         yield opened
     finally:

@@ -6,7 +6,7 @@ how capacity and eviction are exercised without large model files.
 
 I/O: any number (at least one) of inputs of any datatype and shape; each input `<name>` comes back as output
 `<name>` with the same datatype, shape and data. A request that names outputs gets only those (each must be an
-input's name). BF16 comes back as FP32: the codec widens it on the way in (see mesh/proxy/codec.py).
+input's name). BF16 comes back as FP32: the codec widens it on the way in (see mesh/proxy/codec/tensors.py).
 """
 
 from __future__ import annotations
