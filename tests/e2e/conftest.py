@@ -146,7 +146,7 @@ SERVER_KEY = pytest.StashKey[MeshServer]()
 LOG_OFFSET_KEY = pytest.StashKey[int]()
 
 
-def _start(directory: Path) -> MeshServer:
+def _start(directory: Path, kv: str, kv_prefix: str) -> MeshServer:
     """Starts `python -m mesh serve` and waits (bounded) for its port file; on failure, the output says why."""
     port_file, log_file, data_dir = directory / "ports.json", directory / "mesh.log", directory / "data"
     command = [
@@ -155,10 +155,10 @@ def _start(directory: Path) -> MeshServer:
         "mesh",
         "serve",
         *("--grpc-port", "0", "--rest-port", "0", "--port-file", str(port_file)),
-        *("--data-dir", str(data_dir), "--kv", "memory://"),
+        *("--data-dir", str(data_dir), "--kv", kv),
         *("--runtimes", str(RUNTIMES), "--capacity-mb", str(CAPACITY_MB)),
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MESH_KV_PREFIX": kv_prefix}
     with log_file.open("wb") as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
@@ -217,10 +217,17 @@ def _stop(server: MeshServer) -> None:
         pytest.fail("; ".join(problems) + f"\n--- mesh serve output ---\n{server.log()[-LOG_SECTION_CHARS:]}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", params=["memory", "etcd"])
 def mesh_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[MeshServer]:
-    """The running mesh: a router, two built-in runtimes and the example models, shared by every e2e test."""
-    server = _start(tmp_path_factory.mktemp("mesh"))
+    """The running mesh: a router, two built-in runtimes and the example models, shared by every e2e test.
+
+    Once on the embedded store and once on a real etcd: every e2e test runs against both.
+    """
+    if request.param == "etcd":
+        kv, kv_prefix = f"etcd://{request.getfixturevalue('etcd_server').endpoint}", "e2e"
+    else:
+        kv, kv_prefix = "memory://", "mesh"
+    server = _start(tmp_path_factory.mktemp("mesh"), kv, kv_prefix)
     request.config.stash[SERVER_KEY] = server
     try:
         yield server

@@ -90,6 +90,7 @@ class Mesh:
         """Another router over the same store and settings (the runtimes are registered once, by the first)."""
         assert self.make is not None
         settings = {f.name: getattr(self.router.settings, f.name) for f in fields(self.router.settings)}
+        settings.pop("kv")
         return await self.make([], shared_kv=self.router.kv, **settings)
 
     def loads(self) -> int:

@@ -139,13 +139,12 @@ async def test_with_every_runtime_gone_requests_fail_unavailable(make_mesh):
     assert "orphan" in err.value.details()
 
 
-async def test_registrations_survive_a_router_restart(make_mesh, tmp_path: Path):
-    kv = f"file://{tmp_path / 'kv.log'}"
-    first = await make_mesh([10_000_000], kv=kv)
+async def test_registrations_survive_a_router_restart(make_mesh):
+    first = await make_mesh([10_000_000], durable=True)
     await first.register_echo("durable")
     await use(first, "durable")
     await first.router.stop(grace=0)
-    second = await make_mesh([10_000_000], kv=kv)
+    second = await make_mesh([10_000_000], durable=True)
     assert [m.model_id for m in second.router.registry.models()] == ["durable"]
     await use(second, "durable")
     assert second.runtimes[0].calls[LOAD] == 1
