@@ -53,7 +53,7 @@ class Router:
         self.registry = ModelRegistry(self.manager)
         self.dataplane = DataPlane(self.registry, self.manager)
         self._grpc, grpc_port, self._health = await start_grpc_server(
-            self.dataplane, self.registry, settings.host, settings.grpc_port, settings.max_message_bytes
+            self.dataplane, self.registry, self.manager, settings.host, settings.grpc_port, settings.max_message_bytes
         )
         rest_port = None
         if settings.rest_port >= 0:

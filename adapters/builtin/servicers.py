@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import grpc
@@ -15,6 +16,8 @@ from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
 from mesh.grpcutil import maps_errors
+
+log = logging.getLogger(__name__)
 
 SERVER_NAME = "mesh-builtin-runtime"
 RUNTIME_VERSION = f"{SERVER_NAME}/{mesh.__version__}"
@@ -31,6 +34,7 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
 
     @maps_errors
     async def loadModel(self, request: rt.LoadModelRequest, context: grpc.aio.ServicerContext) -> rt.LoadModelResponse:
+        log.debug("loadModel %s (type %s) requested", request.modelId, request.modelType)
         size = await self._core.load(request.modelId, request.modelType, request.modelPath)
         return rt.LoadModelResponse(sizeInBytes=size)
 

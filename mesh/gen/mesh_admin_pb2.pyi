@@ -40,3 +40,35 @@ class ListModelsResponse(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[ModelEntry]
     vmodels: _containers.RepeatedCompositeFieldContainer[VModelEntry]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelEntry, _Mapping]]] = ..., vmodels: _Optional[_Iterable[_Union[VModelEntry, _Mapping]]] = ...) -> None: ...
+
+class ListInstancesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InstanceEntry(_message.Message):
+    __slots__ = ("instanceId", "endpoint", "capacityInBytes", "usedInBytes", "modelTypes", "models", "loadsInFlight", "startedTime", "reachable")
+    INSTANCEID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    CAPACITYINBYTES_FIELD_NUMBER: _ClassVar[int]
+    USEDINBYTES_FIELD_NUMBER: _ClassVar[int]
+    MODELTYPES_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    LOADSINFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    STARTEDTIME_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    instanceId: str
+    endpoint: str
+    capacityInBytes: int
+    usedInBytes: int
+    modelTypes: _containers.RepeatedScalarFieldContainer[str]
+    models: _containers.RepeatedScalarFieldContainer[str]
+    loadsInFlight: int
+    startedTime: int
+    reachable: bool
+    def __init__(self, instanceId: _Optional[str] = ..., endpoint: _Optional[str] = ..., capacityInBytes: _Optional[int] = ..., usedInBytes: _Optional[int] = ..., modelTypes: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[str]] = ..., loadsInFlight: _Optional[int] = ..., startedTime: _Optional[int] = ..., reachable: _Optional[bool] = ...) -> None: ...
+
+class ListInstancesResponse(_message.Message):
+    __slots__ = ("instances",)
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    instances: _containers.RepeatedCompositeFieldContainer[InstanceEntry]
+    def __init__(self, instances: _Optional[_Iterable[_Union[InstanceEntry, _Mapping]]] = ...) -> None: ...

@@ -39,6 +39,11 @@ class MeshAdminStub:
                 request_serializer=mesh_dot_gen_dot_mesh__admin__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=mesh_dot_gen_dot_mesh__admin__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ListInstances = channel.unary_unary(
+                '/meshadmin.MeshAdmin/ListInstances',
+                request_serializer=mesh_dot_gen_dot_mesh__admin__pb2.ListInstancesRequest.SerializeToString,
+                response_deserializer=mesh_dot_gen_dot_mesh__admin__pb2.ListInstancesResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServicer:
@@ -51,6 +56,13 @@ class MeshAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListInstances(self, request, context):
+        """Every runtime instance this router can place models on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +70,11 @@ def add_MeshAdminServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=mesh_dot_gen_dot_mesh__admin__pb2.ListModelsRequest.FromString,
                     response_serializer=mesh_dot_gen_dot_mesh__admin__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ListInstances': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInstances,
+                    request_deserializer=mesh_dot_gen_dot_mesh__admin__pb2.ListInstancesRequest.FromString,
+                    response_serializer=mesh_dot_gen_dot_mesh__admin__pb2.ListInstancesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +104,33 @@ class MeshAdmin:
             '/meshadmin.MeshAdmin/ListModels',
             mesh_dot_gen_dot_mesh__admin__pb2.ListModelsRequest.SerializeToString,
             mesh_dot_gen_dot_mesh__admin__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInstances(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshadmin.MeshAdmin/ListInstances',
+            mesh_dot_gen_dot_mesh__admin__pb2.ListInstancesRequest.SerializeToString,
+            mesh_dot_gen_dot_mesh__admin__pb2.ListInstancesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -400,18 +400,25 @@ class PlacementManager:
         return {i: f for i, f in record.failures.items() if f.time_ms > horizon and i in self.view.instances}
 
     def _instance_views(self) -> list[policy.InstanceView]:
+        return [v for v in self.instance_views() if self.reachable(v.record.instance_id)]
+
+    def instance_views(self) -> list[policy.InstanceView]:
+        """Every known instance with the copies on its present incarnation, as placement weighs them."""
         resident: defaultdict[str, list[policy.ResidentCopy]] = defaultdict(list)
+        instances = self.view.instances
         for model_id, placement in self.view.placements.items():
             record = placement.record
             last_used = max(record.last_used_ms, self._last_used.get(model_id, 0))
             for instance_id, copy in record.copies.items():
+                known = instances.get(instance_id)
+                if known is None or copy.incarnation != known.record.started_ms:
+                    continue  # not on this instance any more: it restarted empty, or is gone
                 key = (model_id, instance_id)
                 evictable = copy.state is CopyState.LOADED and key not in self._evicting and not self._in_flight[key]
                 resident[instance_id].append(policy.ResidentCopy(model_id, copy.size_bytes, last_used, evictable))
         return [
             policy.InstanceView(known.record, resident[instance_id], self._loads_on[instance_id])
-            for instance_id, known in self.view.instances.items()
-            if self.reachable(instance_id)
+            for instance_id, known in instances.items()
         ]
 
     async def _size_estimate(self, model: ModelRecord) -> int:

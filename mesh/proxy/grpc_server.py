@@ -21,6 +21,7 @@ from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
 from mesh.grpcutil import RejectingUnparseable, maps_errors
+from mesh.placement.manager import PlacementManager
 from mesh.placement.records import ModelRecord
 from mesh.placement.registry import ModelRegistry, ModelStatus, VModelStatus
 from mesh.proxy import wire
@@ -206,8 +207,9 @@ class ManagementServicer(mm_grpc.ModelMeshServicer):
 class AdminServicer(admin_grpc.MeshAdminServicer):
     """meshadmin.MeshAdmin: listings the KServe API has no call for."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, manager: PlacementManager) -> None:
         self._registry = registry
+        self._manager = manager
 
     @maps_errors
     async def ListModels(self, request: admin.ListModelsRequest, context: Any) -> admin.ListModelsResponse:
@@ -228,9 +230,34 @@ class AdminServicer(admin_grpc.MeshAdminServicer):
         ]
         return admin.ListModelsResponse(models=models, vmodels=vmodels)
 
+    @maps_errors
+    async def ListInstances(self, request: admin.ListInstancesRequest, context: Any) -> admin.ListInstancesResponse:
+        manager = self._manager
+        return admin.ListInstancesResponse(
+            instances=[
+                admin.InstanceEntry(
+                    instanceId=v.record.instance_id,
+                    endpoint=v.record.endpoint,
+                    capacityInBytes=v.record.capacity_bytes,
+                    usedInBytes=v.used_bytes,
+                    modelTypes=v.record.model_types,
+                    models=sorted(c.model_id for c in v.copies),
+                    loadsInFlight=v.loads_in_flight,
+                    startedTime=v.record.started_ms,
+                    reachable=manager.reachable(v.record.instance_id),
+                )
+                for v in sorted(manager.instance_views(), key=lambda v: v.record.instance_id)
+            ]
+        )
+
 
 async def start_grpc_server(
-    dataplane: DataPlane, registry: ModelRegistry, host: str, port: int, max_message_bytes: int
+    dataplane: DataPlane,
+    registry: ModelRegistry,
+    manager: PlacementManager,
+    host: str,
+    port: int,
+    max_message_bytes: int,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Bind and start; returns the server, the bound port (port 0 picks one) and the health servicer."""
     server = grpc.aio.server(
@@ -240,7 +267,7 @@ async def start_grpc_server(
         ],
     )
     mm_grpc.add_ModelMeshServicer_to_server(ManagementServicer(registry), RejectingUnparseable(server))
-    admin_grpc.add_MeshAdminServicer_to_server(AdminServicer(registry), RejectingUnparseable(server))
+    admin_grpc.add_MeshAdminServicer_to_server(AdminServicer(registry, manager), RejectingUnparseable(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_generic_rpc_handlers([InferenceHandler(dataplane)])

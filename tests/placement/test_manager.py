@@ -221,3 +221,19 @@ async def test_an_extra_copy_never_evicts_another_model(make_mesh):
         await asyncio.gather(*(mesh.infer("busy", value=i) for i in range(16)))
     assert await loaded(mesh, "busy", "other") == {"busy": True, "other": True}
     assert await copies_on(mesh, "busy") == 1
+
+
+async def test_admin_api_lists_instances_with_their_copies(make_mesh):
+    from mesh.gen import mesh_admin_pb2 as admin
+    from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
+
+    mesh = await make_mesh([100_000, 200_000])
+    await mesh.register_echo("listed", BALLAST)
+    await use(mesh, "listed")
+    listing = await admin_grpc.MeshAdminStub(mesh.channel).ListInstances(admin.ListInstancesRequest())
+    by_id = {i.instanceId: i for i in listing.instances}
+    assert set(by_id) == {"rt-a", "rt-b"}
+    holder = by_id["rt-b"]  # the instance with the most free space took the first model
+    assert list(holder.models) == ["listed"] and holder.usedInBytes >= BALLAST and holder.reachable
+    assert (holder.capacityInBytes, by_id["rt-a"].usedInBytes, list(by_id["rt-a"].models)) == (200_000, 0, [])
+    assert holder.endpoint == mesh.runtimes[1].endpoint and holder.startedTime > 0
