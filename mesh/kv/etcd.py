@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
+from mesh.errors import Unavailable
 from mesh.gen import etcd_rpc_pb2 as pb
 from mesh.gen import etcd_rpc_pb2_grpc as pb_grpc
 from mesh.kv.base import (
@@ -55,6 +56,8 @@ _CHANNEL_OPTIONS = [
     # A prefix read returns the whole prefix in one response.
     ("grpc.max_receive_message_length", -1),
 ]
+# etcd down, restarting or unreachable: the caller may try again, and mesh answers UNAVAILABLE / 503.
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _COMPARE_TARGETS = {
     CompareTarget.MOD_REVISION: (pb.Compare.MOD, "mod_revision"),
     CompareTarget.VERSION: (pb.Compare.VERSION, "version"),
@@ -204,6 +207,8 @@ class EtcdKV(KV):
             if exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
                 # e.g. "etcdserver: duplicate key given in txn request", "etcdserver: key is not provided"
                 raise ValueError(exc.details()) from exc
+            if exc.code() in _RETRYABLE:
+                raise Unavailable(f"the placement store (etcd) did not answer: {exc.details()}") from exc
             raise
         self._saw(response.header.revision)
         return response

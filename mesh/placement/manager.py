@@ -512,7 +512,9 @@ class PlacementManager:
                 await self.flush_last_used()
                 self._review_rates()
                 await self.retire_idle_copies()
-            except Exception:  # noqa: BLE001 - a failed round is retried next period; it must not stop
+            except MeshError as exc:  # the store is down, say: the next round tries again
+                log.warning("periodic placement maintenance deferred: %s", exc.message)
+            except Exception:  # a failed round is retried next period; it must not stop
                 log.exception("periodic placement maintenance failed")
 
     # ---- copies follow load ------------------------------------------------------------------------------

@@ -82,6 +82,21 @@ class ModelRegistry:
             return name
         raise ModelNotFound(name)
 
+    async def resolve_fresh(self, name: str, vmodel: bool | None = None) -> str:
+        """resolve(), reading the store when the view does not know the name yet.
+
+        Another router may have registered it a moment ago, and its watch event may still be on the way; asking
+        the store costs a round trip only for names the view does not know, never on the hot path.
+        """
+        try:
+            return self.resolve(name, vmodel)
+        except ModelNotFound:
+            if vmodel is not False:
+                await self._view.refresh(Kind.VMODEL, name)
+            if vmodel is not True:
+                await self._view.refresh(Kind.MODEL, name)
+            return self.resolve(name, vmodel)
+
     def models(self) -> list[ModelRecord]:
         return [v.record for v in self._view.models.values()]
 

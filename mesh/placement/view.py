@@ -94,6 +94,13 @@ class LocalView:
                 log.warning("placement watch fell behind compaction; reloading the whole view")
                 await self._reload()
 
+    async def refresh(self, kind: Kind, record_id: str) -> bool:
+        """Read one record from the store now, ahead of the watch; True when it exists."""
+        kv = await self._kv.get(self.keys.key(kind, record_id))
+        if kv is not None:
+            self.apply_put(kv)
+        return kv is not None
+
     async def _reload(self) -> None:
         """Replace the view with the store's contents, dropping records deleted while the watch was behind."""
         kvs, revision = await self._kv.get_prefix(self.keys.root)

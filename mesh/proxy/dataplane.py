@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import grpc
 
 from mesh import __version__
-from mesh.errors import RuntimeFailure, Unavailable
+from mesh.errors import ModelNotFound, RuntimeFailure, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.placement.manager import CopyLease, PlacementManager
 from mesh.placement.registry import ModelRegistry, ModelState
@@ -60,7 +60,7 @@ class DataPlane:
 
     async def model_ready(self, name: str, version: str = "") -> bool:
         """A registered model is servable (mesh loads it on demand) unless its loads are failing."""
-        model_id = self._registry.resolve(name)
+        model_id = await self._registry.resolve_fresh(name)
         return self._registry.status(model_id).state is not ModelState.LOADING_FAILED
 
     async def model_metadata(self, name: str, version: str = "") -> pb.ModelMetadataResponse:
@@ -75,7 +75,10 @@ class DataPlane:
         self, method: str, request: bytes, target: Target, timeout: float | None = None, metadata: Metadata = ()
     ) -> bytes:
         """Send request bytes to a copy of the target model (loading one if needed); the response bytes."""
-        model_id = self._registry.resolve(target.name, target.vmodel)
+        try:
+            model_id = self._registry.resolve(target.name, target.vmodel)
+        except ModelNotFound:
+            model_id = await self._registry.resolve_fresh(target.name, target.vmodel)
         for attempt in (1, 2):
             lease = self._manager.loaded_copy(model_id) or await self._manager.acquire(model_id)
             with lease:

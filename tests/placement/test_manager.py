@@ -178,8 +178,7 @@ async def test_routers_sharing_a_store_load_a_model_once(make_mesh):
     # Scale-up thresholds out of reach: this test is about the first load only.
     first = await make_mesh([10_000_000, 10_000_000], scale_up_in_flight=10_000)
     second = await first.join()  # a second router over the same store, seeing the same runtimes
-    await first.register_echo("shared")
-    await asyncio.sleep(0.05)  # the registration reaches the second router through its watch
+    await first.register_echo("shared")  # routable through the second router at once, watch event or not
     replies = await asyncio.gather(*(mesh.infer("shared", value=i) for i in range(40) for mesh in (first, second)))
     assert len(replies) == 80
     assert first.loads() == 1
