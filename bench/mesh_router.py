@@ -26,7 +26,9 @@ MODEL_ID = "echo"
 
 async def serve(runtime: str, port_file: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as workdir:
-        settings = Settings(host="127.0.0.1", grpc_port=0, rest_port=-1, kv="memory://", data_dir=workdir)
+        settings = Settings(
+            host="127.0.0.1", grpc_port=0, rest_port=-1, metrics_port=0, kv="memory://", data_dir=workdir
+        )
         router = Router(settings)
         ports = await router.start()
         try:

@@ -7,32 +7,47 @@ import asyncio
 import json
 import logging
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import grpc
 import httpx
 
+from mesh import bulk, logs, status
 from mesh.config import Settings
 from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
 
-STATE_NAMES = {v: k for k, v in mm.ModelStatusInfo.ModelStatus.items()}
+STATE_NAMES = status.STATE_NAMES
+log = logging.getLogger("mesh.cli")
+
+
+class UsageError(Exception):
+    """Bad input (flags, a models file): said in one line, exit code 2."""
 
 
 def _serve(args: argparse.Namespace) -> int:
     from mesh.serve import ServeOptions, serve
 
     settings = Settings.from_env(
-        host=args.host, grpc_port=args.grpc_port, rest_port=args.rest_port, kv=args.kv, data_dir=args.data_dir
+        host=args.host,
+        grpc_port=args.grpc_port,
+        rest_port=args.rest_port,
+        metrics_port=args.metrics_port,
+        kv=args.kv,
+        data_dir=args.data_dir,
     )
     options = ServeOptions(
         runtimes=args.runtimes,
         capacity_bytes=int(args.capacity_mb * 1024 * 1024),
         examples_dir=None if args.no_examples else ServeOptions.examples_dir,
         port_file=Path(args.port_file) if args.port_file else None,
+        log_level=args.log_level.upper(),
+        log_format=args.log_format,
     )
     asyncio.run(serve(settings, options))
     return 0
@@ -42,30 +57,136 @@ def _stub(args: argparse.Namespace) -> mm_grpc.ModelMeshStub:
     return mm_grpc.ModelMeshStub(grpc.insecure_channel(args.address))
 
 
-def _status_text(status: mm.ModelStatusInfo) -> str:
-    text = STATE_NAMES[status.status]
-    copies = ", ".join(f"{c.location}={STATE_NAMES[c.copyStatus]}" for c in status.modelCopyInfos)
-    errors = "; ".join(status.errors)
+def _status_text(info: mm.ModelStatusInfo) -> str:
+    text = STATE_NAMES[info.status]
+    copies = ", ".join(f"{c.location}={STATE_NAMES[c.copyStatus]}" for c in info.modelCopyInfos)
+    errors = "; ".join(info.errors)
     return text + (f" [{copies}]" if copies else "") + (f" errors: {errors}" if errors else "")
 
 
 def _register(args: argparse.Namespace) -> int:
-    info = mm.ModelInfo(type=args.type, path=str(Path(args.path).resolve()) if args.path else "", key=args.key)
+    if args.file:
+        return _bulk(args, bulk.register_all, "registered", "already present")
+    _one_model(args, "register")
+    if not args.type:
+        raise UsageError("--type is required (or register many with -f FILE)")
+    info = mm.ModelInfo(type=args.type, path=bulk.resolve_path(args.path, Path.cwd()), key=args.key)
     request = mm.RegisterModelRequest(modelId=args.model_id, modelInfo=info, loadNow=args.load_now, sync=args.sync)
     print(f"{args.model_id}: {_status_text(_stub(args).registerModel(request, timeout=args.timeout))}")
     return 0
 
 
 def _unregister(args: argparse.Namespace) -> int:
+    if args.file:
+        return _bulk(args, bulk.unregister_all, "unregistered", "not registered")
+    _one_model(args, "unregister")
     _stub(args).unregisterModel(mm.UnregisterModelRequest(modelId=args.model_id), timeout=args.timeout)
     print(f"{args.model_id}: unregistered")
     return 0
 
 
+def _one_model(args: argparse.Namespace, verb: str) -> None:
+    if not args.model_id:
+        raise UsageError(f"name a model to {verb}, or give a models file with -f FILE")
+    if args.json or args.path_root:
+        raise UsageError("--json and --path-root apply to a models file (-f FILE)")
+
+
+def _bulk(args: argparse.Namespace, call: Callable[..., Awaitable[bulk.BulkResult]], done: str, unchanged: str) -> int:
+    """Register or unregister every model of a file; print a summary; non-zero exit when any failed."""
+    if args.model_id:
+        raise UsageError(f"give a model id or -f FILE, not both ('{args.model_id}' and {args.file})")
+    if getattr(args, "load_now", False):
+        raise UsageError("--load-now applies to one model; models registered from a file load on first use")
+    try:
+        specs = bulk.read_specs(Path(args.file), Path(args.path_root) if args.path_root else None)
+    except bulk.SpecError as exc:
+        raise UsageError(str(exc)) from exc
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() and not args.json else None
+    try:
+        result = asyncio.run(
+            call(args.address, specs, concurrency=args.concurrency, timeout=args.timeout, progress=bar)
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    done.replace(" ", "_"): result.done,
+                    unchanged.replace(" ", "_"): result.unchanged,
+                    "failed": [{"id": f.model_id, "code": f.code, "message": f.message} for f in result.failed],
+                    "seconds": round(result.seconds, 3),
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(_summary(result, done, unchanged))
+    return 1 if result.failed else 0
+
+
+def _summary(result: bulk.BulkResult, done: str, unchanged: str, shown: int = 10) -> str:
+    rate = result.total / result.seconds if result.seconds else 0.0
+    lines = [
+        f"{done} {len(result.done)}, {unchanged} {len(result.unchanged)}, failed {len(result.failed)}"
+        f" ({result.total} models in {result.seconds:.1f} s, {rate:.0f}/s)"
+    ]
+    for code, failures in result.failures_by_code().items():
+        ids = ", ".join(f.model_id for f in failures[:shown])
+        more = f" and {len(failures) - shown} more" if len(failures) > shown else ""
+        lines.append(f"  {code} ({len(failures)}): {ids}{more}")
+        messages = list(dict.fromkeys(f.message for f in failures))
+        for message in messages[:3]:
+            lines.append(f"    {message}")
+        if len(messages) > 3:
+            lines.append(f"    ... {len(messages) - 3} more messages")
+    return "\n".join(lines)
+
+
+class ProgressBar:
+    """`[#####.....] 2500/5000  50%   1840/s` on one terminal line (stderr), redrawn ten times a second at most."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._started = time.monotonic()
+        self._drawn_at = 0.0
+        self._drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._drawn_at < 0.1:
+            return
+        self._drawn_at = now
+        filled = self.WIDTH * done // total if total else self.WIDTH
+        rate = done / (now - self._started) if now > self._started else 0.0
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self._stream.write(f"\r[{bar}] {done}/{total} {100 * done // max(total, 1):3d}% {rate:6.0f}/s")
+        self._stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def _mesh_status(args: argparse.Namespace) -> int:
+    data = status.fetch(args.address, args.timeout)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(status.render(data, int(time.time() * 1000)))
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
-    status = _stub(args).getModelStatus(mm.GetStatusRequest(modelId=args.model_id), timeout=args.timeout)
-    print(f"{args.model_id}: {_status_text(status)}")
-    return 0 if status.status != mm.ModelStatusInfo.NOT_FOUND else 1
+    reply = _stub(args).getModelStatus(mm.GetStatusRequest(modelId=args.model_id), timeout=args.timeout)
+    print(f"{args.model_id}: {_status_text(reply)}")
+    return 0 if reply.status != mm.ModelStatusInfo.NOT_FOUND else 1
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -108,12 +229,18 @@ def _infer(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mesh", description="A multi-model serving router.")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-format", choices=logs.FORMATS, default="text", help="json: one JSON object per line (ts, level, ...)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run a router and built-in runtimes on this machine")
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 8033; 0 = any free)")
     serve.add_argument("--rest-port", type=int, default=None, help="REST port (default 8008; 0 = any, -1 = off)")
+    serve.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus /metrics port (default 2112; 0 = any, -1 = off)"
+    )
     serve.add_argument(
         "--kv",
         default=None,
@@ -133,9 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="register, list, inspect and unregister models")
     msub = models.add_subparsers(dest="models_command", required=True)
-    reg = client(msub.add_parser("register", help="register a model"))
-    reg.add_argument("model_id")
-    reg.add_argument("--type", required=True, help="model type, e.g. sklearn, text, echo")
+
+    def from_file(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-f", "--file", help="a YAML list of models (id, type, path, key): do them all")
+        p.add_argument(
+            "--path-root", help="with -f: resolve relative paths against this folder (default: the file's folder)"
+        )
+        p.add_argument("--concurrency", type=_positive, default=bulk.DEFAULT_CONCURRENCY, help="with -f: calls at once")
+        p.add_argument("--json", action="store_true", help="with -f: print the outcome per model as JSON")
+        return p
+
+    reg = from_file(client(msub.add_parser("register", help="register a model, or every model of a file (-f)")))
+    reg.add_argument("model_id", nargs="?")
+    reg.add_argument("--type", help="model type, e.g. sklearn, text, echo (required for one model)")
     reg.add_argument("--path", default="", help="model file or directory")
     reg.add_argument("--key", default="", help="opaque key passed to the runtime")
     reg.add_argument("--load-now", action="store_true")
@@ -147,9 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     st = client(msub.add_parser("status", help="one model's status"))
     st.add_argument("model_id")
     st.set_defaults(func=_status)
-    unreg = client(msub.add_parser("unregister", help="unregister a model and unload its copies"))
-    unreg.add_argument("model_id")
+    unreg = from_file(
+        client(msub.add_parser("unregister", help="unregister a model, or every model of a file (-f); unload copies"))
+    )
+    unreg.add_argument("model_id", nargs="?")
     unreg.set_defaults(func=_unregister)
+
+    mesh_status = client(sub.add_parser("status", help="the router's runtime instances and models, as tables"))
+    mesh_status.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
+    mesh_status.set_defaults(func=_mesh_status)
 
     infer = sub.add_parser("infer", help="send one inference request over REST")
     infer.add_argument("model")
@@ -162,16 +305,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
+
+    def error(message: str) -> None:
+        # With --log-format json every stderr line is a JSON object, errors included.
+        if args.log_format == "json":
+            log.error(message)
+        else:
+            print(f"error: {message}", file=sys.stderr)
+
     try:
         return args.func(args)
+    except UsageError as exc:
+        error(str(exc))
+        return 2
     except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        error(f"{exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
         return 1
     except httpx.HTTPError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        error(str(exc))
         return 1
     except KeyboardInterrupt:
         return 130

@@ -44,6 +44,13 @@ class Settings:
     """A model unused this long keeps one copy; its extra copies are unloaded."""
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message and REST body accepted and forwarded."""
+    metrics_port: int = 2112
+    """Prometheus metrics at http://HOST:PORT/metrics; 0 picks a free port, -1 disables the endpoint."""
+    metrics_per_model: bool = False
+    """Add a `model` label to the per-request metrics: a series per model, so only for small fleets."""
+    health_check_seconds: float = 2.0
+    """How often readiness (store answers, a runtime instance reachable) is re-evaluated besides on instance
+    changes; the store probe gets at most 1 s of it."""
 
     def kv_url(self) -> str:
         return self.kv or f"file://{os.path.abspath(os.path.join(self.data_dir, 'kv.log'))}"
@@ -61,8 +68,13 @@ class Settings:
         return cls(**values)
 
 
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def _parse(raw: str, kind: type, name: str) -> Any:
     try:
+        if kind is bool:
+            return _BOOLEANS[raw.strip().lower()]  # bool("false") would be True
         return kind(raw)
-    except ValueError as exc:
+    except (ValueError, KeyError) as exc:
         raise ValueError(f"MESH_{name.upper()}={raw!r} is not a valid {kind.__name__}") from exc

@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 S = TypeVar("S")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+# A unary handler's behavior, and a decorator of one given the method path (e.g. one that measures calls).
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+WrapBehavior = Callable[[str, Behavior], Behavior]
 
 
 def maps_errors(
@@ -54,21 +57,23 @@ class RejectingUnparseable:
     Left alone, grpc fails such a call with UNKNOWN ("Unexpected DecodeError") before any servicer code runs,
     which tells a client nothing and blames the server. Wrapping the handlers once at registration costs the
     calls nothing; an interceptor would add a coroutine to every call, the raw-bytes inference path included.
+    `wrap`, when given, decorates each unary handler outermost, so it sees those rejections too (metrics do).
     """
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, wrap: WrapBehavior | None = None) -> None:
         self._server = server
+        self._wrap = wrap
 
     def add_generic_rpc_handlers(self, handlers: object) -> None:
         pass  # generated code registers the same handlers below, by name, where they can be wrapped
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        wrapped = {name: _lenient(handler, f"/{service}/{name}") for name, handler in handlers.items()}
+        wrapped = {name: _lenient(handler, f"/{service}/{name}", self._wrap) for name, handler in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
         self._server.add_registered_method_handlers(service, wrapped)
 
 
-def _lenient(handler: Any, method: str) -> grpc.RpcMethodHandler:
+def _lenient(handler: Any, method: str, wrap: WrapBehavior | None) -> grpc.RpcMethodHandler:
     if handler.request_deserializer is None or handler.unary_unary is None:
         return handler
     deserialize = handler.request_deserializer
@@ -85,4 +90,4 @@ def _lenient(handler: Any, method: str) -> grpc.RpcMethodHandler:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unparseable {method} request: {request.error}")
         return await behavior(request, context)
 
-    return handler._replace(request_deserializer=parse, unary_unary=call)
+    return handler._replace(request_deserializer=parse, unary_unary=wrap(method, call) if wrap else call)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health
 
 from mesh.config import Settings
+from mesh.health import Readiness
 from mesh.kv import open_kv
 from mesh.kv.base import KV
+from mesh.metrics import RouterMetrics, start_metrics_server
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import Kind
 from mesh.placement.registry import ModelRegistry
@@ -27,46 +29,69 @@ log = logging.getLogger(__name__)
 class Ports:
     grpc: int
     rest: int | None
+    metrics: int | None = None
 
 
 class Router:
     """Assembles the library core; `mesh serve` and the tests both run exactly this."""
 
-    def __init__(self, settings: Settings, kv: KV | None = None) -> None:
+    def __init__(self, settings: Settings, kv: KV | None = None, runtime_metrics_dir: Path | None = None) -> None:
+        """runtime_metrics_dir: the prometheus_client multiprocess directory of the runtime processes this router
+        started, aggregated into its /metrics."""
         self.settings = settings
         self._kv = kv
         self._owns_kv = kv is None
+        self._runtime_metrics_dir = runtime_metrics_dir
+        self.metrics: RouterMetrics
+        self._metrics_server: web.AppRunner | None = None
         self.manager: PlacementManager
         self.registry: ModelRegistry
         self.dataplane: DataPlane
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
         self._health: health.aio.HealthServicer | None = None
-        self._health_task: asyncio.Task[None] | None = None
+        self.readiness: Readiness
 
     async def start(self) -> Ports:
         settings = self.settings
         if self._kv is None:
             self._kv = open_kv(settings.kv_url())
-        self.manager = PlacementManager(self._kv, settings)
+        self.metrics = RouterMetrics(settings.metrics_per_model)
+        metrics_port = None
+        if settings.metrics_port >= 0:  # first: a port already taken (2112 by default) fails before anything runs
+            self._metrics_server, metrics_port = await start_metrics_server(
+                settings.host, settings.metrics_port, self.metrics.registry, self._runtime_metrics_dir
+            )
+        self.manager = PlacementManager(self._kv, settings, self.metrics)
         await self.manager.start()
         self.registry = ModelRegistry(self.manager)
-        self.dataplane = DataPlane(self.registry, self.manager)
+        self.metrics.observe_placement(self.manager, self.registry)
+        self.readiness = Readiness(self._kv, self.manager, settings.health_check_seconds)
+        self.dataplane = DataPlane(self.registry, self.manager, self.readiness, self.metrics)
         self._grpc, grpc_port, self._health = await start_grpc_server(
-            self.dataplane, self.registry, self.manager, settings.host, settings.grpc_port, settings.max_message_bytes
+            self.dataplane,
+            self.registry,
+            self.manager,
+            self.metrics,
+            settings.host,
+            settings.grpc_port,
+            settings.max_message_bytes,
         )
         rest_port = None
         if settings.rest_port >= 0:
-            self._rest, rest_port = await start_rest_server(self.dataplane, settings.host, settings.rest_port)
+            self._rest, rest_port = await start_rest_server(
+                self.dataplane, self.metrics, settings.host, settings.rest_port
+            )
+        self.readiness.on_change.append(self._publish_health)
         self.manager.view.on_change.append(self._on_change)
-        await self._update_health()
+        await self.readiness.start()
         log.info(
             "mesh router serving gRPC on %s:%d, REST on %s",
             settings.host,
             grpc_port,
             f"{settings.host}:{rest_port}" if rest_port else "(disabled)",
         )
-        return Ports(grpc_port, rest_port)
+        return Ports(grpc_port, rest_port, metrics_port)
 
     @property
     def kv(self) -> KV:
@@ -76,15 +101,20 @@ class Router:
 
     async def add_instance(self, instance_id: str, endpoint: str, model_types: tuple[str, ...] = ()) -> None:
         await self.manager.add_instance(instance_id, endpoint, model_types)
+        await self.readiness.check()
+
+    async def remove_instance(self, instance_id: str) -> None:
+        """Take a runtime this router registered out of routing (its process exited)."""
+        await self.manager.remove_instance(instance_id)
 
     def _on_change(self, kind: Kind, record_id: str) -> None:
-        if kind is Kind.INSTANCE and self._health is not None:
-            self._health_task = asyncio.get_running_loop().create_task(self._update_health())
+        if kind is Kind.INSTANCE:
+            self.readiness.check_soon()
 
-    async def _update_health(self) -> None:
+    async def _publish_health(self, ready: bool) -> None:
         if self._health is None:
             return
-        state = HEALTH_SERVING if await self.dataplane.server_ready() else HEALTH_NOT_SERVING
+        state = HEALTH_SERVING if ready else HEALTH_NOT_SERVING
         for service in ("", INFERENCE_SERVICE):
             await self._health.set(service, state)
 
@@ -92,11 +122,17 @@ class Router:
         """Stop serving, then placement, then the store; safe to call twice."""
         rest, self._rest = self._rest, None
         server, self._grpc = self._grpc, None
+        metrics, self._metrics_server = self._metrics_server, None
         if rest is not None:
             await rest.cleanup()
+        if metrics is not None:
+            await metrics.cleanup()
         if server is None:
             return
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()  # NOT_SERVING while in-flight calls finish
         await server.stop(grace)
+        await self.readiness.stop()
         await self.registry.close()
         await self.manager.stop()
         if self._kv is not None and self._owns_kv:

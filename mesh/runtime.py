@@ -40,6 +40,10 @@ class RuntimeClient:
             self._methods[path] = call
         return call
 
+    def cannot_connect(self) -> bool:
+        """True while the channel fails to connect; asking starts an idle channel connecting, for the next ask."""
+        return self._channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
     async def status(self, timeout: float) -> rt.RuntimeStatusResponse:
         return await self._spi.runtimeStatus(rt.RuntimeStatusRequest(), timeout=timeout, wait_for_ready=True)
 

@@ -8,11 +8,14 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from prometheus_client import multiprocess
 
 from mesh.config import Settings
 from mesh.errors import MeshError
@@ -32,15 +35,30 @@ class ServeOptions:
     capacity_bytes: int = 2 * 1024 * 1024
     examples_dir: Path | None = EXAMPLES_DIR
     port_file: Path | None = None
+    log_level: str = "INFO"
+    """Passed down to the runtime processes, so they log like the router."""
+    log_format: str = "text"
 
 
 class RuntimeProcess:
     """One built-in runtime child process, found through the port file it writes once it serves."""
 
-    def __init__(self, instance_id: str, capacity_bytes: int, workdir: Path) -> None:
+    def __init__(
+        self,
+        instance_id: str,
+        capacity_bytes: int,
+        workdir: Path,
+        log_level: str = "INFO",
+        log_format: str = "text",
+        metrics_dir: Path | None = None,
+    ) -> None:
+        """metrics_dir: where the process writes its metrics (prometheus_client's multiprocess mode)."""
         self.instance_id = instance_id
         self.capacity_bytes = capacity_bytes
+        self.log_level = log_level
+        self.log_format = log_format
         self.port_file = workdir / f"{instance_id}.port"
+        self.metrics_dir = metrics_dir
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> str:
@@ -51,6 +69,8 @@ class RuntimeProcess:
             "--host", "127.0.0.1", "--port", "0", "--port-file", str(self.port_file),
             "--capacity-bytes", str(self.capacity_bytes), "--instance-id", self.instance_id,
             "--parent-pid", str(os.getpid()),
+            "--log-level", self.log_level, "--log-format", self.log_format,
+            env=None if self.metrics_dir is None else {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)},
         )  # fmt: skip
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RUNTIME_START_TIMEOUT
@@ -92,10 +112,21 @@ class EmbeddedMesh:
     def __init__(self, settings: Settings, options: ServeOptions) -> None:
         self.settings = settings
         self.options = options
-        self.router = Router(settings)
         self._workdir = Path(tempfile.mkdtemp(prefix="mesh-runtimes-"))
+        # The runtimes' metrics, aggregated into the router's /metrics: fresh for each mesh, as multiprocess mode needs.
+        self._metrics_dir = self._workdir / "metrics"
+        self._metrics_dir.mkdir()
+        self.router = Router(settings, runtime_metrics_dir=self._metrics_dir)
         self.runtimes = [
-            RuntimeProcess(f"runtime-{i}", options.capacity_bytes, self._workdir) for i in range(options.runtimes)
+            RuntimeProcess(
+                f"runtime-{i}",
+                options.capacity_bytes,
+                self._workdir,
+                options.log_level,
+                options.log_format,
+                metrics_dir=self._metrics_dir,
+            )
+            for i in range(options.runtimes)
         ]
         self._supervisors: list[asyncio.Task[None]] = []
 
@@ -128,6 +159,11 @@ class EmbeddedMesh:
         while True:
             assert runtime.process is not None
             code = await runtime.process.wait()
+            multiprocess.mark_process_dead(runtime.process.pid, str(self._metrics_dir))  # its gauges leave the sum
+            try:
+                await self.router.remove_instance(runtime.instance_id)  # nothing is routed to a dead process
+            except Exception as exc:  # noqa: BLE001 - the store is down, say: the restart below publishes it again
+                log.warning("runtime %s not withdrawn: %s", runtime.instance_id, exc)
             await asyncio.sleep(1.0)  # a Ctrl-C reaches the runtimes too; stop() cancels this wait then
             log.error("runtime %s exited with %s; restarting it", runtime.instance_id, code)
             try:
@@ -144,10 +180,7 @@ class EmbeddedMesh:
         with contextlib.suppress(Exception):
             await self.router.stop()
         await asyncio.gather(*(r.stop() for r in self.runtimes))
-        for path in self._workdir.glob("*"):
-            path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self._workdir.rmdir()
+        shutil.rmtree(self._workdir, ignore_errors=True)
 
 
 async def serve(settings: Settings, options: ServeOptions) -> None:
@@ -160,10 +193,16 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     ports = await mesh.start()
     if options.port_file is not None:
         tmp = options.port_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"grpc": ports.grpc, "rest": ports.rest, "pid": os.getpid()}))
+        tmp.write_text(
+            json.dumps({"grpc": ports.grpc, "rest": ports.rest, "metrics": ports.metrics, "pid": os.getpid()})
+        )
         tmp.replace(options.port_file)
     log.info(
-        "mesh is up: gRPC %s:%d, REST %s:%s; Ctrl-C stops it", settings.host, ports.grpc, settings.host, ports.rest
+        "mesh is up: gRPC %s:%d, REST %s, metrics %s; Ctrl-C stops it",
+        settings.host,
+        ports.grpc,
+        f"{settings.host}:{ports.rest}" if ports.rest else "off",
+        f"{settings.host}:{ports.metrics}/metrics" if ports.metrics else "off",
     )
     try:
         await stop.wait()

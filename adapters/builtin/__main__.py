@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from adapters.builtin.server import serve
 from adapters.builtin.settings import parse_args
+from mesh import logs
 
 
 def main() -> None:
     settings = parse_args()
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s %(levelname)s builtin[{settings.instance_id}] %(name)s: %(message)s",
+    logs.configure(
+        settings.log_level,
+        settings.log_format,
+        text_format=f"%(asctime)s %(levelname)s builtin[{settings.instance_id}] %(name)s: %(message)s",
+        static_fields={"runtime": settings.instance_id},
     )
     asyncio.run(serve(settings))
 

@@ -11,6 +11,7 @@ import logging
 import time
 
 from adapters.builtin.errors import ModelNotLoaded
+from adapters.builtin.metrics import RuntimeMetrics
 from adapters.builtin.models import Model, ModelType, model_type
 from adapters.builtin.settings import RuntimeSettings
 from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, ModelLoadFailed, Unavailable
@@ -35,9 +36,11 @@ def _load_blocking(kind: ModelType, model_path: str) -> Model:
 class BuiltinRuntime:
     """Loaded models by id, loads in flight, and the operations the two gRPC services expose."""
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+    def __init__(self, settings: RuntimeSettings, metrics: RuntimeMetrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics or RuntimeMetrics()
         self._models: dict[str, Model] = {}
+        self._model_types: dict[str, str] = {}  # model id → its modelType, the metrics' label
         # One task per model id being loaded: concurrent loadModel calls for the same id share it, and
         # unloadModel cancels it so a load the router gave up on never lands.
         self._loading: dict[str, asyncio.Task[Model]] = {}
@@ -77,15 +80,19 @@ class BuiltinRuntime:
                 async with asyncio.timeout(self._settings.load_timeout_ms / 1000):
                     model = await asyncio.to_thread(_load_blocking, kind, model_path)
             except TimeoutError:
+                self._metrics.load_failed(kind.name)
                 log.warning("load of model %s timed out after %d ms", model_id, self._settings.load_timeout_ms)
                 raise DeadlineExceeded(
                     f"loading model {model_id} took longer than {self._settings.load_timeout_ms} ms"
                 ) from None
             except MeshError as exc:
+                self._metrics.load_failed(kind.name)
                 elapsed_ms = (time.perf_counter() - start) * 1000
                 log.warning("load of model %s failed after %.1f ms: %s", model_id, elapsed_ms, exc.message)
                 raise
         self._models[model_id] = model
+        self._model_types[model_id] = kind.name
+        self._metrics.loaded(kind.name, start, model.size_bytes)
         elapsed_ms = (time.perf_counter() - start) * 1000
         log.info("loaded model %s (type %s, %d bytes) in %.1f ms", model_id, kind.name, model.size_bytes, elapsed_ms)
         return model
@@ -98,6 +105,7 @@ class BuiltinRuntime:
             log.info("cancelled the load of model %s", model_id)
         model = self._models.pop(model_id, None)
         if model is not None:
+            self._metrics.unloaded(self._model_types.pop(model_id, ""), model.size_bytes)
             size, start = model.size_bytes, time.perf_counter()
             # The last reference unless a predict is still running: the model's memory is freed here.
             del model
@@ -129,14 +137,22 @@ class BuiltinRuntime:
         return model_id in self._models
 
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        """Decodes the inputs, runs the model's predict, encodes its outputs."""
+        """Decodes the inputs, runs the model's predict, encodes its outputs; each stage is timed."""
         model = self.model(request.model_name)
+        timers = self._metrics.stages(self._model_types[request.model_name])
+        started = time.perf_counter()
         inputs = inputs_to_numpy(request)
         requested = [output.name for output in request.outputs]
+        decoded = time.perf_counter()
+        timers.preprocess.observe((decoded - started) * 1000)
         if model.offload_predict:
             outputs = await asyncio.to_thread(model.predict, inputs, requested)
         else:
             outputs = model.predict(inputs, requested)
-        return numpy_to_response(
+        predicted = time.perf_counter()
+        timers.predict.observe((predicted - decoded) * 1000)
+        response = numpy_to_response(
             request.model_name, outputs, model_version=request.model_version, request_id=request.id
         )
+        timers.postprocess.observe((time.perf_counter() - predicted) * 1000)
+        return response

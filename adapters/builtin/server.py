@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from adapters.builtin.core import BuiltinRuntime
+from adapters.builtin.metrics import RuntimeMetrics
 from adapters.builtin.models import MODEL_TYPES
 from adapters.builtin.servicers import InferenceServicer, RuntimeServicer, status_response
 from adapters.builtin.settings import RuntimeSettings
@@ -19,6 +20,7 @@ from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
 from mesh.grpcutil import RejectingUnparseable
 from mesh.kv import open_kv
+from mesh.metrics import start_metrics_server
 from mesh.placement.instances import InstancePublisher, record_from_status
 from mesh.placement.records import Keys
 
@@ -27,10 +29,14 @@ log = logging.getLogger(__name__)
 PARENT_POLL_S = 1.0
 
 
-def write_port_file(path: Path, port: int, instance_id: str) -> None:
-    """Writes {"port", "pid", "instance_id"} so that a reader never sees a partial file (tmp + rename)."""
+def write_port_file(path: Path, port: int, instance_id: str, metrics_port: int | None = None) -> None:
+    """Writes {"port", "pid", "instance_id"} (and "metrics_port" when /metrics is served) so that a reader never
+    sees a partial file (tmp + rename)."""
+    content: dict[str, object] = {"port": port, "pid": os.getpid(), "instance_id": instance_id}
+    if metrics_port is not None:
+        content["metrics_port"] = metrics_port
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "instance_id": instance_id}), encoding="utf-8")
+    tmp.write_text(json.dumps(content), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -68,7 +74,8 @@ async def _publish(settings: RuntimeSettings, port: int) -> InstancePublisher:
 
 async def serve(settings: RuntimeSettings) -> None:
     """Serves until SIGTERM or SIGINT, then stops gracefully and removes the port file."""
-    core = BuiltinRuntime(settings)
+    metrics = RuntimeMetrics()
+    core = BuiltinRuntime(settings, metrics)
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -79,6 +86,11 @@ async def serve(settings: RuntimeSettings) -> None:
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), RejectingUnparseable(server))
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
+    metrics_server, metrics_port = None, None
+    if settings.metrics_port >= 0:
+        metrics_server, metrics_port = await start_metrics_server(
+            settings.host, settings.metrics_port, metrics.registry
+        )
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -92,7 +104,7 @@ async def serve(settings: RuntimeSettings) -> None:
     publisher = await _publish(settings, port) if settings.kv else None
     # Written only once serving, so a parent that sees the file can connect at once.
     if settings.port_file is not None:
-        write_port_file(settings.port_file, port, settings.instance_id)
+        write_port_file(settings.port_file, port, settings.instance_id, metrics_port)
     log.info("serving on %s:%d (pid %d, capacity %d bytes)", settings.host, port, os.getpid(), settings.capacity_bytes)
     try:
         await stopping.wait()
@@ -102,6 +114,8 @@ async def serve(settings: RuntimeSettings) -> None:
         if publisher is not None:
             await publisher.close(close_store=True)  # leave routing first, then finish what is in flight
         await server.stop(settings.shutdown_grace_s)
+        if metrics_server is not None:
+            await metrics_server.cleanup()
     finally:
         # A stale file would point a later reader at a port this process no longer holds.
         if settings.port_file is not None:

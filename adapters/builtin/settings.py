@@ -35,6 +35,8 @@ class RuntimeSettings:
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message sent or received (the default 4 MiB is too small for tensors)."""
     log_level: str = "INFO"
+    log_format: str = "text"
+    """"text", or "json" for one JSON object per log line (mesh.logs)."""
     kv: str = ""
     """When set (e.g. etcd://127.0.0.1:2379), the runtime publishes its own instance record there, under a lease,
     so routers anywhere can place models on it; empty when a router that started it registers it instead."""
@@ -44,6 +46,9 @@ class RuntimeSettings:
     """host:port routers use to reach this runtime; defaults to host and the bound port."""
     lease_seconds: float = 10.0
     """The published record vanishes this long after the process stops keeping it alive."""
+    metrics_port: int = -1
+    """Serve this process's Prometheus metrics at http://HOST:PORT/metrics (0 picks a free port); -1: not served
+    here, as under `mesh serve`, whose router serves every runtime's metrics (PROMETHEUS_MULTIPROC_DIR)."""
 
 
 def _positive(text: str) -> int:
@@ -71,10 +76,12 @@ def parse_args(argv: Sequence[str] | None = None) -> RuntimeSettings:
     parser.add_argument("--parent-pid", type=_positive, help="stop when this process exits")
     parser.add_argument("--shutdown-grace-s", type=float, default=d.shutdown_grace_s)
     parser.add_argument("--log-level", default=d.log_level)
+    parser.add_argument("--log-format", choices=("text", "json"), default=d.log_format)
     parser.add_argument("--kv", default=d.kv, help="publish this instance in the mesh's store (etcd://h:p, file://P)")
     parser.add_argument("--kv-prefix", default=d.kv_prefix)
     parser.add_argument("--advertise", default=d.advertise, help="host:port routers reach this runtime at")
     parser.add_argument("--lease-seconds", type=float, default=d.lease_seconds)
+    parser.add_argument("--metrics-port", type=int, default=d.metrics_port, help="serve /metrics (0 = any, -1 = off)")
     args = parser.parse_args(argv)
     return RuntimeSettings(
         host=args.host,
@@ -88,8 +95,10 @@ def parse_args(argv: Sequence[str] | None = None) -> RuntimeSettings:
         parent_pid=args.parent_pid,
         shutdown_grace_s=args.shutdown_grace_s,
         log_level=args.log_level.upper(),
+        log_format=args.log_format,
         kv=args.kv,
         kv_prefix=args.kv_prefix,
         advertise=args.advertise,
         lease_seconds=args.lease_seconds,
+        metrics_port=args.metrics_port,
     )

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -34,6 +35,9 @@ from mesh.placement.records import (
 from mesh.placement.store import UNCHANGED, RecordStore
 from mesh.placement.view import LocalView
 from mesh.runtime import RuntimeClient
+
+if TYPE_CHECKING:
+    from mesh.metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +63,11 @@ class CopyLease:
 
 
 class PlacementManager:
-    def __init__(self, kv: KV, settings: Settings) -> None:
+    def __init__(self, kv: KV, settings: Settings, metrics: RouterMetrics) -> None:
         self.settings = settings
+        self.metrics = metrics
+        # Requests in acquire() waiting for a load (the request queue ModelMesh reports).
+        self.waiting_for_load = 0
         self.keys = Keys(settings.kv_prefix)
         self.view = LocalView(kv, self.keys)
         self.store = RecordStore(kv, self.view)
@@ -116,6 +123,10 @@ class PlacementManager:
         log.info("runtime instance %s ready at %s (capacity %d bytes)", instance_id, endpoint, record.capacity_bytes)
         await self._drop_stale_copies(instance_id)
 
+    async def remove_instance(self, instance_id: str) -> None:
+        """Withdraw the record of a runtime this router published (its process exited): nothing is routed there."""
+        await self.publisher.withdraw(instance_id)
+
     def current(self, instance_id: str, copy: CopyRecord) -> bool:
         """The copy was made on the instance's present incarnation, which is known and reachable."""
         known = self.view.instances.get(instance_id)
@@ -160,9 +171,15 @@ class PlacementManager:
     async def acquire(self, model_id: str) -> CopyLease:
         """A copy of the model, loading one first when none is loaded (one load however many callers)."""
         lease = self.loaded_copy(model_id)
-        while lease is None:
-            await self.ensure_loaded(model_id)
-            lease = self.loaded_copy(model_id)
+        if lease is not None:
+            return lease
+        self.waiting_for_load += 1
+        try:
+            while lease is None:
+                await self.ensure_loaded(model_id)
+                lease = self.loaded_copy(model_id)
+        finally:
+            self.waiting_for_load -= 1
         return lease
 
     def _release(self, model_id: str, instance_id: str) -> None:
@@ -189,7 +206,13 @@ class PlacementManager:
 
     async def copy_lost(self, model_id: str, instance_id: str, reason: str, unreachable: bool) -> None:
         """A copy the view lists is not there: the runtime said so, or did not answer at all."""
-        log.warning("copy of model %s on %s is gone (%s); dropping it", model_id, instance_id, reason)
+        log.warning(
+            "copy of model %s on %s is gone (%s); dropping it",
+            model_id,
+            instance_id,
+            reason,
+            extra={"event": "copy_lost", "model": model_id, "instance": instance_id, "error": reason},
+        )
         if unreachable:
             self.mark_unreachable(instance_id, reason)
         await self._drop_copy(model_id, instance_id)
@@ -218,12 +241,22 @@ class PlacementManager:
                         self._evicting.add((victim.model_id, choice.instance_id))
                     self._loads_on[choice.instance_id] += 1
             if not claimed:
-                await self._await_placement_change(model_id, self._load_timeout(choice.instance_id))
-                continue
+                if self._loading_elsewhere(model_id):
+                    await self._await_placement_change(model_id, self._load_timeout(choice.instance_id))
+                continue  # loaded (the top of the loop routes to it) or failed there (try again)
             try:
                 return await self._load_at(model, choice, incarnation)
             except _InstanceUnreachable:
                 continue  # _choose no longer offers that instance; it raises when nothing is left
+
+    def _loading_elsewhere(self, model_id: str) -> bool:
+        """Another load of the model is under way and has not finished (so waiting for its record is useful)."""
+        placement = self.view.placements.get(model_id)
+        return (
+            placement is not None
+            and self._loaded_holder(model_id) is None
+            and bool(self._live_copies(placement.record))
+        )
 
     def _loaded_holder(self, model_id: str) -> str | None:
         placement = self.view.placements.get(model_id)
@@ -311,12 +344,14 @@ class PlacementManager:
             await self.store.update(
                 Kind.PLACEMENT, model_id, lambda p: (p or PlacementRecord()).with_failure(instance_id, failure)
             )
+            ms = round((time.perf_counter() - started) * 1000)
             log.error(
-                "load of model %s on %s failed after %.0f ms: %s",
+                "load of model %s on %s failed after %d ms: %s",
                 model_id,
                 instance_id,
-                (time.perf_counter() - started) * 1000,
+                ms,
                 message,
+                extra={"event": "load_failed", "model": model_id, "instance": instance_id, "ms": ms, "error": message},
             )
             raise ModelLoadFailed(f"model '{model_id}' failed to load on instance '{instance_id}': {message}") from exc
         finally:
@@ -324,12 +359,14 @@ class PlacementManager:
             if not done:
                 await self._drop_copy(model_id, instance_id, only_if=CopyState.LOADING)
         await self._record_copy(model_id, instance_id, CopyRecord(CopyState.LOADED, now_ms(), size, incarnation))
+        ms = round((time.perf_counter() - started) * 1000)
         log.info(
-            "loaded model %s on %s in %.0f ms (%d bytes)",
+            "loaded model %s on %s in %d ms (%d bytes)",
             model_id,
             instance_id,
-            (time.perf_counter() - started) * 1000,
+            ms,
             size,
+            extra={"event": "loaded", "model": model_id, "instance": instance_id, "ms": ms, "bytes": size},
         )
         await self._trim(instance_id, keep=model_id)
         return instance_id
@@ -337,7 +374,12 @@ class PlacementManager:
     def mark_unreachable(self, instance_id: str, reason: str) -> None:
         """Keep new loads and requests off an instance that did not answer, for a while."""
         if instance_id not in self._unreachable:
-            log.warning("runtime instance %s is unreachable (%s); routing around it", instance_id, reason)
+            log.warning(
+                "runtime instance %s is unreachable (%s); routing around it",
+                instance_id,
+                reason,
+                extra={"event": "instance_unreachable", "instance": instance_id, "error": reason},
+            )
         self._unreachable[instance_id] = time.monotonic() + self.settings.unreachable_retry_seconds
 
     def reachable(self, instance_id: str) -> bool:
@@ -349,6 +391,11 @@ class PlacementManager:
             return True
         return False
 
+    def answering(self, instance_id: str) -> bool:
+        """reachable(), and its channel is not failing to connect now. Off the data path: a look at a channel
+        starts it connecting when idle, so a runtime that died unnoticed shows here by the next look."""
+        return self.reachable(instance_id) and not self.clients.get(instance_id).cannot_connect()
+
     async def _record_copy(self, model_id: str, instance_id: str, copy: CopyRecord) -> None:
         await self.store.update(
             Kind.PLACEMENT, model_id, lambda p: (p or PlacementRecord()).with_copy(instance_id, copy)
@@ -358,7 +405,14 @@ class PlacementManager:
         record = self.view.instances[instance_id].record
         slots = self._slots.setdefault(instance_id, asyncio.Semaphore(record.loading_slots))
         async with slots:
-            return await self.clients.get(instance_id).load(model, self._load_timeout(instance_id))
+            started = time.perf_counter()
+            try:
+                size = await self.clients.get(instance_id).load(model, self._load_timeout(instance_id))
+            except grpc.aio.AioRpcError:
+                self.metrics.load_failed()
+                raise
+            self.metrics.loaded(started, size)
+            return size
 
     def _model(self, model_id: str) -> ModelRecord:
         known = self.view.models.get(model_id)
@@ -440,6 +494,7 @@ class PlacementManager:
 
     async def _evict(self, instance_id: str, victims: tuple[policy.ResidentCopy, ...], for_model: str) -> None:
         for victim in victims:
+            self.metrics.evicted(victim.last_used_ms)
             age_s = (now_ms() - victim.last_used_ms) / 1000 if victim.last_used_ms else float("inf")
             log.info(
                 "evicting model %s from %s (last used %.0fs ago) to make room for %s",
@@ -447,6 +502,14 @@ class PlacementManager:
                 instance_id,
                 age_s,
                 for_model,
+                extra={
+                    "event": "evicting",
+                    "model": victim.model_id,
+                    "instance": instance_id,
+                    "bytes": victim.size_bytes,
+                    "last_used_ms": victim.last_used_ms,
+                    "for_model": for_model,
+                },
             )
             try:
                 await self.unload_copy(victim.model_id, instance_id)
@@ -470,9 +533,24 @@ class PlacementManager:
         try:
             await self.clients.get(instance_id).unload(model_id)
         except (grpc.aio.AioRpcError, Unavailable) as exc:
-            log.warning("unload of model %s from %s failed: %s", model_id, instance_id, exc)
+            self.metrics.unload_failed()
+            log.warning(
+                "unload of model %s from %s failed: %s",
+                model_id,
+                instance_id,
+                exc,
+                extra={"event": "unload_failed", "model": model_id, "instance": instance_id, "error": str(exc)},
+            )
             return
-        log.info("unloaded model %s from %s in %.0f ms", model_id, instance_id, (time.perf_counter() - started) * 1000)
+        self.metrics.unloaded(started)
+        ms = round((time.perf_counter() - started) * 1000)
+        log.info(
+            "unloaded model %s from %s in %d ms",
+            model_id,
+            instance_id,
+            ms,
+            extra={"event": "unloaded", "model": model_id, "instance": instance_id, "ms": ms},
+        )
 
     async def _drop_copy(
         self, model_id: str, instance_id: str, only_if: CopyState | None = None, only_incarnation: int | None = None
@@ -575,7 +653,10 @@ class PlacementManager:
         horizon = now_ms() - self.settings.idle_copy_seconds * 1000
         for model_id in list(self.view.placements):
             loaded = self._loaded_copies(model_id)
-            if len(loaded) < 2 or self.last_used_ms(model_id) > horizon:
+            # A copy loaded within the window counts as use: another router may be serving the model and not
+            # have flushed its recency yet, and retiring the copy it just added would make the two flap.
+            newest_copy_ms = max((c.since_ms for _, c in loaded), default=0)
+            if len(loaded) < 2 or max(self.last_used_ms(model_id), newest_copy_ms) > horizon:
                 continue
             # Every router picks the same survivor, so two routers retiring at once agree.
             survivor = min(loaded, key=lambda ic: (ic[1].since_ms, ic[0]))[0]

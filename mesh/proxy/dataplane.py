@@ -7,6 +7,7 @@ never decoded; at most the model id is spliced into field 1 when the runtime kno
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ import grpc
 from mesh import __version__
 from mesh.errors import ModelNotFound, RuntimeFailure, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.health import Readiness
+from mesh.metrics import RouterMetrics
 from mesh.placement.manager import CopyLease, PlacementManager
 from mesh.placement.registry import ModelRegistry, ModelState
 from mesh.proxy import wire
@@ -44,16 +47,21 @@ class Target:
 
 
 class DataPlane:
-    def __init__(self, registry: ModelRegistry, manager: PlacementManager) -> None:
+    def __init__(
+        self, registry: ModelRegistry, manager: PlacementManager, readiness: Readiness, metrics: RouterMetrics
+    ) -> None:
         self._registry = registry
         self._manager = manager
+        self._readiness = readiness
+        self._metrics = metrics
 
     async def server_live(self) -> bool:
+        """Live while the process serves, ready or not: liveness is not readiness."""
         return True
 
     async def server_ready(self) -> bool:
-        """Ready when at least one runtime instance can take models."""
-        return bool(self._manager.view.instances)
+        """Ready when the store answers and a runtime instance is reachable: the answer gRPC health gives too."""
+        return self._readiness.ready
 
     def server_metadata(self) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="mesh", version=__version__, extensions=["binary_tensor_data"])
@@ -79,14 +87,18 @@ class DataPlane:
             model_id = self._registry.resolve(target.name, target.vmodel)
         except ModelNotFound:
             model_id = await self._registry.resolve_fresh(target.name, target.vmodel)
+        metrics = self._metrics
         for attempt in (1, 2):
-            lease = self._manager.loaded_copy(model_id) or await self._manager.acquire(model_id)
+            lease = self._manager.loaded_copy(model_id) or await self._await_copy(model_id)
             with lease:
                 body = self._with_model_id(method, request, target, model_id, lease)
+                started = time.perf_counter()
                 try:
-                    return await lease.client.method(method)(body, timeout=timeout, metadata=metadata)
+                    response = await lease.client.method(method)(body, timeout=timeout, metadata=metadata)
                 except grpc.aio.AioRpcError as exc:
-                    if attempt == 1 and exc.code() in COPY_GONE:
+                    if exc.code() not in COPY_GONE:
+                        metrics.invoked(method, model_id, started, len(body))
+                    elif attempt == 1:
                         await self._manager.copy_lost(
                             model_id,
                             lease.instance_id,
@@ -95,7 +107,18 @@ class DataPlane:
                         )
                         continue
                     raise _runtime_error(exc, model_id, lease) from exc
+                metrics.invoked(method, model_id, started, len(body), len(response))
+                return response
         raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def _await_copy(self, model_id: str) -> CopyLease:
+        """A cache miss: the request found no loaded copy and waits for one (a load, or another's load)."""
+        self._metrics.cache_missed(model_id)
+        started = time.perf_counter()
+        try:
+            return await self._manager.acquire(model_id)
+        finally:
+            self._metrics.cache_miss_waited(model_id, started)
 
     @staticmethod
     def _with_model_id(method: str, request: bytes, target: Target, model_id: str, lease: CopyLease) -> bytes:

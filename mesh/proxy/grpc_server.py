@@ -6,12 +6,15 @@ decoded here; only the routing headers and, lacking those, field 1 of the body a
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from cachetools import LRUCache
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mesh.errors import InvalidArgument, MeshError
@@ -20,7 +23,8 @@ from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
-from mesh.grpcutil import RejectingUnparseable, maps_errors
+from mesh.grpcutil import Behavior, RejectingUnparseable, WrapBehavior, maps_errors
+from mesh.metrics import RouterMetrics, method_label
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import ModelRecord
 from mesh.placement.registry import ModelRegistry, ModelStatus, VModelStatus
@@ -62,19 +66,49 @@ async def _abort(context: grpc.aio.ServicerContext, exc: MeshError) -> None:
     await context.abort(exc.grpc_code, exc.message)
 
 
+def observing(metrics: RouterMetrics) -> WrapBehavior:
+    """A handler decorator reporting each call's method, status code and latency (modelmesh_api_request_*)."""
+
+    def wrap(method: str, behavior: Behavior) -> Behavior:
+        label = method_label(method)
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                response = await behavior(request, context)
+                code = grpc.StatusCode.OK
+                return response
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                metrics.request(label, code, started)
+
+        return call
+
+    return wrap
+
+
 class InferenceHandler(grpc.GenericRpcHandler):
     """Routes GRPCInferenceService calls, and any unary call carrying a routing header, to a runtime copy."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: RouterMetrics) -> None:
         self._dataplane = dataplane
+        self._metrics = metrics
+        observe = observing(metrics)
         local: dict[str, Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]] = {
             f"/{INFERENCE_SERVICE}/ServerLive": self._server_live,
             f"/{INFERENCE_SERVICE}/ServerReady": self._server_ready,
             f"/{INFERENCE_SERVICE}/ServerMetadata": self._server_metadata,
             f"/{INFERENCE_SERVICE}/ModelReady": self._model_ready,
         }
-        self._local = {path: grpc.unary_unary_rpc_method_handler(fn) for path, fn in local.items()}
-        self._forwarders: dict[str, grpc.RpcMethodHandler] = {}
+        self._local = {path: grpc.unary_unary_rpc_method_handler(observe(path, fn)) for path, fn in local.items()}
+        # Bounded: with a routing header any method path is forwarded, and clients choose the paths.
+        self._forwarders: LRUCache[str, grpc.RpcMethodHandler] = LRUCache(maxsize=256)
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = details.method
@@ -84,12 +118,16 @@ class InferenceHandler(grpc.GenericRpcHandler):
         if method in ROUTED_BY_FIELD_1 or any(k in ROUTING_HEADERS for k, _ in details.invocation_metadata or ()):
             handler = self._forwarders.get(method)
             if handler is None:
-                handler = grpc.unary_unary_rpc_method_handler(functools.partial(self._forward, method))
+                forward = functools.partial(self._forward, method, method_label(method))
+                handler = grpc.unary_unary_rpc_method_handler(forward)
                 self._forwarders[method] = handler
             return handler
         return None
 
-    async def _forward(self, method: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def _forward(self, method: str, label: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        name = ""
         try:
             metadata = context.invocation_metadata()
             target = header_target(metadata)
@@ -99,12 +137,21 @@ class InferenceHandler(grpc.GenericRpcHandler):
                 target = Target(wire.read_string(request, 1))
                 if not target.name:
                     raise InvalidArgument("the request names no model: set model_name or an mm-model-id header")
+            name = target.name
             remaining = context.time_remaining()
             passed = tuple((k, v) for k, v in metadata or () if k not in ROUTING_HEADERS and k not in HOP_HEADERS)
-            return await self._dataplane.forward(method, request, target, remaining, passed)
+            response = await self._dataplane.forward(method, request, target, remaining, passed)
+            code = grpc.StatusCode.OK
+            return response
         except MeshError as exc:
+            code = exc.grpc_code
             await _abort(context, exc)
             raise AssertionError("abort raises") from exc
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self._metrics.request(label, code, started, name)
 
     async def _server_live(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return pb.ServerLiveResponse(live=await self._dataplane.server_live()).SerializeToString()
@@ -244,7 +291,7 @@ class AdminServicer(admin_grpc.MeshAdminServicer):
                     models=sorted(c.model_id for c in v.copies),
                     loadsInFlight=v.loads_in_flight,
                     startedTime=v.record.started_ms,
-                    reachable=manager.reachable(v.record.instance_id),
+                    reachable=manager.answering(v.record.instance_id),
                 )
                 for v in sorted(manager.instance_views(), key=lambda v: v.record.instance_id)
             ]
@@ -255,6 +302,7 @@ async def start_grpc_server(
     dataplane: DataPlane,
     registry: ModelRegistry,
     manager: PlacementManager,
+    metrics: RouterMetrics,
     host: str,
     port: int,
     max_message_bytes: int,
@@ -266,11 +314,12 @@ async def start_grpc_server(
             ("grpc.max_receive_message_length", max_message_bytes),
         ],
     )
-    mm_grpc.add_ModelMeshServicer_to_server(ManagementServicer(registry), RejectingUnparseable(server))
-    admin_grpc.add_MeshAdminServicer_to_server(AdminServicer(registry, manager), RejectingUnparseable(server))
+    observe = observing(metrics)
+    mm_grpc.add_ModelMeshServicer_to_server(ManagementServicer(registry), RejectingUnparseable(server, observe))
+    admin_grpc.add_MeshAdminServicer_to_server(AdminServicer(registry, manager), RejectingUnparseable(server, observe))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.add_generic_rpc_handlers([InferenceHandler(dataplane)])
+    server.add_generic_rpc_handlers([InferenceHandler(dataplane, metrics)])
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")

@@ -8,12 +8,16 @@ checks for 200.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
+import grpc
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from mesh.errors import InvalidArgument, MeshError, Unavailable, http_status
+from mesh.metrics import RouterMetrics
 from mesh.proxy import codec
 from mesh.proxy.dataplane import DataPlane
 
@@ -24,6 +28,16 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 HEADER_LENGTH = "Inference-Header-Content-Length"  # Triton's binary-data extension: the JSON part's size
 
 _DATAPLANE = web.AppKey("dataplane", DataPlane)
+_METRICS = web.AppKey("metrics", RouterMetrics)
+
+# aiohttp's own errors as the gRPC code that names them in the metrics' code label.
+_HTTP_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    405: grpc.StatusCode.UNIMPLEMENTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+UNMATCHED = "REST (unmatched)"
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -32,20 +46,33 @@ def _error(status: int, message: str) -> web.Response:
 
 @web.middleware
 async def _errors_to_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place errors become HTTP: MeshError by its code, aiohttp's own (404, 405, 413) by theirs."""
+    """The one place errors become HTTP: MeshError by its code, aiohttp's own (404, 405, 413) by theirs; and where
+    each request is measured, labelled `<HTTP method> <route>` with the gRPC code name of its status."""
+    started = time.perf_counter()
+    code = grpc.StatusCode.OK
     try:
         return await handler(request)
     except MeshError as err:
+        code = err.grpc_code
         return _error(http_status(err.grpc_code), err.message)
     except web.HTTPException as err:
         if err.status < 400:
             raise
+        code = _HTTP_CODES.get(err.status, grpc.StatusCode.INTERNAL)
         generic = f"{err.status}: {err.reason}"  # aiohttp's default text adds nothing to the reason
         detail = err.text if err.text and err.text != generic else err.reason
         return _error(err.status, f"{detail} ({request.method} {request.path})")
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED  # the client went away
+        raise
     except Exception as err:
+        code = grpc.StatusCode.INTERNAL
         log.exception("REST %s %s failed", request.method, request.path)
         return _error(500, f"internal error: {type(err).__name__}: {err}")
+    finally:
+        resource = request.match_info.route.resource
+        method = f"{request.method} {resource.canonical}" if resource is not None else UNMATCHED
+        request.app[_METRICS].request(method, code, started, request.match_info.get("name", ""))
 
 
 def _dataplane(request: web.Request) -> DataPlane:
@@ -109,10 +136,11 @@ async def _model_infer(request: web.Request) -> web.Response:
     )
 
 
-def create_app(dataplane: DataPlane) -> web.Application:
+def create_app(dataplane: DataPlane, metrics: RouterMetrics) -> web.Application:
     """The REST application over a data plane (bodies up to MAX_BODY_BYTES)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_to_json])
     app[_DATAPLANE] = dataplane
+    app[_METRICS] = metrics
     app.add_routes(
         [
             web.get("/v2/health/live", _server_live),
@@ -129,12 +157,14 @@ def create_app(dataplane: DataPlane) -> web.Application:
     return app
 
 
-async def start_rest_server(dataplane: DataPlane, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_rest_server(
+    dataplane: DataPlane, metrics: RouterMetrics, host: str, port: int
+) -> tuple[web.AppRunner, int]:
     """Serves the REST front door on host:port (0 picks a free port); returns the runner and the bound port.
 
     Stop it with `await runner.cleanup()`.
     """
-    runner = web.AppRunner(create_app(dataplane), access_log=None)  # one log line per request is noise here
+    runner = web.AppRunner(create_app(dataplane, metrics), access_log=None)  # one log line per request is noise here
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

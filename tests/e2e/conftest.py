@@ -158,7 +158,7 @@ def _start(directory: Path, kv: str, kv_prefix: str) -> MeshServer:
         *("--data-dir", str(data_dir), "--kv", kv),
         *("--runtimes", str(RUNTIMES), "--capacity-mb", str(CAPACITY_MB)),
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MESH_KV_PREFIX": kv_prefix}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MESH_KV_PREFIX": kv_prefix, "MESH_METRICS_PORT": "0"}
     with log_file.open("wb") as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:

@@ -33,7 +33,8 @@ async def make_mesh(tmp_path: Path, store: dict[str, str]):  # type: ignore[no-u
 
     async def make(capacities: list[int], durable: bool = False, shared_kv=None, **overrides) -> Mesh:  # type: ignore[no-untyped-def]
         kv = store["durable_kv"] if durable else store["kv"]
-        settings = Settings(**{"grpc_port": 0, "rest_port": -1, "kv": kv, "kv_prefix": store["kv_prefix"], **overrides})
+        ports = {"grpc_port": 0, "rest_port": -1, "metrics_port": 0}
+        settings = Settings(**{**ports, "kv": kv, "kv_prefix": store["kv_prefix"], **overrides})
         router = Router(settings, kv=shared_kv)
         ports = await router.start()
         runtimes = [await start_runtime(f"rt-{chr(97 + i)}", cap) for i, cap in enumerate(capacities)]

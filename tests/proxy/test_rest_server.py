@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from mesh.errors import ModelNotFound, RuntimeFailure, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.metrics import RouterMetrics
 from mesh.proxy import codec
 from mesh.proxy.dataplane import DataPlane
 from mesh.proxy.rest_server import MAX_BODY_BYTES, start_rest_server
@@ -74,7 +75,7 @@ def dataplane() -> DoublingDataPlane:
 
 @pytest.fixture
 async def port(dataplane: DoublingDataPlane) -> AsyncIterator[int]:
-    runner, bound = await start_rest_server(dataplane, "127.0.0.1", 0)
+    runner, bound = await start_rest_server(dataplane, RouterMetrics(), "127.0.0.1", 0)
     try:
         yield bound
     finally:
