@@ -11,10 +11,10 @@ from pathlib import Path
 PARENT_POLL_S = 0.5
 
 
-def write_port_file(path: Path, port: int) -> None:
-    """{"port": N, "pid": P}, written atomically so the parent never reads half a file."""
+def write_port_file(path: Path, port: int, **more: int) -> None:
+    """{"port": N, "pid": P, ...more}, written atomically so the parent never reads half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"port": port, "pid": os.getpid()}), encoding="utf-8")
+    tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), **more}), encoding="utf-8")
     os.replace(tmp, path)
 
 

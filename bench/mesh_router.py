@@ -1,10 +1,10 @@
 """The mesh router for the benchmark: mesh.router.Router in its own process, in front of a runtime started elsewhere.
 
 The runtime is the one the other targets also call, so every target reaches the same process. The `echo` model is
-registered here and loaded by the first request that names it.
+registered here and loaded by the first request that names it. The port file also names the REST port.
 
     python -m bench.mesh_router --runtime 127.0.0.1:PORT --port-file FILE
-    python -m cProfile -o router.prof -m bench.mesh_router ...   (the profile is written on SIGTERM)
+    python -m pyinstrument -o router.txt -m bench.mesh_router ...   (the profile is written on SIGTERM)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MODEL_ID = "echo"
 async def serve(runtime: str, port_file: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as workdir:
         settings = Settings(
-            host="127.0.0.1", grpc_port=0, rest_port=-1, metrics_port=0, kv="memory://", data_dir=workdir
+            host="127.0.0.1", grpc_port=0, rest_port=0, metrics_port=0, kv="memory://", data_dir=workdir
         )
         router = Router(settings)
         ports = await router.start()
@@ -36,7 +36,7 @@ async def serve(runtime: str, port_file: Path) -> None:
             model_path = Path(workdir) / "echo.json"
             model_path.write_text("{}", encoding="utf-8")
             await router.registry.register(ModelRecord(MODEL_ID, "echo", str(model_path)))
-            write_port_file(port_file, ports.grpc)
+            write_port_file(port_file, ports.grpc, rest=ports.rest or 0)
             await wait_for_stop()
         finally:
             await router.stop(1.0)

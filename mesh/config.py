@@ -42,6 +42,9 @@ class Settings:
     """Requests in flight on a model's least busy copy above which it gets another copy."""
     idle_copy_seconds: float = 300.0
     """A model unused this long keeps one copy; its extra copies are unloaded."""
+    eviction_policy: str = "lru"
+    """Which copies make room for a load: lru (least recently used, cluster-wide) or gdsf (Greedy-Dual-Size-
+    Frequency: large, rarely used models go first; the counts are this router's own)."""
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message and REST body accepted and forwarded."""
     metrics_port: int = 2112

@@ -80,6 +80,16 @@ class PlacementManager:
         self._loads_on: Counter[str] = Counter()
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._last_used: dict[str, int] = {}
+        if settings.eviction_policy not in policy.EVICTION_POLICIES:
+            raise ValueError(
+                f"eviction_policy {settings.eviction_policy!r} is not one of {', '.join(policy.EVICTION_POLICIES)}"
+            )
+        self._eviction = settings.eviction_policy
+        # For gdsf: requests counted per model by this router, the GDSF clock at each model's last request, and
+        # the clock itself (raised by every eviction). Not shared: other routers' models count as unused here.
+        self._uses: Counter[str] = Counter()
+        self._clock_at_use: dict[str, float] = {}
+        self._gdsf_clock = 0.0
         self._used_since_flush: set[str] = set()
         self._flush_task: asyncio.Task[None] | None = None
         # Instance id → monotonic time until which it is left alone after failing to answer.
@@ -163,6 +173,9 @@ class PlacementManager:
         in_flight = self._in_flight[(model_id, best)] = self._in_flight[(model_id, best)] + 1
         self._last_used[model_id] = now_ms()
         self._used_since_flush.add(model_id)
+        if self._eviction == "gdsf":
+            self._uses[model_id] += 1
+            self._clock_at_use[model_id] = self._gdsf_clock
         self._requests[model_id] += 1
         if in_flight > self.settings.scale_up_in_flight:
             self._scale_up(model_id)  # even the least busy copy is saturated
@@ -425,7 +438,7 @@ class PlacementManager:
         record = placement.record if placement else PlacementRecord()
         failed = self._recent_failures(record)
         excluded = frozenset(self._live_copies(record)) | frozenset(failed)
-        choice = policy.choose_instance(model.model_type, size, self._instance_views(), excluded)
+        choice = policy.choose_instance(model.model_type, size, self._instance_views(), excluded, self._eviction)
         if choice is not None:
             return choice
         if failed:
@@ -469,7 +482,16 @@ class PlacementManager:
                     continue  # not on this instance any more: it restarted empty, or is gone
                 key = (model_id, instance_id)
                 evictable = copy.state is CopyState.LOADED and key not in self._evicting and not self._in_flight[key]
-                resident[instance_id].append(policy.ResidentCopy(model_id, copy.size_bytes, last_used, evictable))
+                resident[instance_id].append(
+                    policy.ResidentCopy(
+                        model_id,
+                        copy.size_bytes,
+                        last_used,
+                        evictable,
+                        self._uses.get(model_id, 0),
+                        self._clock_at_use.get(model_id, 0.0),
+                    )
+                )
         return [
             policy.InstanceView(known.record, resident[instance_id], self._loads_on[instance_id])
             for instance_id, known in instances.items()
@@ -493,6 +515,8 @@ class PlacementManager:
     # ---- eviction and unloading ------------------------------------------------------------------------
 
     async def _evict(self, instance_id: str, victims: tuple[policy.ResidentCopy, ...], for_model: str) -> None:
+        if self._eviction == "gdsf":
+            self._gdsf_clock = policy.gdsf_clock(self._gdsf_clock, victims)
         for victim in victims:
             self.metrics.evicted(victim.last_used_ms)
             age_s = (now_ms() - victim.last_used_ms) / 1000 if victim.last_used_ms else float("inf")
@@ -521,7 +545,7 @@ class PlacementManager:
         for inst in self._instance_views():
             if inst.record.instance_id != instance_id:
                 continue
-            victims = tuple(v for v in policy.over_capacity(inst) if v.model_id != keep)
+            victims = tuple(v for v in policy.over_capacity(inst, self._eviction) if v.model_id != keep)
             for victim in victims:
                 self._evicting.add((victim.model_id, instance_id))
             await self._evict(instance_id, victims, for_model=keep)
@@ -636,7 +660,9 @@ class PlacementManager:
                     return
                 size = record.size_bytes
                 excluded = frozenset(live) | frozenset(self._recent_failures(record))
-                choice = policy.choose_instance(model.model_type, size, self._instance_views(), excluded)
+                choice = policy.choose_instance(
+                    model.model_type, size, self._instance_views(), excluded, self._eviction
+                )
                 if choice is None or choice.victims:
                     return
                 incarnation = self.view.instances[choice.instance_id].record.started_ms

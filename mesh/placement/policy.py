@@ -5,11 +5,15 @@ anything beats one that must evict; among those that fit, fewer loads in flight,
 those that must evict, the one whose victims were used least recently (this is what makes the LRU
 cluster-wide rather than per instance), then fewer victims. Ties break on instance id so a decision is
 deterministic for the same inputs.
+
+Which copies are "worth least" is the eviction policy: "lru" (least recently used first, the default) or "gdsf"
+(Greedy-Dual-Size-Frequency: lowest clock + uses / size first, so large, rarely used copies go before small,
+popular ones; the clock rises to each evicted copy's priority, which ages copies no longer used).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from mesh.placement.records import InstanceRecord
@@ -24,6 +28,9 @@ class ResidentCopy:
     last_used_ms: int
     # Loading copies and copies serving requests right now are never victims.
     evictable: bool
+    # For "gdsf" only: the requests counted for the model, and the GDSF clock when the last one was counted.
+    uses: int = 0
+    clock: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -47,13 +54,36 @@ class Placement:
     victims: tuple[ResidentCopy, ...]
 
 
-def victims_for(instance: InstanceView, size_bytes: int) -> tuple[ResidentCopy, ...] | None:
-    """The least recently used evictable copies whose removal frees size_bytes; None if impossible."""
+EVICTION_POLICIES = ("lru", "gdsf")
+
+
+def gdsf_priority(copy: ResidentCopy) -> float:
+    """GDSF's H: the clock when the copy was last used plus its uses per byte (cost 1 per load)."""
+    return copy.clock + copy.uses / max(copy.size_bytes, 1)
+
+
+def gdsf_clock(clock: float, victims: Iterable[ResidentCopy]) -> float:
+    """The GDSF clock after evicting victims: it rises to the highest priority evicted, never falls."""
+    return max([clock, *(gdsf_priority(v) for v in victims)])
+
+
+def _worth(eviction: str) -> Callable[[ResidentCopy], tuple]:
+    """Sort key for copies, least worth keeping first."""
+    if eviction == "lru":
+        return lambda c: (c.last_used_ms, c.model_id)
+    if eviction == "gdsf":
+        return lambda c: (gdsf_priority(c), c.last_used_ms, c.model_id)
+    raise ValueError(f"unknown eviction policy {eviction!r}; expected one of {', '.join(EVICTION_POLICIES)}")
+
+
+def victims_for(instance: InstanceView, size_bytes: int, eviction: str = "lru") -> tuple[ResidentCopy, ...] | None:
+    """The evictable copies worth least under the eviction policy whose removal frees size_bytes; None if
+    impossible."""
     needed = size_bytes - instance.free_bytes
     if needed <= 0:
         return ()
     chosen: list[ResidentCopy] = []
-    for copy in sorted((c for c in instance.copies if c.evictable), key=lambda c: (c.last_used_ms, c.model_id)):
+    for copy in sorted((c for c in instance.copies if c.evictable), key=_worth(eviction)):
         chosen.append(copy)
         needed -= copy.size_bytes
         if needed <= 0:
@@ -66,33 +96,37 @@ def choose_instance(
     size_bytes: int,
     instances: Iterable[InstanceView],
     excluded: frozenset[str] = frozenset(),
+    eviction: str = "lru",
 ) -> Placement | None:
     """The best instance for a new copy, with the copies to evict first; None when nothing can hold it.
 
-    `excluded` holds instances that already have a copy or recently failed to load this model.
+    `excluded` holds instances that already have a copy or recently failed to load this model. Among instances
+    that must evict, the one whose most valuable victim is worth least (under `eviction`) wins.
     """
+    worth = _worth(eviction)
     ranked: list[tuple[tuple, Placement]] = []
     for inst in instances:
         rec = inst.record
         if rec.instance_id in excluded or not rec.supports(model_type) or size_bytes > rec.capacity_bytes:
             continue
-        victims = victims_for(inst, size_bytes)
+        victims = victims_for(inst, size_bytes, eviction)
         if victims is None:
             continue
         if victims:
-            newest_victim_use = max(v.last_used_ms for v in victims)
-            rank: tuple = (1, newest_victim_use, len(victims), inst.loads_in_flight, rec.instance_id)
+            # For lru, the newest use among the victims: the LRU is cluster-wide, not per instance.
+            dearest_victim = max(worth(v)[0] for v in victims)
+            rank: tuple = (1, dearest_victim, len(victims), inst.loads_in_flight, rec.instance_id)
         else:
             rank = (0, inst.loads_in_flight, -inst.free_bytes, len(inst.copies), rec.instance_id)
         ranked.append((rank, Placement(rec.instance_id, victims)))
     return min(ranked, key=lambda r: r[0])[1] if ranked else None
 
 
-def over_capacity(instance: InstanceView) -> tuple[ResidentCopy, ...]:
+def over_capacity(instance: InstanceView, eviction: str = "lru") -> tuple[ResidentCopy, ...]:
     """Copies to evict when a measured size turned out larger than predicted and the instance overflows."""
     if instance.free_bytes >= 0:
         return ()
-    return victims_for(instance, 0) or ()
+    return victims_for(instance, 0, eviction) or ()
 
 
 def why_unplaceable(model_type: str, size_bytes: int, instances: Sequence[InstanceRecord]) -> tuple[str, bool]:

@@ -43,7 +43,8 @@ class RecordStore:
                 if new is None:
                     self._view.apply_delete(key, result.revision)
                 else:
-                    self._view.apply_put(KeyValue(key, op.value, 0, result.revision, 0, lease))  # type: ignore[union-attr]
+                    written = KeyValue(key, op.value, 0, result.revision, 0, lease)  # type: ignore[union-attr]
+                    self._view.apply_put(written, new)
                 return new
             # Lost the race: start again from what the store holds now (the watch will update the view).
             fresh = await self._kv.get(key)

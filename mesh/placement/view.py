@@ -113,7 +113,8 @@ class LocalView:
             self.apply_put(kv)
         self._revision = revision
 
-    def apply_put(self, kv: KeyValue) -> None:
+    def apply_put(self, kv: KeyValue, record: object = None) -> None:
+        """Take a put into the view; `record` is kv.value already decoded (a write of this router's own)."""
         parsed = self.keys.parse(kv.key)
         if parsed is None:
             return
@@ -125,7 +126,7 @@ class LocalView:
         if self._deleted_at.get(parsed, 0) >= kv.mod_revision:
             return
         try:
-            table[record_id] = Versioned(DECODERS[kind](kv.value), kv.mod_revision)
+            table[record_id] = Versioned(DECODERS[kind](kv.value) if record is None else record, kv.mod_revision)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("ignoring undecodable record %s: %s", kv.key, exc)
             return

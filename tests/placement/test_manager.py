@@ -236,3 +236,16 @@ async def test_admin_api_lists_instances_with_their_copies(make_mesh):
     assert list(holder.models) == ["listed"] and holder.usedInBytes >= BALLAST and holder.reachable
     assert (holder.capacityInBytes, by_id["rt-a"].usedInBytes, list(by_id["rt-a"].models)) == (200_000, 0, [])
     assert holder.endpoint == mesh.runtimes[1].endpoint and holder.startedTime > 0
+
+
+async def test_gdsf_keeps_a_frequently_used_model_that_lru_would_evict(make_mesh):
+    mesh = await make_mesh([int(BALLAST * 3.5)], eviction_policy="gdsf")
+    for i in range(4):
+        await mesh.register_echo(f"m{i}", BALLAST)
+    await use(mesh, "m0", "m0", "m0", "m0", "m1", "m2", "m3")
+    assert await loaded(mesh, "m0", "m1", "m2", "m3") == {"m0": True, "m1": False, "m2": True, "m3": True}
+
+
+async def test_an_unknown_eviction_policy_is_refused_at_start(make_mesh):
+    with pytest.raises(ValueError, match="fifo"):
+        await make_mesh([BALLAST], eviction_policy="fifo")

@@ -1,9 +1,13 @@
 """The placement ranking and victim choice, as pure functions over records."""
 
+import pytest
+
 from mesh.placement.policy import (
     InstanceView,
     ResidentCopy,
     choose_instance,
+    gdsf_clock,
+    gdsf_priority,
     over_capacity,
     victims_for,
     why_unplaceable,
@@ -85,3 +89,42 @@ def test_ties_break_deterministically_on_instance_id():
     insts = [instance("b", 100), instance("a", 100)]
     assert choose_instance("t", 10, insts).instance_id == "a"
     assert choose_instance("t", 10, list(reversed(insts))).instance_id == "a"
+
+
+def used(model_id: str, size: int, last_used: int, uses: int, clock: float = 0.0) -> ResidentCopy:
+    return ResidentCopy(model_id, size, last_used, True, uses, clock)
+
+
+def test_gdsf_evicts_large_rarely_used_copies_before_small_popular_ones_whatever_their_recency():
+    inst = instance("a", 100, [used("big-rare", 60, 900, uses=2), used("small-hot", 20, 10, uses=50)])
+    assert [v.model_id for v in victims_for(inst, 50, "gdsf")] == ["big-rare"]
+    assert [v.model_id for v in victims_for(inst, 50, "lru")] == ["small-hot", "big-rare"]
+
+
+def test_gdsf_priority_is_the_clock_at_last_use_plus_uses_per_byte():
+    assert gdsf_priority(used("m", 50, 1, uses=10, clock=0.5)) == 0.5 + 10 / 50
+
+
+def test_gdsf_clock_rises_to_the_dearest_victim_and_never_falls():
+    victims = [used("a", 10, 1, uses=1), used("b", 10, 1, uses=3)]
+    assert gdsf_clock(0.0, victims) == 0.3
+    assert gdsf_clock(1.0, victims) == 1.0
+    assert gdsf_clock(0.2, []) == 0.2
+
+
+def test_gdsf_ages_copies_no_longer_used_behind_copies_used_since_the_clock_rose():
+    # Once popular, idle since; the other used once after evictions raised the clock.
+    inst = instance("a", 100, [used("stale", 50, 10, uses=20, clock=0.0), used("fresh", 50, 900, 1, clock=1.0)])
+    assert [v.model_id for v in victims_for(inst, 10, "gdsf")] == ["stale"]
+
+
+def test_gdsf_picks_the_instance_whose_dearest_victim_is_worth_least():
+    a = instance("a", 100, [used("a-hot", 100, 10, uses=500)])
+    b = instance("b", 100, [used("b-cold", 100, 900, uses=1)])
+    assert choose_instance("t", 50, [a, b], eviction="gdsf").instance_id == "b"
+    assert choose_instance("t", 50, [a, b], eviction="lru").instance_id == "a"
+
+
+def test_an_unknown_eviction_policy_is_refused():
+    with pytest.raises(ValueError, match="fifo"):
+        victims_for(instance("a", 10, [copy("m", 10, 1)]), 5, "fifo")

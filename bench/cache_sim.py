@@ -1,0 +1,299 @@
+"""Scenario 4: the cache-policy trace simulator (no servers).
+
+Seeded Zipf(α) request traces over models of log-normal sizes (popularity independent of size) are replayed
+through:
+
+- mesh-lru / mesh-gdsf: the placement code's own functions, mesh.placement.policy.choose_instance (and through it
+  victims_for), over InstanceView/ResidentCopy built from the simulated state of a few instances, with the given
+  eviction policy. The simulator plays the manager's part: the request index is the clock for last_used_ms, a
+  miss loads the model where choose_instance says after evicting its victims, and every request served counts
+  a use (and for gdsf records the GDSF clock then, which rises as PlacementManager._evict raises it);
+- lru: one cache of the same total capacity, evicting by recency (an OrderedDict);
+- belady: one cache of the same total capacity, evicting the resident model whose next request is farthest in
+  the future until the missing model fits ("farthest next use", the usual size-oblivious approximation; the
+  size-aware optimum is NP-hard). A model must be loaded to serve its request, so there is no bypass.
+
+Every request is counted, cold start included. The mesh policies are held to the same total capacity split over
+INSTANCES instances, so a victim set must fit on one instance: fragmentation that the single caches do not pay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mesh.placement.policy import InstanceView, ResidentCopy, choose_instance, gdsf_clock
+from mesh.placement.records import InstanceRecord
+
+ALPHAS = (0.8, 1.0, 1.2)
+MODELS = 2_000
+REQUESTS = 200_000
+QUICK_REQUESTS = 20_000
+INSTANCES = 4
+CACHE_FRACTION = 0.15
+MEDIAN_SIZE_BYTES = 200 * 2**20
+SIZE_SIGMA = 1.0
+MIN_SIZE_BYTES = 10 * 2**20
+SEED = 20240
+MODEL_TYPE = "sim"
+POLICIES = ("lru", "mesh-lru", "mesh-gdsf", "belady")
+WITHIN_BELADY = 0.9
+
+
+@dataclass(frozen=True)
+class Workload:
+    alpha: float
+    sizes: list[int]
+    trace: list[int]
+    instance_capacity: int
+
+    @property
+    def total_capacity(self) -> int:
+        return self.instance_capacity * INSTANCES
+
+
+@dataclass
+class Outcome:
+    hits: int = 0
+    misses: int = 0
+    bytes_loaded: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        total = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_ratio": self.hits / total,
+            "bytes_loaded": self.bytes_loaded,
+        }
+
+
+def make_workload(alpha: float, requests: int, seed: int = SEED) -> Workload:
+    """MODELS models of log-normal sizes and a Zipf(alpha) trace over them; the same seed, the same workload."""
+    rng = np.random.default_rng(seed)
+    sizes = np.exp(rng.normal(np.log(MEDIAN_SIZE_BYTES), SIZE_SIGMA, MODELS)).astype(np.int64)
+    instance_capacity = int(sizes.sum() * CACHE_FRACTION / INSTANCES)
+    sizes = np.clip(sizes, MIN_SIZE_BYTES, instance_capacity)
+    weights = 1.0 / np.arange(1, MODELS + 1) ** alpha
+    # Popularity rank is a random permutation of the models, independent of their sizes.
+    by_rank = rng.permutation(MODELS)
+    trace = by_rank[rng.choice(MODELS, size=requests, p=weights / weights.sum())]
+    return Workload(alpha, sizes.tolist(), trace.tolist(), instance_capacity)
+
+
+def simulate_mesh(workload: Workload, eviction: str) -> Outcome:
+    """Replay through mesh.placement.policy.choose_instance with the given eviction policy."""
+    records = [InstanceRecord(f"i{k}", f"sim:{k}", workload.instance_capacity) for k in range(INSTANCES)]
+    resident: list[dict[int, ResidentCopy]] = [{} for _ in records]
+    where: dict[int, int] = {}  # model → instance holding its copy
+    uses: dict[int, int] = {}
+    clock = 0.0
+    outcome = Outcome()
+    for t, model in enumerate(workload.trace):
+        size = workload.sizes[model]
+        k = where.get(model)
+        if k is not None:
+            outcome.hits += 1
+        else:
+            outcome.misses += 1
+            outcome.bytes_loaded += size
+            views = [InstanceView(rec, list(copies.values())) for rec, copies in zip(records, resident, strict=True)]
+            choice = choose_instance(MODEL_TYPE, size, views, eviction=eviction)
+            if choice is None:
+                raise RuntimeError(f"nowhere to place model {model} ({size} bytes)")
+            k = int(choice.instance_id[1:])
+            for victim in choice.victims:
+                victim_id = int(victim.model_id)
+                del resident[k][victim_id]
+                del where[victim_id]
+            if eviction == "gdsf":
+                clock = gdsf_clock(clock, choice.victims)
+            where[model] = k
+        # The request is served: one more use, at time t (and the GDSF clock now).
+        uses[model] = uses.get(model, 0) + 1
+        resident[k][model] = ResidentCopy(str(model), size, t, True, uses[model], clock)
+    return outcome
+
+
+def simulate_lru(workload: Workload) -> Outcome:
+    """One cache of the total capacity, least recently used out first."""
+    cache: OrderedDict[int, int] = OrderedDict()
+    used = 0
+    outcome = Outcome()
+    for model in workload.trace:
+        if model in cache:
+            outcome.hits += 1
+            cache.move_to_end(model)
+            continue
+        size = workload.sizes[model]
+        outcome.misses += 1
+        outcome.bytes_loaded += size
+        while used + size > workload.total_capacity:
+            used -= cache.popitem(last=False)[1]
+        cache[model] = size
+        used += size
+    return outcome
+
+
+def simulate_belady(workload: Workload) -> Outcome:
+    """One cache of the total capacity, evicting the model requested farthest in the future until the miss fits."""
+    import heapq
+
+    trace = workload.trace
+    never = len(trace)
+    next_use = [never] * len(trace)
+    seen: dict[int, int] = {}
+    for t in range(len(trace) - 1, -1, -1):
+        next_use[t] = seen.get(trace[t], never)
+        seen[trace[t]] = t
+    resident: dict[int, int] = {}  # model → its next use
+    heap: list[tuple[int, int]] = []  # (-next use, model), stale entries skipped
+    used = 0
+    outcome = Outcome()
+    for t, model in enumerate(trace):
+        size = workload.sizes[model]
+        if model in resident:
+            outcome.hits += 1
+        else:
+            outcome.misses += 1
+            outcome.bytes_loaded += size
+            while used + size > workload.total_capacity:
+                negative_next, victim = heapq.heappop(heap)
+                if resident.get(victim) == -negative_next:
+                    del resident[victim]
+                    used -= workload.sizes[victim]
+            used += size
+        resident[model] = next_use[t]
+        heapq.heappush(heap, (-next_use[t], model))
+    return outcome
+
+
+def simulate(workload: Workload, policy: str) -> Outcome:
+    if policy == "lru":
+        return simulate_lru(workload)
+    if policy == "belady":
+        return simulate_belady(workload)
+    return simulate_mesh(workload, policy.removeprefix("mesh-"))
+
+
+def _targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """mesh >= plain LRU, and mesh >= 0.9 × Belady, both in hit ratio, for each eviction policy and α."""
+    targets = []
+    for alpha, by_policy in results.items():
+        lru, belady = by_policy["lru"], by_policy["belady"]
+        for eviction in ("lru", "gdsf"):
+            mesh = by_policy[f"mesh-{eviction}"]
+            targets.append(
+                {
+                    "name": f"α={alpha}: mesh ({eviction}) hit ratio >= plain LRU",
+                    "met": mesh["hit_ratio"] >= lru["hit_ratio"],
+                    "detail": f"{mesh['hit_ratio']:.4f} vs {lru['hit_ratio']:.4f}",
+                }
+            )
+            targets.append(
+                {
+                    "name": f"α={alpha}: mesh ({eviction}) hit ratio >= {WITHIN_BELADY} × Belady's",
+                    "met": mesh["hit_ratio"] >= WITHIN_BELADY * belady["hit_ratio"],
+                    "detail": f"{mesh['hit_ratio']:.4f} vs {belady['hit_ratio']:.4f}"
+                    f" ({mesh['hit_ratio'] / belady['hit_ratio']:.3f}×)",
+                }
+            )
+    return targets
+
+
+def _plots(results: dict[str, dict[str, dict[str, Any]]], out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = list(results)
+    width = 0.8 / len(POLICIES)
+    names = []
+    for key, ylabel, title, filename, scale in (
+        ("hit_ratio", "hit ratio", "Hit ratio by Zipf α", "cache_hit_ratio.png", 1),
+        ("bytes_loaded", "bytes loaded (TiB)", "Bytes loaded by Zipf α", "cache_bytes_loaded.png", 2**40),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for i, policy in enumerate(POLICIES):
+            xs = [a + (i - (len(POLICIES) - 1) / 2) * width for a in range(len(alphas))]
+            ax.bar(xs, [results[a][policy][key] / scale for a in alphas], width, label=policy)
+        ax.set_xticks(range(len(alphas)), [f"α = {a}" for a in alphas])
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / filename, dpi=100)
+        plt.close(fig)
+        names.append(filename)
+    return names
+
+
+def run(quick: bool, out_dir: Path) -> dict[str, Any]:
+    """Scenario 4 for the bench runner: JSON-able results, with targets and the plots written into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    requests = QUICK_REQUESTS if quick else REQUESTS
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    seconds: dict[str, dict[str, float]] = {}
+    for alpha in ALPHAS:
+        workload = make_workload(alpha, requests)
+        results[str(alpha)], seconds[str(alpha)] = {}, {}
+        for policy in POLICIES:
+            t0 = time.perf_counter()
+            results[str(alpha)][policy] = simulate(workload, policy).as_dict()
+            seconds[str(alpha)][policy] = time.perf_counter() - t0
+    gdsf_gain = {
+        alpha: {
+            "hit_ratio_points": by["mesh-gdsf"]["hit_ratio"] - by["mesh-lru"]["hit_ratio"],
+            "misses_fewer_pct": 100 * (1 - by["mesh-gdsf"]["misses"] / by["mesh-lru"]["misses"]),
+            "bytes_loaded_change_pct": 100 * (by["mesh-gdsf"]["bytes_loaded"] / by["mesh-lru"]["bytes_loaded"] - 1),
+        }
+        for alpha, by in results.items()
+    }
+    return {
+        "scenario": "cache_sim",
+        "quick": quick,
+        "setup": {
+            "models": MODELS,
+            "requests": requests,
+            "instances": INSTANCES,
+            "cache_fraction_of_total_bytes": CACHE_FRACTION,
+            "size_distribution": f"log-normal, median {MEDIAN_SIZE_BYTES >> 20} MiB, σ {SIZE_SIGMA}, clipped to "
+            f"[{MIN_SIZE_BYTES >> 20} MiB, one instance]",
+            "seed": SEED,
+            "belady_variant": "farthest next use, evicted until the miss fits (no bypass)",
+        },
+        "results": results,
+        "gdsf_vs_mesh_lru": gdsf_gain,
+        "seconds": seconds,
+        "targets": _targets(results),
+        "plots": _plots(results, out_dir),
+        "duration_s": time.perf_counter() - started,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_REQUESTS:,} requests instead of {REQUESTS:,}")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where the JSON and plots go")
+    args = parser.parse_args()
+    result = run(args.quick, args.out)
+    (args.out / "cache_sim.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    for alpha, by_policy in result["results"].items():
+        row = "  ".join(f"{p} {r['hit_ratio']:.4f} / {r['bytes_loaded'] / 2**40:.2f} TiB" for p, r in by_policy.items())
+        print(f"α={alpha}: {row}")
+    for target in result["targets"]:
+        print(f"{'MET    ' if target['met'] else 'NOT MET'} {target['name']}: {target['detail']}")
+    print(f"cache_sim: {result['duration_s']:.1f} s, results in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
