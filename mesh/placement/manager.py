@@ -1,8 +1,10 @@
 """Load on miss, single-flight, eviction and failure records: the placement decisions of one router.
 
 Routing an already-loaded model reads only the local view (no store round trip) and notes the time of use in
-memory; recency reaches the store in batches (flush_last_used). A miss starts at most one load per model in
-this router; every request for that model awaits the same future.
+memory (recency.py, which writes it to the store in batches). A miss starts at most one load per model in
+this router; every request for that model awaits the same future. When a model gets extra copies, and when they
+are retired, is decided in scaling.py; the manager places and loads them (add_copy) and runs the periodic
+maintenance (recency flush, rate review, idle-copy retirement).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mesh.errors import MeshError, ModelLoadFailed, ModelNotFound, NoCapacity, U
 from mesh.kv.base import KV
 from mesh.placement import policy
 from mesh.placement.instances import InstancePublisher, RuntimeClients, probe_runtime
+from mesh.placement.recency import Recency
 from mesh.placement.records import (
     CopyRecord,
     CopyState,
@@ -32,6 +35,7 @@ from mesh.placement.records import (
     PlacementRecord,
     now_ms,
 )
+from mesh.placement.scaling import CopyScaler
 from mesh.placement.store import UNCHANGED, RecordStore
 from mesh.placement.view import LocalView
 from mesh.runtime import RuntimeClient
@@ -79,7 +83,7 @@ class PlacementManager:
         self._evicting: set[tuple[str, str]] = set()
         self._loads_on: Counter[str] = Counter()
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self._last_used: dict[str, int] = {}
+        self._recency = Recency(self.view, self.store)
         if settings.eviction_policy not in policy.EVICTION_POLICIES:
             raise ValueError(
                 f"eviction_policy {settings.eviction_policy!r} is not one of {', '.join(policy.EVICTION_POLICIES)}"
@@ -90,15 +94,12 @@ class PlacementManager:
         self._uses: Counter[str] = Counter()
         self._clock_at_use: dict[str, float] = {}
         self._gdsf_clock = 0.0
-        self._used_since_flush: set[str] = set()
         self._flush_task: asyncio.Task[None] | None = None
         # Instance id → monotonic time until which it is left alone after failing to answer.
         self._unreachable: dict[str, float] = {}
         self._placement_waiters: dict[str, asyncio.Event] = {}
         self._janitor_tasks: set[asyncio.Task[None]] = set()
-        self._requests: Counter[str] = Counter()
-        self._scaling: set[str] = set()
-        self._rate_window_start = time.monotonic()
+        self._scaler = CopyScaler(self)
         self.view.on_change.append(self._on_view_change)
 
     async def start(self) -> None:
@@ -112,6 +113,7 @@ class PlacementManager:
                 await self._flush_task
         for task in [*self._loads.values(), *self._janitor_tasks]:
             task.cancel()
+        await self._scaler.stop()
         await asyncio.gather(*self._janitor_tasks, return_exceptions=True)
         await asyncio.gather(*self._loads.values(), return_exceptions=True)
         await self.flush_last_used()
@@ -171,14 +173,13 @@ class PlacementManager:
         if best is None:
             return None
         in_flight = self._in_flight[(model_id, best)] = self._in_flight[(model_id, best)] + 1
-        self._last_used[model_id] = now_ms()
-        self._used_since_flush.add(model_id)
+        self._recency.used(model_id)
         if self._eviction == "gdsf":
             self._uses[model_id] += 1
             self._clock_at_use[model_id] = self._gdsf_clock
-        self._requests[model_id] += 1
+        self._scaler.requests[model_id] += 1
         if in_flight > self.settings.scale_up_in_flight:
-            self._scale_up(model_id)  # even the least busy copy is saturated
+            self._scaler.scale_up(model_id)  # even the least busy copy is saturated
         return CopyLease(self, model_id, best, self.clients.get(best))
 
     async def acquire(self, model_id: str) -> CopyLease:
@@ -203,6 +204,10 @@ class PlacementManager:
 
     def loading(self, model_id: str) -> bool:
         return model_id in self._loads
+
+    def in_flight(self, model_id: str, instance_id: str) -> int:
+        """Requests this router has in flight to one copy."""
+        return self._in_flight[(model_id, instance_id)]
 
     async def ensure_loaded(self, model_id: str) -> str:
         """The instance holding a loaded copy, starting the one load for this model if there is none."""
@@ -475,7 +480,7 @@ class PlacementManager:
         instances = self.view.instances
         for model_id, placement in self.view.placements.items():
             record = placement.record
-            last_used = max(record.last_used_ms, self._last_used.get(model_id, 0))
+            last_used = self._recency.last_used_ms(model_id)
             for instance_id, copy in record.copies.items():
                 known = instances.get(instance_id)
                 if known is None or copy.incarnation != known.record.started_ms:
@@ -589,67 +594,37 @@ class PlacementManager:
 
         await self.store.update(Kind.PLACEMENT, model_id, change)
 
-    # ---- recency -----------------------------------------------------------------------------------------
+    # ---- recency and maintenance -------------------------------------------------------------------------
 
     async def flush_last_used(self) -> None:
         """Write the in-memory recency to the store, one CAS per model used since the last flush."""
-        pending, self._used_since_flush = self._used_since_flush, set()
-        for model_id in pending:
-            used_ms = self._last_used.get(model_id, 0)
-
-            def change(p: PlacementRecord | None, used_ms: int = used_ms) -> object:
-                return p.used_at(used_ms) if p and p.last_used_ms < used_ms else UNCHANGED
-
-            await self.store.update(Kind.PLACEMENT, model_id, change)
+        await self._recency.flush()
 
     def last_used_ms(self, model_id: str) -> int:
-        placement = self.view.placements.get(model_id)
-        stored = placement.record.last_used_ms if placement else 0
-        return max(stored, self._last_used.get(model_id, 0))
+        return self._recency.last_used_ms(model_id)
+
+    async def retire_idle_copies(self) -> None:
+        """Unload all but the oldest copy of every model idle for idle_copy_seconds (cluster-wide last use)."""
+        await self._scaler.retire_idle_copies()
 
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.settings.last_used_flush_seconds)
             try:
                 await self.flush_last_used()
-                self._review_rates()
+                self._scaler.review_rates()
                 await self.retire_idle_copies()
             except MeshError as exc:  # the store is down, say: the next round tries again
                 log.warning("periodic placement maintenance deferred: %s", exc.message)
             except Exception:  # a failed round is retried next period; it must not stop
                 log.exception("periodic placement maintenance failed")
 
-    # ---- copies follow load ------------------------------------------------------------------------------
+    # ---- extra copies (when: scaling.py) -------------------------------------------------------------------
 
-    def _review_rates(self) -> None:
-        """Add a copy to models whose request rate per copy, seen by this router, passed the threshold."""
-        now = time.monotonic()
-        minutes = max(now - self._rate_window_start, 1e-3) / 60
-        counts, self._requests, self._rate_window_start = self._requests, Counter(), now
-        for model_id, count in counts.items():
-            copies = len(self._loaded_copies(model_id)) or 1
-            if count / minutes / copies > self.settings.scale_up_rpm:
-                self._scale_up(model_id)
+    async def add_copy(self, model_id: str) -> None:
+        """Load one more copy on another instance, into free space only: an extra copy never evicts a model.
 
-    def _loaded_copies(self, model_id: str) -> list[tuple[str, CopyRecord]]:
-        placement = self.view.placements.get(model_id)
-        if placement is None:
-            return []
-        return [
-            (i, c) for i, c in placement.record.copies.items() if c.state is CopyState.LOADED and self.current(i, c)
-        ]
-
-    def _scale_up(self, model_id: str) -> None:
-        if model_id in self._scaling or model_id in self._loads:
-            return
-        self._scaling.add(model_id)
-        task = asyncio.get_running_loop().create_task(self._add_copy(model_id), name=f"scale-up-{model_id}")
-        self._janitor_tasks.add(task)
-        task.add_done_callback(self._janitor_tasks.discard)
-        task.add_done_callback(lambda _t: self._scaling.discard(model_id))
-
-    async def _add_copy(self, model_id: str) -> None:
-        """Load one more copy on another instance, into free space only: an extra copy never evicts a model."""
+        Called by the scaler; a copy that cannot be added is logged, not raised."""
         try:
             model = self._model(model_id)
             async with self._decide:
@@ -673,20 +648,3 @@ class PlacementManager:
             await self._load_at(model, choice, incarnation)
         except (MeshError, _InstanceUnreachable) as exc:
             log.warning("extra copy of model %s not added: %s", model_id, exc)
-
-    async def retire_idle_copies(self) -> None:
-        """Unload all but the oldest copy of every model idle for idle_copy_seconds (cluster-wide last use)."""
-        horizon = now_ms() - self.settings.idle_copy_seconds * 1000
-        for model_id in list(self.view.placements):
-            loaded = self._loaded_copies(model_id)
-            # A copy loaded within the window counts as use: another router may be serving the model and not
-            # have flushed its recency yet, and retiring the copy it just added would make the two flap.
-            newest_copy_ms = max((c.since_ms for _, c in loaded), default=0)
-            if len(loaded) < 2 or max(self.last_used_ms(model_id), newest_copy_ms) > horizon:
-                continue
-            # Every router picks the same survivor, so two routers retiring at once agree.
-            survivor = min(loaded, key=lambda ic: (ic[1].since_ms, ic[0]))[0]
-            for instance_id, _copy in loaded:
-                if instance_id != survivor and not self._in_flight[(model_id, instance_id)]:
-                    log.info("unloading idle extra copy of model %s from %s", model_id, instance_id)
-                    await self.unload_copy(model_id, instance_id)
