@@ -1,14 +1,16 @@
 """Scenario 1, the gRPC hop: the same runtime called directly, through a bare byte pass-through proxy (the floor
-for any Python proxy), and through the mesh router.
+for any Python proxy), and through the mesh router, over TCP and over the runtime's unix-domain socket.
 
-Every party is its own process on 127.0.0.1 (ports picked by the OS): one built-in runtime, the pass-through,
-the router (mesh.router.Router with that runtime as its only instance), and the load generator. Each cell runs a
+Every party is its own process on 127.0.0.1 (ports picked by the OS): one built-in runtime (also serving on a
+unix socket), the pass-through, two routers (mesh.router.Router with that runtime as its only instance, reached
+over TCP as `mesh` and over the unix socket as `mesh-uds`, the way `mesh serve` reaches its runtimes), and the
+load generator. Each cell runs a
 fixed number of concurrent workers for a fixed time after a short warm-up; the whole grid is run R times over
 (rounds), and each cell reports its pooled latencies and its per-round throughput range.
 
     python -m bench --only hop                  (the grid of docs/benchmarks.md, JSON and plot)
     python -m bench.hop [--seconds S] [--rounds R] [--concurrency 1,8,64] [--payloads small,medium,bytes]
-                        [--targets direct,passthrough,mesh] [--json out.json]     (any grid, printed)
+                        [--targets direct,passthrough,mesh,mesh-uds] [--json out.json]     (any grid, printed)
 
 Every target is started whatever --targets says: the first request through mesh is what loads the model into
 the runtime.
@@ -28,7 +30,7 @@ from typing import Any
 
 from bench.common import PY, REPO, Server, loadavg, machine, pyplot, ratio, runtime_argv, target
 
-TARGETS = ("direct", "passthrough", "mesh")
+TARGETS = ("direct", "passthrough", "mesh", "mesh-uds")
 PAYLOADS = ("small", "medium", "bytes")
 FULL = {"seconds": 1.0, "warmup": 0.3, "rounds": 3, "concurrency": [1, 8, 64], "payloads": list(PAYLOADS)}
 QUICK = {"seconds": 0.4, "warmup": 0.15, "rounds": 1, "concurrency": [1, 8], "payloads": ["small", "bytes"]}
@@ -42,21 +44,25 @@ def servers(workdir: Path, router_prefix: list[str] | None = None) -> Iterator[d
     """Runtime, pass-through and router processes; yields their addresses and pids, stops them all by pid."""
     started: list[Server] = []
     try:
-        runtime = Server("runtime", runtime_argv(), workdir)
+        runtime = Server("runtime", [*runtime_argv(), "--uds", str(workdir.resolve() / "runtime.sock")], workdir)
         started.append(runtime)
-        runtime_addr = f"127.0.0.1:{runtime.wait_port()}"
+        runtime_ports = runtime.wait_ports()
+        runtime_addr = f"127.0.0.1:{runtime_ports['port']}"
         passthrough = Server("passthrough", [PY, "-m", "bench.passthrough", "--upstream", runtime_addr], workdir)
         started.append(passthrough)
         router = Server(
             "mesh", [PY, *(router_prefix or []), "-m", "bench.mesh_router", "--runtime", runtime_addr], workdir
         )
         started.append(router)
+        router_uds = Server("mesh-uds", [PY, "-m", "bench.mesh_router", "--runtime", runtime_ports["uds"]], workdir)
+        started.append(router_uds)
         router_ports = router.wait_ports()
         yield {
             "targets": {
                 "direct": runtime_addr,
                 "passthrough": f"127.0.0.1:{passthrough.wait_port()}",
                 "mesh": f"127.0.0.1:{router_ports['port']}",
+                "mesh-uds": f"127.0.0.1:{router_uds.wait_port()}",
             },
             "rest": f"127.0.0.1:{router_ports['rest']}",
             "pids": {s.name: s.process.pid for s in started},
@@ -92,15 +98,17 @@ def measure(workdir: Path, addresses: dict[str, Any], params: dict[str, Any], me
 
 
 def summarize(cells: list[dict]) -> list[dict]:
-    """Per (payload, concurrency): mesh against the pass-through floor, both measured against the direct call."""
+    """Per (payload, concurrency): mesh against the pass-through floor, both measured against the direct call, and
+    mesh over the unix socket against the same floor (NaN where it was not measured)."""
     by_key = {(c["payload"], c["concurrency"], c["target"]): c for c in cells}
     rows = []
     for payload, concurrency in dict.fromkeys((c["payload"], c["concurrency"]) for c in cells):
-        direct, floor, mesh = (by_key.get((payload, concurrency, t)) for t in TARGETS)
+        direct, floor, mesh, uds = (by_key.get((payload, concurrency, t)) for t in TARGETS)
         if not (direct and floor and mesh):
             continue
         added_floor = floor["p50_ms"] - direct["p50_ms"]
         added_mesh = mesh["p50_ms"] - direct["p50_ms"]
+        added_uds = uds["p50_ms"] - direct["p50_ms"] if uds else float("nan")
         rows.append(
             {
                 "payload": payload,
@@ -113,6 +121,9 @@ def summarize(cells: list[dict]) -> list[dict]:
                 "passthrough_cpu_us": floor["proxy_cpu_us"],
                 "mesh_cpu_us": mesh["proxy_cpu_us"],
                 "mesh_over_passthrough_cpu": ratio(mesh["proxy_cpu_us"], floor["proxy_cpu_us"]),
+                "mesh_uds_over_passthrough_rps": ratio(uds["rps"], floor["rps"]) if uds else float("nan"),
+                "mesh_uds_added_p50_ms": added_uds,
+                "mesh_uds_cpu_us": uds["proxy_cpu_us"] if uds else float("nan"),
             }
         )
     return rows
@@ -135,15 +146,17 @@ def markdown(cells: list[dict], rows: list[dict]) -> str:
         "",
         "| payload | conc | mesh / pass-through req/s | mesh / direct req/s | added p50, pass-through ms"
         " | added p50, mesh ms | mesh added / pass-through added | proxy CPU µs/req, pass-through | mesh"
-        " | mesh / pass-through CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | mesh / pass-through CPU | mesh-uds / pass-through req/s | added p50, mesh-uds ms | mesh-uds CPU µs/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         out.append(
             f"| {r['payload']} | {r['concurrency']} | {r['mesh_over_passthrough_rps']:.2f}"
             f" | {r['mesh_over_direct_rps']:.2f} | {r['passthrough_added_p50_ms']:.2f}"
             f" | {r['mesh_added_p50_ms']:.2f} | {r['mesh_over_passthrough_added_p50']:.2f}"
-            f" | {r['passthrough_cpu_us']:.0f} | {r['mesh_cpu_us']:.0f} | {r['mesh_over_passthrough_cpu']:.2f} |"
+            f" | {r['passthrough_cpu_us']:.0f} | {r['mesh_cpu_us']:.0f} | {r['mesh_over_passthrough_cpu']:.2f}"
+            f" | {r['mesh_uds_over_passthrough_rps']:.2f} | {r['mesh_uds_added_p50_ms']:.2f}"
+            f" | {r['mesh_uds_cpu_us']:.0f} |"
         )
     return "\n".join(out)
 
@@ -245,7 +258,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=_positive, default=3, help="passes over all cells, interleaved (default 3)")
     parser.add_argument("--concurrency", type=_int_list, default=[1, 8, 64], help="workers per cell (1,8,64)")
     parser.add_argument("--payloads", type=_names(PAYLOADS), default=list(PAYLOADS), help="small,medium,bytes")
-    parser.add_argument("--targets", type=_names(TARGETS), default=list(TARGETS), help="direct,passthrough,mesh")
+    parser.add_argument("--targets", type=_names(TARGETS), default=list(TARGETS), help=",".join(TARGETS))
     parser.add_argument("--json", type=Path, help="also write the machine, the cells and the ratios here")
     args = parser.parse_args()
     params = {k: getattr(args, k) for k in ("seconds", "warmup", "rounds", "concurrency", "payloads")}

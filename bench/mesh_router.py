@@ -3,7 +3,7 @@
 The runtime is the one the other targets also call, so every target reaches the same process. The `echo` model is
 registered here and loaded by the first request that names it. The port file also names the REST port.
 
-    python -m bench.mesh_router --runtime 127.0.0.1:PORT --port-file FILE
+    python -m bench.mesh_router --runtime 127.0.0.1:PORT --port-file FILE     (or --runtime unix:/PATH)
     python -m pyinstrument -o router.txt -m bench.mesh_router ...   (the profile is written on SIGTERM)
 """
 
@@ -44,7 +44,7 @@ async def serve(runtime: str, port_file: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.mesh_router", description=__doc__.splitlines()[0])
-    parser.add_argument("--runtime", required=True, help="host:port of a running built-in runtime")
+    parser.add_argument("--runtime", required=True, help="host:port or unix:PATH of a running built-in runtime")
     parser.add_argument("--port-file", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s router %(name)s: %(message)s")

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 BUILTIN_MODEL_TYPES = ("sklearn", "text", "echo")
 RUNTIME_START_TIMEOUT = 60.0
+UDS_PATH_MAX = 100
+"""A unix socket path must fit sockaddr_un's 108 bytes; a longer one (a deep TMPDIR) leaves the runtime on TCP."""
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -51,24 +53,29 @@ class RuntimeProcess:
         log_level: str = "INFO",
         log_format: str = "text",
         metrics_dir: Path | None = None,
+        uds: bool = True,
     ) -> None:
-        """metrics_dir: where the process writes its metrics (prometheus_client's multiprocess mode)."""
+        """metrics_dir: where the process writes its metrics (prometheus_client's multiprocess mode); uds: serve
+        (and be registered) on a unix-domain socket in workdir, for routers on this host only."""
         self.instance_id = instance_id
         self.capacity_bytes = capacity_bytes
         self.log_level = log_level
         self.log_format = log_format
         self.port_file = workdir / f"{instance_id}.port"
+        # The router is on the same host: it dials the runtime's unix socket, which skips TCP's loopback stack.
+        socket_path = workdir.resolve() / f"{instance_id}.sock"
+        self.uds = socket_path if uds and len(str(socket_path)) <= UDS_PATH_MAX else None
         self.metrics_dir = metrics_dir
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> str:
-        """Start the process and return its endpoint once it listens."""
+        """Start the process and return its endpoint once it listens: unix:PATH, or 127.0.0.1:PORT without one."""
         self.port_file.unlink(missing_ok=True)
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "adapters.builtin",
             "--host", "127.0.0.1", "--port", "0", "--port-file", str(self.port_file),
             "--capacity-bytes", str(self.capacity_bytes), "--instance-id", self.instance_id,
-            "--parent-pid", str(os.getpid()),
+            "--parent-pid", str(os.getpid()), *(("--uds", str(self.uds)) if self.uds else ()),
             "--log-level", self.log_level, "--log-format", self.log_format,
             env=None if self.metrics_dir is None else {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)},
         )  # fmt: skip
@@ -80,8 +87,8 @@ class RuntimeProcess:
             if loop.time() > deadline:
                 raise RuntimeError(f"runtime {self.instance_id} did not start within {RUNTIME_START_TIMEOUT:.0f}s")
             await asyncio.sleep(0.05)
-        port = json.loads(self.port_file.read_text())["port"]
-        return f"127.0.0.1:{port}"
+        announced = json.loads(self.port_file.read_text())
+        return announced.get("uds") or f"127.0.0.1:{announced['port']}"
 
     async def stop(self, grace: float = 5.0) -> None:
         proc = self.process
@@ -125,6 +132,8 @@ class EmbeddedMesh:
                 options.log_level,
                 options.log_format,
                 metrics_dir=self._metrics_dir,
+                # An instance record in etcd is read by routers on other hosts, which can't dial a local socket.
+                uds=not settings.kv_url().startswith("etcd://"),
             )
             for i in range(options.runtimes)
         ]

@@ -29,12 +29,16 @@ log = logging.getLogger(__name__)
 PARENT_POLL_S = 1.0
 
 
-def write_port_file(path: Path, port: int, instance_id: str, metrics_port: int | None = None) -> None:
-    """Writes {"port", "pid", "instance_id"} (and "metrics_port" when /metrics is served) so that a reader never
-    sees a partial file (tmp + rename)."""
+def write_port_file(
+    path: Path, port: int, instance_id: str, metrics_port: int | None = None, uds: str | None = None
+) -> None:
+    """Writes {"port", "pid", "instance_id"} (and "metrics_port" when /metrics is served, "uds": "unix:PATH" when
+    a unix socket is) so that a reader never sees a partial file (tmp + rename)."""
     content: dict[str, object] = {"port": port, "pid": os.getpid(), "instance_id": instance_id}
     if metrics_port is not None:
         content["metrics_port"] = metrics_port
+    if uds is not None:
+        content["uds"] = uds
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(content), encoding="utf-8")
     os.replace(tmp, path)
@@ -85,6 +89,11 @@ async def serve(settings: RuntimeSettings) -> None:
     rt_grpc.add_ModelRuntimeServicer_to_server(RuntimeServicer(core, settings), RejectingUnparseable(server))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), RejectingUnparseable(server))
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    uds = None
+    if settings.uds is not None:
+        settings.uds.unlink(missing_ok=True)  # left by a process that was killed: binding over it would fail
+        uds = f"unix:{settings.uds.resolve()}"
+        server.add_insecure_port(uds)
     await server.start()
     metrics_server, metrics_port = None, None
     if settings.metrics_port >= 0:
@@ -104,8 +113,15 @@ async def serve(settings: RuntimeSettings) -> None:
     publisher = await _publish(settings, port) if settings.kv else None
     # Written only once serving, so a parent that sees the file can connect at once.
     if settings.port_file is not None:
-        write_port_file(settings.port_file, port, settings.instance_id, metrics_port)
-    log.info("serving on %s:%d (pid %d, capacity %d bytes)", settings.host, port, os.getpid(), settings.capacity_bytes)
+        write_port_file(settings.port_file, port, settings.instance_id, metrics_port, uds)
+    log.info(
+        "serving on %s:%d%s (pid %d, capacity %d bytes)",
+        settings.host,
+        port,
+        f" and {uds}" if uds else "",
+        os.getpid(),
+        settings.capacity_bytes,
+    )
     try:
         await stopping.wait()
         if watcher is not None:
@@ -120,4 +136,6 @@ async def serve(settings: RuntimeSettings) -> None:
         # A stale file would point a later reader at a port this process no longer holds.
         if settings.port_file is not None:
             settings.port_file.unlink(missing_ok=True)
+        if settings.uds is not None:
+            settings.uds.unlink(missing_ok=True)
     log.info("stopped")

@@ -16,8 +16,11 @@ class RuntimeSettings:
     """Address to bind; the runtime serves only the router on its own host by default."""
     port: int = 0
     """Port to bind; 0 picks a free one, which is then written to `port_file`."""
+    uds: Path | None = None
+    """Also serve on this unix-domain socket (as `unix:PATH` in the port file), for a router on the same host;
+    the socket file is removed on stop. Published records still name host:port: a remote router can't dial it."""
     port_file: Path | None = None
-    """Where to write {"port": N, "pid": P, "instance_id": ID} (atomically) once serving."""
+    """Where to write {"port": N, "pid": P, "instance_id": ID} (and "uds": "unix:PATH") atomically once serving."""
     capacity_bytes: int = 256 * 1024 * 1024
     """Reported in runtimeStatus. The router enforces it; this process loads whatever it is asked to."""
     instance_id: str = ""
@@ -67,6 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RuntimeSettings:
     )
     parser.add_argument("--host", default=d.host)
     parser.add_argument("--port", type=int, default=d.port, help="0 (default) binds a free port")
+    parser.add_argument("--uds", type=Path, help="also serve on this unix-domain socket path")
     parser.add_argument("--port-file", type=Path, help="write the bound port here as JSON once serving")
     parser.add_argument("--capacity-bytes", type=_positive, default=d.capacity_bytes)
     parser.add_argument("--instance-id", default="")
@@ -86,6 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RuntimeSettings:
     return RuntimeSettings(
         host=args.host,
         port=args.port,
+        uds=args.uds,
         port_file=args.port_file,
         capacity_bytes=args.capacity_bytes,
         instance_id=args.instance_id or f"{socket.gethostname()}-{os.getpid()}",

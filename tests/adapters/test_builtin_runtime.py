@@ -6,9 +6,11 @@ import asyncio
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -221,6 +223,25 @@ async def test_sigterm_stops_gracefully_and_removes_the_port_file(start_runtime:
     assert await asyncio.to_thread(private.process.wait, 10) == 0
     assert not private.port_file.exists()
     assert "stopped" in private.log()
+
+
+async def test_a_runtime_given_uds_also_serves_on_that_unix_socket_and_removes_it_on_stop(
+    start_runtime: Callable[..., RuntimeProcess],
+) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="mesh-uds-"))  # short: a socket path must fit in 108 bytes
+    try:
+        socket_path = workdir / "rt.sock"
+        private = start_runtime("--uds", str(socket_path))
+        announced = json.loads(private.port_file.read_text())
+        assert announced["uds"] == f"unix:{socket_path.resolve()}" and announced["port"] == private.port
+        async with grpc.aio.insecure_channel(announced["uds"]) as channel:
+            status = await rt_grpc.ModelRuntimeStub(channel).runtimeStatus(rt.RuntimeStatusRequest(), timeout=10)
+            assert status.status == rt.RuntimeStatusResponse.READY
+        private.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(private.process.wait, 10) == 0
+        assert not socket_path.exists()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_the_runtime_stops_when_its_parent_pid_is_gone(start_runtime: Callable[..., RuntimeProcess]) -> None:
