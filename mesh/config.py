@@ -46,7 +46,7 @@ class Settings:
     """Which copies make room for a load: lru (least recently used, cluster-wide) or gdsf (Greedy-Dual-Size-
     Frequency: large, rarely used models go first; the counts are this router's own)."""
     max_message_bytes: int = 64 * 1024 * 1024
-    """Largest gRPC message and REST body accepted and forwarded."""
+    """Largest gRPC message and REST body accepted and forwarded (both front doors use it)."""
     metrics_port: int = 2112
     """Prometheus metrics at http://HOST:PORT/metrics; 0 picks a free port, -1 disables the endpoint."""
     metrics_per_model: bool = False

@@ -80,7 +80,7 @@ class Router:
         rest_port = None
         if settings.rest_port >= 0:
             self._rest, rest_port = await start_rest_server(
-                self.dataplane, self.metrics, settings.host, settings.rest_port
+                self.dataplane, self.metrics, settings.host, settings.rest_port, settings.max_message_bytes
             )
         self.readiness.on_change.append(self._publish_health)
         self.manager.view.on_change.append(self._on_change)

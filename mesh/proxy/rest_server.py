@@ -136,9 +136,9 @@ async def _model_infer(request: web.Request) -> web.Response:
     )
 
 
-def create_app(dataplane: DataPlane, metrics: RouterMetrics) -> web.Application:
-    """The REST application over a data plane (bodies up to MAX_BODY_BYTES)."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_to_json])
+def create_app(dataplane: DataPlane, metrics: RouterMetrics, max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
+    """The REST application over a data plane (bodies up to max_body_bytes, the router's message limit)."""
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors_to_json])
     app[_DATAPLANE] = dataplane
     app[_METRICS] = metrics
     app.add_routes(
@@ -158,13 +158,15 @@ def create_app(dataplane: DataPlane, metrics: RouterMetrics) -> web.Application:
 
 
 async def start_rest_server(
-    dataplane: DataPlane, metrics: RouterMetrics, host: str, port: int
+    dataplane: DataPlane, metrics: RouterMetrics, host: str, port: int, max_body_bytes: int = MAX_BODY_BYTES
 ) -> tuple[web.AppRunner, int]:
     """Serves the REST front door on host:port (0 picks a free port); returns the runner and the bound port.
 
     Stop it with `await runner.cleanup()`.
     """
-    runner = web.AppRunner(create_app(dataplane, metrics), access_log=None)  # one log line per request is noise here
+    runner = web.AppRunner(
+        create_app(dataplane, metrics, max_body_bytes), access_log=None
+    )  # one log line per request is noise here
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
