@@ -13,22 +13,31 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+def _channel(endpoint: str, max_message_bytes: int) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        endpoint,
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # Runtimes are local: don't let a down runtime hold requests in reconnect backoff for long.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ],
+    )
+
+
 class RuntimeClient:
     """One runtime instance: its SPI stub and a cache of raw pass-through method callables."""
 
-    def __init__(self, instance_id: str, endpoint: str, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self, instance_id: str, endpoint: str, max_message_bytes: int = 64 * 1024 * 1024, data_endpoint: str = ""
+    ) -> None:
+        """data_endpoint: where forwarded requests go when not to `endpoint` (an adapter's model server)."""
         self.instance_id = instance_id
         self.endpoint = endpoint
-        self._channel = grpc.aio.insecure_channel(
-            endpoint,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-                # Runtimes are local: don't let a down runtime hold requests in reconnect backoff for long.
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        )
+        self.data_endpoint = data_endpoint
+        self._channel = _channel(endpoint, max_message_bytes)
+        self._data_channel = _channel(data_endpoint, max_message_bytes) if data_endpoint else self._channel
         self._spi = rt_grpc.ModelRuntimeStub(self._channel)
         self._methods: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
 
@@ -36,13 +45,16 @@ class RuntimeClient:
         """A callable that sends and receives raw message bytes: the proxy never re-encodes a request."""
         call = self._methods.get(path)
         if call is None:
-            call = self._channel.unary_unary(path, request_serializer=_identity, response_deserializer=_identity)
+            call = self._data_channel.unary_unary(path, request_serializer=_identity, response_deserializer=_identity)
             self._methods[path] = call
         return call
 
     def cannot_connect(self) -> bool:
-        """True while the channel fails to connect; asking starts an idle channel connecting, for the next ask."""
-        return self._channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        """True while a channel fails to connect; asking starts an idle channel connecting, for the next ask."""
+        return any(
+            channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+            for channel in {self._channel, self._data_channel}
+        )
 
     async def status(self, timeout: float) -> rt.RuntimeStatusResponse:
         return await self._spi.runtimeStatus(rt.RuntimeStatusRequest(), timeout=timeout, wait_for_ready=True)
@@ -68,3 +80,5 @@ class RuntimeClient:
 
     async def close(self) -> None:
         await self._channel.close()
+        if self._data_channel is not self._channel:
+            await self._data_channel.close()

@@ -24,7 +24,6 @@ from mesh.router import Ports, Router
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODEL_TYPES = ("sklearn", "text", "echo")
 RUNTIME_START_TIMEOUT = 60.0
 UDS_PATH_MAX = 100
 """A unix socket path must fit sockaddr_un's 108 bytes; a longer one (a deep TMPDIR) leaves the runtime on TCP."""
@@ -144,7 +143,7 @@ class EmbeddedMesh:
         try:
             endpoints = await asyncio.gather(*(r.start() for r in self.runtimes))
             for runtime, endpoint in zip(self.runtimes, endpoints, strict=True):
-                await self.router.add_instance(runtime.instance_id, endpoint, BUILTIN_MODEL_TYPES)
+                await self.router.add_instance(runtime.instance_id, endpoint)
                 self._supervisors.append(asyncio.create_task(self._supervise(runtime)))
             if self.options.examples_dir is not None:
                 await self._register_examples(self.options.examples_dir)
@@ -177,7 +176,7 @@ class EmbeddedMesh:
             log.error("runtime %s exited with %s; restarting it", runtime.instance_id, code)
             try:
                 endpoint = await runtime.start()
-                await self.router.add_instance(runtime.instance_id, endpoint, BUILTIN_MODEL_TYPES)
+                await self.router.add_instance(runtime.instance_id, endpoint)
             except (RuntimeError, MeshError) as exc:
                 log.error("runtime %s did not come back: %s", runtime.instance_id, exc)
                 return

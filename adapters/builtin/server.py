@@ -1,141 +1,31 @@
-"""Process lifecycle: bind one grpc.aio server for both services, announce the port, stop on a signal."""
+"""The built-in runtime process: its two services over one core, run by the shared runtime-process lifecycle."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import os
-import signal
-from pathlib import Path
 
 import grpc
 
 from adapters.builtin.core import BuiltinRuntime
 from adapters.builtin.metrics import RuntimeMetrics
-from adapters.builtin.models import MODEL_TYPES
 from adapters.builtin.servicers import InferenceServicer, RuntimeServicer, status_response
 from adapters.builtin.settings import RuntimeSettings
+from adapters.common.process import serve_runtime
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
 from mesh.grpcutil import RejectingUnparseable
-from mesh.kv import open_kv
-from mesh.metrics import start_metrics_server
-from mesh.placement.instances import InstancePublisher, record_from_status
-from mesh.placement.records import Keys
 
 log = logging.getLogger(__name__)
-
-PARENT_POLL_S = 1.0
-
-
-def write_port_file(
-    path: Path, port: int, instance_id: str, metrics_port: int | None = None, uds: str | None = None
-) -> None:
-    """Writes {"port", "pid", "instance_id"} (and "metrics_port" when /metrics is served, "uds": "unix:PATH" when
-    a unix socket is) so that a reader never sees a partial file (tmp + rename)."""
-    content: dict[str, object] = {"port": port, "pid": os.getpid(), "instance_id": instance_id}
-    if metrics_port is not None:
-        content["metrics_port"] = metrics_port
-    if uds is not None:
-        content["uds"] = uds
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(content), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-async def _stop_when_gone(parent_pid: int, stopping: asyncio.Event) -> None:
-    # Polling, because Linux's PR_SET_PDEATHSIG is not in Python's standard library. A dead parent that nobody has
-    # reaped yet still answers kill(pid, 0), so a direct child also watches for being reparented.
-    direct_child = os.getppid() == parent_pid
-    while True:
-        await asyncio.sleep(PARENT_POLL_S)
-        if not _alive(parent_pid) or (direct_child and os.getppid() != parent_pid):
-            break
-    log.warning("parent process %d is gone; stopping", parent_pid)
-    stopping.set()
-
-
-async def _publish(settings: RuntimeSettings, port: int) -> InstancePublisher:
-    """Join the mesh on our own: publish this instance's record in its store, under a lease kept alive here."""
-    endpoint = settings.advertise or f"{settings.host}:{port}"
-    record = record_from_status(settings.instance_id, endpoint, status_response(settings), tuple(MODEL_TYPES))
-    publisher = InstancePublisher(open_kv(settings.kv), Keys(settings.kv_prefix), settings.lease_seconds)
-    await publisher.publish(record)
-    log.info("published instance %s at %s in %s", settings.instance_id, endpoint, settings.kv)
-    return publisher
 
 
 async def serve(settings: RuntimeSettings) -> None:
     """Serves until SIGTERM or SIGINT, then stops gracefully and removes the port file."""
     metrics = RuntimeMetrics()
     core = BuiltinRuntime(settings, metrics)
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ],
-    )
-    rt_grpc.add_ModelRuntimeServicer_to_server(RuntimeServicer(core, settings), RejectingUnparseable(server))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), RejectingUnparseable(server))
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    uds = None
-    if settings.uds is not None:
-        settings.uds.unlink(missing_ok=True)  # left by a process that was killed: binding over it would fail
-        uds = f"unix:{settings.uds.resolve()}"
-        server.add_insecure_port(uds)
-    await server.start()
-    metrics_server, metrics_port = None, None
-    if settings.metrics_port >= 0:
-        metrics_server, metrics_port = await start_metrics_server(
-            settings.host, settings.metrics_port, metrics.registry
-        )
 
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+    def add_services(server: grpc.aio.Server) -> None:
+        rt_grpc.add_ModelRuntimeServicer_to_server(RuntimeServicer(core, settings), RejectingUnparseable(server))
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), RejectingUnparseable(server))
 
-    watcher = None
-    if settings.parent_pid is not None:
-        watcher = asyncio.create_task(_stop_when_gone(settings.parent_pid, stopping), name="parent watch")
-
-    publisher = await _publish(settings, port) if settings.kv else None
-    # Written only once serving, so a parent that sees the file can connect at once.
-    if settings.port_file is not None:
-        write_port_file(settings.port_file, port, settings.instance_id, metrics_port, uds)
-    log.info(
-        "serving on %s:%d%s (pid %d, capacity %d bytes)",
-        settings.host,
-        port,
-        f" and {uds}" if uds else "",
-        os.getpid(),
-        settings.capacity_bytes,
-    )
-    try:
-        await stopping.wait()
-        if watcher is not None:
-            watcher.cancel()
-        log.info("stopping (grace %.1f s)", settings.shutdown_grace_s)
-        if publisher is not None:
-            await publisher.close(close_store=True)  # leave routing first, then finish what is in flight
-        await server.stop(settings.shutdown_grace_s)
-        if metrics_server is not None:
-            await metrics_server.cleanup()
-    finally:
-        # A stale file would point a later reader at a port this process no longer holds.
-        if settings.port_file is not None:
-            settings.port_file.unlink(missing_ok=True)
-        if settings.uds is not None:
-            settings.uds.unlink(missing_ok=True)
-    log.info("stopped")
+    log.info("built-in runtime %s, capacity %d bytes", settings.instance_id, settings.capacity_bytes)
+    await serve_runtime(settings, status_response(settings), add_services, metrics.registry)

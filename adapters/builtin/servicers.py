@@ -9,7 +9,7 @@ import grpc
 
 import mesh
 from adapters.builtin.core import BuiltinRuntime
-from adapters.builtin.models import TensorSpec
+from adapters.builtin.models import MODEL_TYPES, TensorSpec
 from adapters.builtin.settings import RuntimeSettings
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -74,6 +74,7 @@ def status_response(settings: RuntimeSettings) -> rt.RuntimeStatusResponse:
         defaultModelSizeInBytes=settings.default_model_size_bytes,
         runtimeVersion=RUNTIME_VERSION,
         methodInfos={method: rt.RuntimeStatusResponse.MethodInfo(idInjectionPath=[1]) for method in FORWARDED_METHODS},
+        meshModelTypes=sorted(MODEL_TYPES),
     )
 
 

@@ -72,7 +72,7 @@ class RuntimeStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RuntimeStatusResponse(_message.Message):
-    __slots__ = ("status", "capacityInBytes", "maxLoadingConcurrency", "modelLoadingTimeoutMs", "defaultModelSizeInBytes", "runtimeVersion", "numericRuntimeVersion", "methodInfos", "limitModelConcurrency", "allowAnyMethod")
+    __slots__ = ("status", "capacityInBytes", "maxLoadingConcurrency", "modelLoadingTimeoutMs", "defaultModelSizeInBytes", "runtimeVersion", "numericRuntimeVersion", "methodInfos", "limitModelConcurrency", "allowAnyMethod", "meshDataEndpoint", "meshModelTypes")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STARTING: _ClassVar[RuntimeStatusResponse.Status]
@@ -103,6 +103,8 @@ class RuntimeStatusResponse(_message.Message):
     METHODINFOS_FIELD_NUMBER: _ClassVar[int]
     LIMITMODELCONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     ALLOWANYMETHOD_FIELD_NUMBER: _ClassVar[int]
+    MESHDATAENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    MESHMODELTYPES_FIELD_NUMBER: _ClassVar[int]
     status: RuntimeStatusResponse.Status
     capacityInBytes: int
     maxLoadingConcurrency: int
@@ -113,4 +115,6 @@ class RuntimeStatusResponse(_message.Message):
     methodInfos: _containers.MessageMap[str, RuntimeStatusResponse.MethodInfo]
     limitModelConcurrency: bool
     allowAnyMethod: bool
-    def __init__(self, status: _Optional[_Union[RuntimeStatusResponse.Status, str]] = ..., capacityInBytes: _Optional[int] = ..., maxLoadingConcurrency: _Optional[int] = ..., modelLoadingTimeoutMs: _Optional[int] = ..., defaultModelSizeInBytes: _Optional[int] = ..., runtimeVersion: _Optional[str] = ..., numericRuntimeVersion: _Optional[int] = ..., methodInfos: _Optional[_Mapping[str, RuntimeStatusResponse.MethodInfo]] = ..., limitModelConcurrency: _Optional[bool] = ..., allowAnyMethod: _Optional[bool] = ...) -> None: ...
+    meshDataEndpoint: str
+    meshModelTypes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, status: _Optional[_Union[RuntimeStatusResponse.Status, str]] = ..., capacityInBytes: _Optional[int] = ..., maxLoadingConcurrency: _Optional[int] = ..., modelLoadingTimeoutMs: _Optional[int] = ..., defaultModelSizeInBytes: _Optional[int] = ..., runtimeVersion: _Optional[str] = ..., numericRuntimeVersion: _Optional[int] = ..., methodInfos: _Optional[_Mapping[str, RuntimeStatusResponse.MethodInfo]] = ..., limitModelConcurrency: _Optional[bool] = ..., allowAnyMethod: _Optional[bool] = ..., meshDataEndpoint: _Optional[str] = ..., meshModelTypes: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 def record_from_status(
     instance_id: str, endpoint: str, status: rt.RuntimeStatusResponse, model_types: tuple[str, ...] = ()
 ) -> InstanceRecord:
+    """The record of a runtime that answered `status`; model_types, when given, overrides what it reports."""
     return InstanceRecord(
         instance_id=instance_id,
         endpoint=endpoint,
         capacity_bytes=status.capacityInBytes,
-        model_types=model_types,
+        model_types=model_types or tuple(status.meshModelTypes),
+        data_endpoint=status.meshDataEndpoint,
         loading_slots=max(1, status.maxLoadingConcurrency),
         default_model_size=status.defaultModelSizeInBytes or 1_000_000,
         load_timeout_ms=status.modelLoadingTimeoutMs,
@@ -139,10 +141,11 @@ class RuntimeClients:
         if known is None:
             raise Unavailable(f"runtime instance '{instance_id}' is gone")
         client = self._clients.get(instance_id)
-        if client is None or client.endpoint != known.record.endpoint:
+        record = known.record
+        if client is None or (client.endpoint, client.data_endpoint) != (record.endpoint, record.data_endpoint):
             if client is not None:
                 asyncio.get_running_loop().create_task(client.close())
-            client = RuntimeClient(instance_id, known.record.endpoint, self._max_message_bytes)
+            client = RuntimeClient(instance_id, record.endpoint, self._max_message_bytes, record.data_endpoint)
             self._clients[instance_id] = client
         return client
 

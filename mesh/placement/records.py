@@ -160,6 +160,8 @@ class InstanceRecord(_Record):
     # "package.Service/Method" → field-number path where the model id is injected.
     methods: dict[str, tuple[int, ...]] = field(default_factory=dict)
     started_ms: int = 0
+    # Where inference goes when not to `endpoint` (an adapter's model server); empty: `endpoint` serves both.
+    data_endpoint: str = ""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:

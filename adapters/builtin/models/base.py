@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters.builtin.errors import ModelFileMissing
+from adapters.common.errors import ModelFileMissing
 from mesh.errors import InvalidArgument
 from mesh.proxy.codec import numpy_to_response
 

@@ -1,4 +1,4 @@
-"""Runtime-side errors, in mesh's one hierarchy so the same gRPC mapping applies."""
+"""Runtime-side errors (built-in runtime and adapters), in mesh's one hierarchy so the same gRPC mapping applies."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""What every runtime process shares: its gRPC process lifecycle, and the adapter core that drives a model server."""
