@@ -31,6 +31,7 @@ from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
+from mesh.tls import ClientTLS
 
 DEFAULT_CONCURRENCY = 64
 # Retried with a short backoff: the router or its store blinked. Registration is idempotent, so a retry is safe.
@@ -156,11 +157,12 @@ async def register_all(
     concurrency: int = DEFAULT_CONCURRENCY,
     timeout: float = 30.0,
     progress: Progress | None = None,
+    tls: ClientTLS | None = None,
 ) -> BulkResult:
     """Register every spec not registered yet; idempotent, so a second run changes nothing."""
     started = time.perf_counter()
     result = BulkResult()
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    async with _channel(address, tls) as channel:
         registered = await _registered(channel, timeout)
         todo: list[ModelSpec] = []
         for spec in specs:
@@ -191,11 +193,12 @@ async def unregister_all(
     concurrency: int = DEFAULT_CONCURRENCY,
     timeout: float = 30.0,
     progress: Progress | None = None,
+    tls: ClientTLS | None = None,
 ) -> BulkResult:
     """Unregister every listed id that is registered (whatever its spec); ids not registered are unchanged."""
     started = time.perf_counter()
     result = BulkResult()
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    async with _channel(address, tls) as channel:
         registered = await _registered(channel, timeout)
         todo = [spec for spec in specs if spec.model_id in registered]
         result.unchanged.extend(spec.model_id for spec in specs if spec.model_id not in registered)
@@ -207,6 +210,12 @@ async def unregister_all(
         await _run(todo, unregister, result, concurrency, progress, len(specs))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _channel(address: str, tls: ClientTLS | None) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(address, tls.grpc_credentials(), options=CHANNEL_OPTIONS)
 
 
 async def _registered(channel: grpc.aio.Channel, timeout: float) -> dict[str, mm.ModelInfo]:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
+from mesh.tls import ClientTLS, client_tls
 
 STATE_NAMES = status.STATE_NAMES
 log = logging.getLogger("mesh.cli")
@@ -40,6 +42,9 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         kv=args.kv,
         data_dir=args.data_dir,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
+        tls_client_ca_file=args.tls_client_ca,
     )
     options = ServeOptions(
         runtimes=args.runtimes,
@@ -48,13 +53,29 @@ def _serve(args: argparse.Namespace) -> int:
         port_file=Path(args.port_file) if args.port_file else None,
         log_level=args.log_level.upper(),
         log_format=args.log_format,
+        runtime_endpoints=tuple(args.runtime_endpoint),
     )
     asyncio.run(serve(settings, options))
     return 0
 
 
+def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
+    """TLS to reach a router whose front doors serve it (--tls-ca, and --tls-cert/--tls-key for mTLS)."""
+    try:
+        return client_tls(args.tls_ca, args.tls_cert, args.tls_key)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    tls = _client_tls(args)
+    if tls is None:
+        return grpc.insecure_channel(args.address, options=status.CHANNEL_OPTIONS)
+    return grpc.secure_channel(args.address, tls.grpc_credentials(), options=status.CHANNEL_OPTIONS)
+
+
 def _stub(args: argparse.Namespace) -> mm_grpc.ModelMeshStub:
-    return mm_grpc.ModelMeshStub(grpc.insecure_channel(args.address))
+    return mm_grpc.ModelMeshStub(_channel(args))
 
 
 def _status_text(info: mm.ModelStatusInfo) -> str:
@@ -105,7 +126,14 @@ def _bulk(args: argparse.Namespace, call: Callable[..., Awaitable[bulk.BulkResul
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() and not args.json else None
     try:
         result = asyncio.run(
-            call(args.address, specs, concurrency=args.concurrency, timeout=args.timeout, progress=bar)
+            call(
+                args.address,
+                specs,
+                concurrency=args.concurrency,
+                timeout=args.timeout,
+                progress=bar,
+                tls=_client_tls(args),
+            )
         )
     finally:
         if bar is not None:
@@ -175,7 +203,8 @@ class ProgressBar:
 
 
 def _mesh_status(args: argparse.Namespace) -> int:
-    data = status.fetch(args.address, args.timeout)
+    with _channel(args) as channel:
+        data = status.fetch(channel, args.timeout)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -190,7 +219,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    stub = admin_grpc.MeshAdminStub(grpc.insecure_channel(args.address))
+    stub = admin_grpc.MeshAdminStub(_channel(args))
     listing = stub.ListModels(admin.ListModelsRequest(), timeout=args.timeout)
     if args.json:
         from google.protobuf import json_format
@@ -221,9 +250,22 @@ def _infer(args: argparse.Namespace) -> int:
     datatype = args.datatype or ("BYTES" if isinstance(leaf, str) else "FP32")
     body = {"inputs": [{"name": args.input_name, "shape": _shape_of(data), "datatype": datatype, "data": data}]}
     url = f"{args.rest.rstrip('/')}/v2/models/{args.model}/infer"
-    response = httpx.post(url, json=body, timeout=args.timeout)
+    tls = _client_tls(args)
+    verify: ssl.SSLContext | bool = True
+    if tls is not None:
+        verify = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+        if tls.cert is not None and tls.key is not None:
+            verify.load_cert_chain(tls.cert, tls.key)
+    response = httpx.post(url, json=body, timeout=args.timeout, verify=verify)
     print(json.dumps(response.json(), indent=2))
     return 0 if response.status_code == 200 else 1
+
+
+def _runtime_endpoint(text: str) -> tuple[str, str]:
+    instance_id, sep, endpoint = text.partition("=")
+    if not sep or not instance_id or not endpoint:
+        raise argparse.ArgumentTypeError(f"expected ID=HOST:PORT (or ID=unix:PATH), got '{text}'")
+    return instance_id, endpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,13 +291,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default=None, help="where state and example models live (default .mesh)")
     serve.add_argument("--runtimes", type=int, default=2, help="built-in runtime processes to start")
     serve.add_argument("--capacity-mb", type=float, default=2.0, help="model memory per runtime, in MiB")
+    serve.add_argument(
+        "--runtime-endpoint",
+        action="append",
+        default=[],
+        type=_runtime_endpoint,
+        metavar="ID=HOST:PORT",
+        help="also route to a runtime running apart (an adapter beside MLServer, TorchServe or Triton); repeatable",
+    )
     serve.add_argument("--no-examples", action="store_true", help="do not register the example models")
     serve.add_argument("--port-file", help="write the bound ports as JSON here once serving")
+    serve.add_argument("--tls-cert", default=None, help="serve both front doors over TLS with this PEM certificate")
+    serve.add_argument("--tls-key", default=None, help="the certificate's PEM key")
+    serve.add_argument("--tls-client-ca", default=None, help="mTLS: require client certificates signed by this CA")
     serve.set_defaults(func=_serve)
 
     def client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--address", default="127.0.0.1:8033", help="the router's gRPC address")
         p.add_argument("--timeout", type=float, default=120.0)
+        p.add_argument("--tls-ca", default="", help="the router serves TLS: trust this CA (PEM)")
+        p.add_argument("--tls-cert", default="", help="mTLS: present this client certificate (PEM)")
+        p.add_argument("--tls-key", default="", help="mTLS: the client certificate's key")
         return p
 
     models = sub.add_parser("models", help="register, list, inspect and unregister models")

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
+from mesh.tls import ClientTLS, ServerTLS, client_tls, server_tls
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -54,6 +56,32 @@ class Settings:
     health_check_seconds: float = 2.0
     """How often readiness (store answers, a runtime instance reachable) is re-evaluated besides on instance
     changes; the store probe gets at most 1 s of it."""
+
+    tls_cert_file: str = ""
+    """PEM certificate (chain) both front doors (gRPC and REST) serve TLS with; with tls_key_file. Reloaded when
+    the file changes (new connections get the new one). Empty: plaintext."""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    """mTLS on both front doors: clients must present a certificate signed by this CA."""
+    runtime_tls_ca_file: str = ""
+    """The CA that runtimes' certificates chain to, for runtimes that serve TLS (empty: the system's roots)."""
+    runtime_tls_cert_file: str = ""
+    """The certificate the router presents to runtimes that require mTLS; with runtime_tls_key_file."""
+    runtime_tls_key_file: str = ""
+    etcd_tls_ca_file: str = ""
+    """Dial etcd over TLS trusting this CA (any etcd_tls_* setting turns TLS to etcd on)."""
+    etcd_tls_cert_file: str = ""
+    """The client certificate etcd requires with --client-cert-auth; with etcd_tls_key_file."""
+    etcd_tls_key_file: str = ""
+
+    def front_door_tls(self) -> ServerTLS | None:
+        return server_tls(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
+
+    def runtime_tls(self) -> ClientTLS | None:
+        return client_tls(self.runtime_tls_ca_file, self.runtime_tls_cert_file, self.runtime_tls_key_file)
+
+    def etcd_tls(self) -> ClientTLS | None:
+        return client_tls(self.etcd_tls_ca_file, self.etcd_tls_cert_file, self.etcd_tls_key_file)
 
     def kv_url(self) -> str:
         return self.kv or f"file://{os.path.abspath(os.path.join(self.data_dir, 'kv.log'))}"

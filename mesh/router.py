@@ -55,7 +55,7 @@ class Router:
     async def start(self) -> Ports:
         settings = self.settings
         if self._kv is None:
-            self._kv = open_kv(settings.kv_url())
+            self._kv = open_kv(settings.kv_url(), settings.etcd_tls())
         self.metrics = RouterMetrics(settings.metrics_per_model)
         metrics_port = None
         if settings.metrics_port >= 0:  # first: a port already taken (2112 by default) fails before anything runs
@@ -67,6 +67,7 @@ class Router:
         self.registry = ModelRegistry(self.manager)
         self.metrics.observe_placement(self.manager, self.registry)
         self.readiness = Readiness(self._kv, self.manager, settings.health_check_seconds)
+        tls = settings.front_door_tls()
         self.dataplane = DataPlane(self.registry, self.manager, self.readiness, self.metrics)
         self._grpc, grpc_port, self._health = await start_grpc_server(
             self.dataplane,
@@ -76,11 +77,12 @@ class Router:
             settings.host,
             settings.grpc_port,
             settings.max_message_bytes,
+            tls,
         )
         rest_port = None
         if settings.rest_port >= 0:
             self._rest, rest_port = await start_rest_server(
-                self.dataplane, self.metrics, settings.host, settings.rest_port, settings.max_message_bytes
+                self.dataplane, self.metrics, settings.host, settings.rest_port, settings.max_message_bytes, tls
             )
         self.readiness.on_change.append(self._publish_health)
         self.manager.view.on_change.append(self._on_change)
@@ -99,8 +101,10 @@ class Router:
         assert self._kv is not None, "start() first"
         return self._kv
 
-    async def add_instance(self, instance_id: str, endpoint: str, model_types: tuple[str, ...] = ()) -> None:
-        await self.manager.add_instance(instance_id, endpoint, model_types)
+    async def add_instance(
+        self, instance_id: str, endpoint: str, model_types: tuple[str, ...] = (), tls: bool | None = None
+    ) -> None:
+        await self.manager.add_instance(instance_id, endpoint, model_types, tls)
         await self.readiness.check()
 
     async def remove_instance(self, instance_id: str) -> None:

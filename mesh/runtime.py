@@ -7,37 +7,48 @@ import grpc
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
 from mesh.placement.records import ModelRecord
+from mesh.tls import ClientTLS
 
 
 def _identity(data: bytes) -> bytes:
     return data
 
 
-def _channel(endpoint: str, max_message_bytes: int) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        endpoint,
-        options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            # Runtimes are local: don't let a down runtime hold requests in reconnect backoff for long.
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-        ],
-    )
+def _channel(endpoint: str, max_message_bytes: int, tls: ClientTLS | None) -> grpc.aio.Channel:
+    if tls is not None:
+        return grpc.aio.secure_channel(endpoint, tls.grpc_credentials(), options=_options(max_message_bytes))
+    return grpc.aio.insecure_channel(endpoint, options=_options(max_message_bytes))
+
+
+def _options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Runtimes are local: don't let a down runtime hold requests in reconnect backoff for long.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
 
 
 class RuntimeClient:
     """One runtime instance: its SPI stub and a cache of raw pass-through method callables."""
 
     def __init__(
-        self, instance_id: str, endpoint: str, max_message_bytes: int = 64 * 1024 * 1024, data_endpoint: str = ""
+        self,
+        instance_id: str,
+        endpoint: str,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        data_endpoint: str = "",
+        tls: ClientTLS | None = None,
     ) -> None:
-        """data_endpoint: where forwarded requests go when not to `endpoint` (an adapter's model server)."""
+        """data_endpoint: where forwarded requests go when not to `endpoint` (an adapter's model server);
+        tls: dial both over TLS with these files (None: plaintext)."""
         self.instance_id = instance_id
         self.endpoint = endpoint
         self.data_endpoint = data_endpoint
-        self._channel = _channel(endpoint, max_message_bytes)
-        self._data_channel = _channel(data_endpoint, max_message_bytes) if data_endpoint else self._channel
+        self.tls_generation = tls.generation() if tls is not None else ()
+        self._channel = _channel(endpoint, max_message_bytes, tls)
+        self._data_channel = _channel(data_endpoint, max_message_bytes, tls) if data_endpoint else self._channel
         self._spi = rt_grpc.ModelRuntimeStub(self._channel)
         self._methods: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
 

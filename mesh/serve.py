@@ -1,4 +1,5 @@
-"""`mesh serve`: the embedded default. A router plus N built-in runtime processes, supervised, on one machine."""
+"""`mesh serve`: the embedded default. A router plus N built-in runtime processes, supervised, on one machine (and
+any runtimes running apart that --runtime-endpoint names, such as adapters beside MLServer or TorchServe)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ class ServeOptions:
     log_level: str = "INFO"
     """Passed down to the runtime processes, so they log like the router."""
     log_format: str = "text"
+    runtime_endpoints: tuple[tuple[str, str], ...] = ()
+    """(instance id, endpoint) of runtimes running apart from this process (adapters): probed and routed to,
+    not started or supervised here."""
 
 
 class RuntimeProcess:
@@ -143,8 +147,10 @@ class EmbeddedMesh:
         try:
             endpoints = await asyncio.gather(*(r.start() for r in self.runtimes))
             for runtime, endpoint in zip(self.runtimes, endpoints, strict=True):
-                await self.router.add_instance(runtime.instance_id, endpoint)
+                await self.router.add_instance(runtime.instance_id, endpoint, tls=False)  # our child: plaintext
                 self._supervisors.append(asyncio.create_task(self._supervise(runtime)))
+            for instance_id, endpoint in self.options.runtime_endpoints:
+                await self.router.add_instance(instance_id, endpoint)
             if self.options.examples_dir is not None:
                 await self._register_examples(self.options.examples_dir)
         except BaseException:
@@ -176,7 +182,7 @@ class EmbeddedMesh:
             log.error("runtime %s exited with %s; restarting it", runtime.instance_id, code)
             try:
                 endpoint = await runtime.start()
-                await self.router.add_instance(runtime.instance_id, endpoint)
+                await self.router.add_instance(runtime.instance_id, endpoint, tls=False)  # our child: plaintext
             except (RuntimeError, MeshError) as exc:
                 log.error("runtime %s did not come back: %s", runtime.instance_id, exc)
                 return

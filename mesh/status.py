@@ -21,12 +21,11 @@ FAILED = mm.ModelStatusInfo.LOADING_FAILED
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
 
 
-def fetch(address: str, timeout: float) -> dict[str, Any]:
-    """Ask the router at `address` for both listings; the snapshot of them."""
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        stub = admin_grpc.MeshAdminStub(channel)
-        instances = stub.ListInstances(admin.ListInstancesRequest(), timeout=timeout)
-        models = stub.ListModels(admin.ListModelsRequest(), timeout=timeout)
+def fetch(channel: grpc.Channel, timeout: float) -> dict[str, Any]:
+    """Ask the router on `channel` for both listings; the snapshot of them."""
+    stub = admin_grpc.MeshAdminStub(channel)
+    instances = stub.ListInstances(admin.ListInstancesRequest(), timeout=timeout)
+    models = stub.ListModels(admin.ListModelsRequest(), timeout=timeout)
     return snapshot(instances, models)
 
 

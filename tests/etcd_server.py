@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import ssl
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
+
+from mesh.tls import ServerTLS
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -31,8 +34,11 @@ def etcd_binary() -> Path | None:
 class EtcdServer:
     """One etcd member in `directory` (data dir and log); start() it, then connect to `endpoint`."""
 
-    def __init__(self, binary: Path, directory: Path) -> None:
+    def __init__(self, binary: Path, directory: Path, tls: ServerTLS | None = None) -> None:
+        """tls: serve clients over TLS only, requiring client certificates from tls.client_ca when it is set (the
+        server's own certificate must be good for client auth too: the health check presents it)."""
         self._binary = binary
+        self._tls = tls
         self._data_dir = directory / "data"
         self._log_file = directory / "etcd.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -44,7 +50,7 @@ class EtcdServer:
 
     def start(self) -> None:
         """Start etcd and wait (bounded) until it reports healthy; on failure it is stopped and its log shown."""
-        client = f"http://127.0.0.1:{self.port}"
+        client = f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
         peer = "http://127.0.0.1:0"  # a single member never dials its peers
         command = [
             str(self._binary),
@@ -56,6 +62,10 @@ class EtcdServer:
             # Its gateway would dial the client URL as given, which is port 0 on the first start.
             "--enable-grpc-gateway=false",
         ]
+        if self._tls is not None:
+            command += ["--cert-file", str(self._tls.cert), "--key-file", str(self._tls.key)]
+            if self._tls.client_ca is not None:
+                command += ["--client-cert-auth", "--trusted-ca-file", str(self._tls.client_ca)]
         log_start = self._log_file.stat().st_size if self._log_file.exists() else 0
         with self._log_file.open("ab") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -99,9 +109,19 @@ class EtcdServer:
             if not self.port:
                 return False
         with contextlib.suppress(OSError, ValueError):
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as response:
+            with urllib.request.urlopen(self._health_url(), timeout=1, context=self._health_tls()) as response:
                 return json.loads(response.read()).get("health") == "true"
         return False
+
+    def _health_url(self) -> str:
+        return f"{'https' if self._tls else 'http'}://{self.endpoint}/health"
+
+    def _health_tls(self) -> ssl.SSLContext | None:
+        if self._tls is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self._tls.client_ca) if self._tls.client_ca else None)
+        context.load_cert_chain(self._tls.cert, self._tls.key)
+        return context
 
     @staticmethod
     def _client_port(log: str) -> int:

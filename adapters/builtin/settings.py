@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapters.common.process import add_tls_arguments, tls_settings
+
 
 @dataclass(frozen=True, slots=True)
 class RuntimeSettings:
@@ -52,6 +54,15 @@ class RuntimeSettings:
     metrics_port: int = -1
     """Serve this process's Prometheus metrics at http://HOST:PORT/metrics (0 picks a free port); -1: not served
     here, as under `mesh serve`, whose router serves every runtime's metrics (PROMETHEUS_MULTIPROC_DIR)."""
+    tls_cert: str = ""
+    """Serve TLS with this PEM certificate (and tls_key), reloaded when the file changes; empty: plaintext."""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    """mTLS: callers (routers) must present a certificate signed by this CA."""
+    etcd_tls_ca: str = ""
+    """With an etcd:// kv: dial etcd over TLS trusting this CA (etcd_tls_cert/key: the client certificate)."""
+    etcd_tls_cert: str = ""
+    etcd_tls_key: str = ""
 
 
 def _positive(text: str) -> int:
@@ -86,6 +97,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RuntimeSettings:
     parser.add_argument("--advertise", default=d.advertise, help="host:port routers reach this runtime at")
     parser.add_argument("--lease-seconds", type=float, default=d.lease_seconds)
     parser.add_argument("--metrics-port", type=int, default=d.metrics_port, help="serve /metrics (0 = any, -1 = off)")
+    add_tls_arguments(parser)
     args = parser.parse_args(argv)
     return RuntimeSettings(
         host=args.host,
@@ -106,4 +118,5 @@ def parse_args(argv: Sequence[str] | None = None) -> RuntimeSettings:
         advertise=args.advertise,
         lease_seconds=args.lease_seconds,
         metrics_port=args.metrics_port,
+        **tls_settings(args),
     )

@@ -6,6 +6,7 @@ its runtimeStatus reports.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -23,6 +24,7 @@ from mesh.kv import open_kv
 from mesh.metrics import start_metrics_server
 from mesh.placement.instances import InstancePublisher, record_from_status
 from mesh.placement.records import Keys
+from mesh.tls import client_tls, server_tls
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,28 @@ class ProcessSettings(Protocol):
     advertise: str
     lease_seconds: float
     metrics_port: int
+    tls_cert: str
+    tls_key: str
+    tls_client_ca: str
+    etcd_tls_ca: str
+    etcd_tls_cert: str
+    etcd_tls_key: str
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags for serving the SPI (and inference) over TLS, and for reaching etcd over TLS with --kv."""
+    parser.add_argument("--tls-cert", default="", help="serve TLS with this PEM certificate (reloaded on change)")
+    parser.add_argument("--tls-key", default="", help="the certificate's PEM key")
+    parser.add_argument("--tls-client-ca", default="", help="mTLS: require client certificates signed by this CA")
+    parser.add_argument("--etcd-tls-ca", default="", help="with --kv etcd://: dial etcd over TLS, trusting this CA")
+    parser.add_argument("--etcd-tls-cert", default="", help="with --kv etcd://: the client certificate etcd requires")
+    parser.add_argument("--etcd-tls-key", default="", help="with --kv etcd://: that certificate's key")
+
+
+def tls_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The settings fields add_tls_arguments' flags fill."""
+    names = ("tls_cert", "tls_key", "tls_client_ca", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key")
+    return {name: getattr(args, name) for name in names}
 
 
 def write_port_file(path: Path, port: int, instance_id: str, **extra: object) -> None:
@@ -79,11 +103,14 @@ async def _stop_when_gone(parent_pid: int, stopping: asyncio.Event) -> None:
     stopping.set()
 
 
-async def _publish(settings: ProcessSettings, port: int, status: rt.RuntimeStatusResponse) -> InstancePublisher:
+async def _publish(
+    settings: ProcessSettings, port: int, status: rt.RuntimeStatusResponse, tls: bool
+) -> InstancePublisher:
     """Join the mesh on our own: publish this instance's record in its store, under a lease kept alive here."""
     endpoint = settings.advertise or f"{settings.host}:{port}"
-    record = record_from_status(settings.instance_id, endpoint, status)
-    publisher = InstancePublisher(open_kv(settings.kv), Keys(settings.kv_prefix), settings.lease_seconds)
+    record = record_from_status(settings.instance_id, endpoint, status, tls=tls)
+    etcd_tls = client_tls(settings.etcd_tls_ca, settings.etcd_tls_cert, settings.etcd_tls_key)
+    publisher = InstancePublisher(open_kv(settings.kv, etcd_tls), Keys(settings.kv_prefix), settings.lease_seconds)
     await publisher.publish(record)
     log.info("published instance %s at %s in %s", settings.instance_id, endpoint, settings.kv)
     return publisher
@@ -108,7 +135,9 @@ async def serve_runtime(
         ],
     )
     add_services(server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    tls = server_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
     uds = None
     if settings.uds is not None:
         settings.uds.unlink(missing_ok=True)  # left by a process that was killed: binding over it would fail
@@ -129,7 +158,7 @@ async def serve_runtime(
     if settings.parent_pid is not None:
         watcher = asyncio.create_task(_stop_when_gone(settings.parent_pid, stopping), name="parent watch")
 
-    publisher = await _publish(settings, port, status) if settings.kv else None
+    publisher = await _publish(settings, port, status, tls is not None) if settings.kv else None
     # Written only once serving, so a parent that sees the file can connect at once.
     if settings.port_file is not None:
         write_port_file(settings.port_file, port, settings.instance_id, metrics_port=metrics_port, uds=uds)

@@ -42,6 +42,7 @@ from mesh.kv.base import (
     TxnResult,
     WatchEvent,
 )
+from mesh.tls import ClientTLS
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ _FATAL_CODES = {
 }
 _WATCH_BACKOFF_MIN = 0.05
 _WATCH_BACKOFF_MAX = 2.0
+TLS_ROTATION_GRACE_S = 30.0
+"""How long calls on a channel made with rotated-out certificates get to finish before it closes."""
 
 
 class EtcdKV(KV):
@@ -83,8 +86,11 @@ class EtcdKV(KV):
     resolves to every member. `timeout` bounds each call, including the wait for a connection.
     """
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 10.0) -> None:
-        self._rpc: _Rpc | None = _Rpc(_target(endpoints))
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 10.0, tls: ClientTLS | None = None) -> None:
+        self._target = _target(endpoints)
+        self._tls = tls
+        self._tls_generation = tls.generation() if tls is not None else ()
+        self._rpc: _Rpc | None = _Rpc(self._target, tls)
         self._timeout = timeout
         # The newest store revision any response showed: where a watch "from now" starts, with no extra call.
         self._revision = 0
@@ -226,14 +232,26 @@ class EtcdKV(KV):
     def _open(self) -> _Rpc:
         if self._rpc is None:
             raise RuntimeError("the KV store is closed")
+        if self._tls is not None and (generation := self._tls.generation()) != self._tls_generation:
+            # Rotated certificate files: new calls go on a channel made with them; calls (and watch streams) on
+            # the old one get a while to finish, then its close makes watches resume on the new one.
+            self._tls_generation = generation
+            old, self._rpc = self._rpc, _Rpc(self._target, self._tls)
+            asyncio.get_running_loop().call_later(
+                TLS_ROTATION_GRACE_S, lambda: asyncio.ensure_future(old.channel.close())
+            )
+            logger.info("etcd TLS files changed; calls go on a new channel")
         return self._rpc
 
 
 class _Rpc:
     """A channel and etcd's services on it."""
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+    def __init__(self, target: str, tls: ClientTLS | None) -> None:
+        if tls is None:
+            self.channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.aio.secure_channel(target, tls.grpc_credentials(), options=_CHANNEL_OPTIONS)
         self.kv = pb_grpc.KVStub(self.channel)
         self.watch = pb_grpc.WatchStub(self.channel)
         self.lease = pb_grpc.LeaseStub(self.channel)

@@ -21,12 +21,17 @@ from mesh.kv.base import KV, KeyValue, LeaseNotFound
 from mesh.placement.records import InstanceRecord, Keys, Kind, now_ms
 from mesh.placement.view import LocalView
 from mesh.runtime import RuntimeClient
+from mesh.tls import ClientTLS
 
 log = logging.getLogger(__name__)
 
 
 def record_from_status(
-    instance_id: str, endpoint: str, status: rt.RuntimeStatusResponse, model_types: tuple[str, ...] = ()
+    instance_id: str,
+    endpoint: str,
+    status: rt.RuntimeStatusResponse,
+    model_types: tuple[str, ...] = (),
+    tls: bool = False,
 ) -> InstanceRecord:
     """The record of a runtime that answered `status`; model_types, when given, overrides what it reports."""
     return InstanceRecord(
@@ -35,6 +40,7 @@ def record_from_status(
         capacity_bytes=status.capacityInBytes,
         model_types=model_types or tuple(status.meshModelTypes),
         data_endpoint=status.meshDataEndpoint,
+        tls=tls,
         loading_slots=max(1, status.maxLoadingConcurrency),
         default_model_size=status.defaultModelSizeInBytes or 1_000_000,
         load_timeout_ms=status.modelLoadingTimeoutMs,
@@ -44,10 +50,15 @@ def record_from_status(
 
 
 async def probe_runtime(
-    instance_id: str, endpoint: str, model_types: tuple[str, ...] = (), startup_timeout: float = 60.0
+    instance_id: str,
+    endpoint: str,
+    model_types: tuple[str, ...] = (),
+    startup_timeout: float = 60.0,
+    tls: ClientTLS | None = None,
 ) -> InstanceRecord:
-    """Wait for a runtime to report READY (it purges its models then) and describe it as a record."""
-    client = RuntimeClient(instance_id, endpoint)
+    """Wait for a runtime to report READY (it purges its models then) and describe it as a record.
+    tls: dial it over TLS with these files (the record then says so)."""
+    client = RuntimeClient(instance_id, endpoint, tls=tls)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + startup_timeout
     try:
@@ -57,7 +68,7 @@ async def probe_runtime(
             except grpc.aio.AioRpcError as exc:
                 raise Unavailable(f"runtime '{instance_id}' at {endpoint} did not answer: {exc.details()}") from exc
             if status.status == rt.RuntimeStatusResponse.READY:
-                return record_from_status(instance_id, endpoint, status, model_types)
+                return record_from_status(instance_id, endpoint, status, model_types, tls=tls is not None)
             if status.status == rt.RuntimeStatusResponse.FAILING or loop.time() > deadline:
                 raise Unavailable(f"runtime '{instance_id}' at {endpoint} is not ready")
             await asyncio.sleep(0.2)
@@ -130,9 +141,12 @@ class InstancePublisher:
 class RuntimeClients:
     """One SPI client per instance in the view, replaced when the instance comes back at another endpoint."""
 
-    def __init__(self, view: LocalView, max_message_bytes: int) -> None:
+    def __init__(self, view: LocalView, max_message_bytes: int, tls: ClientTLS | None = None) -> None:
+        """tls: the files to dial instances whose records say TLS with (None: the system's roots, no client
+        certificate); a change to the files makes new clients."""
         self._view = view
         self._max_message_bytes = max_message_bytes
+        self.tls = tls
         self._clients: dict[str, RuntimeClient] = {}
 
     def get(self, instance_id: str) -> RuntimeClient:
@@ -142,10 +156,12 @@ class RuntimeClients:
             raise Unavailable(f"runtime instance '{instance_id}' is gone")
         client = self._clients.get(instance_id)
         record = known.record
-        if client is None or (client.endpoint, client.data_endpoint) != (record.endpoint, record.data_endpoint):
+        tls = (self.tls or ClientTLS()) if record.tls else None
+        wanted = (record.endpoint, record.data_endpoint, tls.generation() if tls is not None else ())
+        if client is None or (client.endpoint, client.data_endpoint, client.tls_generation) != wanted:
             if client is not None:
                 asyncio.get_running_loop().create_task(client.close())
-            client = RuntimeClient(instance_id, record.endpoint, self._max_message_bytes, record.data_endpoint)
+            client = RuntimeClient(instance_id, record.endpoint, self._max_message_bytes, record.data_endpoint, tls)
             self._clients[instance_id] = client
         return client
 

@@ -39,6 +39,7 @@ from mesh.placement.scaling import CopyScaler
 from mesh.placement.store import UNCHANGED, RecordStore
 from mesh.placement.view import LocalView
 from mesh.runtime import RuntimeClient
+from mesh.tls import ClientTLS
 
 if TYPE_CHECKING:
     from mesh.metrics import RouterMetrics
@@ -75,7 +76,7 @@ class PlacementManager:
         self.keys = Keys(settings.kv_prefix)
         self.view = LocalView(kv, self.keys)
         self.store = RecordStore(kv, self.view)
-        self.clients = RuntimeClients(self.view, settings.max_message_bytes)
+        self.clients = RuntimeClients(self.view, settings.max_message_bytes, settings.runtime_tls())
         self.publisher = InstancePublisher(kv, self.keys, settings.instance_lease_seconds)
         self._loads: dict[str, asyncio.Task[str]] = {}
         self._decide = asyncio.Lock()
@@ -123,13 +124,19 @@ class PlacementManager:
 
     # ---- instances -------------------------------------------------------------------------------------
 
-    async def add_instance(self, instance_id: str, endpoint: str, model_types: tuple[str, ...] = ()) -> None:
-        """Probe a runtime this router started and publish its record under this router's lease.
+    async def add_instance(
+        self, instance_id: str, endpoint: str, model_types: tuple[str, ...] = (), tls: bool | None = None
+    ) -> None:
+        """Probe a runtime this router started (or was told of) and publish its record under this router's lease.
 
         The probe purges the runtime, so the record is a new incarnation and any copies recorded on the
-        instance before are dropped.
+        instance before are dropped. tls: dial it over TLS; None: when runtime TLS is configured and the
+        endpoint is not a unix socket.
         """
-        record = await probe_runtime(instance_id, endpoint, model_types)
+        if tls is None:
+            tls = self.clients.tls is not None and not endpoint.startswith("unix:")
+        runtime_tls = (self.clients.tls or ClientTLS()) if tls else None
+        record = await probe_runtime(instance_id, endpoint, model_types, tls=runtime_tls)
         self.view.apply_put(await self.publisher.publish(record))
         self._unreachable.pop(instance_id, None)
         log.info("runtime instance %s ready at %s (capacity %d bytes)", instance_id, endpoint, record.capacity_bytes)

@@ -162,6 +162,8 @@ class InstanceRecord(_Record):
     started_ms: int = 0
     # Where inference goes when not to `endpoint` (an adapter's model server); empty: `endpoint` serves both.
     data_endpoint: str = ""
+    # Both endpoints serve TLS: routers dial them with their runtime TLS settings.
+    tls: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 from dataclasses import dataclass, field
 
 from mesh.errors import AlreadyExists, Conflict, InvalidArgument, MeshError, ModelNotFound
@@ -55,9 +56,51 @@ class VModelStatus:
     owner: str = ""
 
 
-def _require_id(value: str, what: str) -> str:
+# Ids name keys in the store and appear in every log line and error about the model. Kubernetes object names are
+# up to 253 characters, and modelmesh-serving's model ids add "__isvc-" and a 10-digit hash to one: 512 bytes holds
+# those with room to spare.
+MAX_ID_BYTES = 512
+# A model path is a file path or a URL (presigned URLs run to a few KiB); PATH_MAX on Linux is 4096.
+MAX_PATH_BYTES = 4096
+# Unicode's Cc category: C0 controls (NUL, newline, escape...), DEL and C1 controls. They would end a path at the
+# NUL for the OS, and forge or hide log lines.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _shown(value: str) -> str:
+    """A bounded, escaped rendering of a client's string for an error message."""
+    return repr(value[:64]) + ("..." if len(value) > 64 else "")
+
+
+def _check_text(value: str, what: str, max_bytes: int) -> None:
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as err:  # only from a library caller: protobuf strings are valid UTF-8
+        raise InvalidArgument(f"{what} {_shown(value)} is not valid Unicode: {err.reason}") from None
+    if size > max_bytes:
+        raise InvalidArgument(f"{what} is {size} bytes long; the limit is {max_bytes} bytes of UTF-8")
+    control = _CONTROL.search(value)
+    if control is not None:
+        raise InvalidArgument(
+            f"{what} {_shown(value)} contains control character U+{ord(control.group()):04X} at position "
+            f"{control.start()}"
+        )
+
+
+def check_id(value: str, what: str) -> str:
+    """`value` if it can name a model or vmodel: not empty, at most MAX_ID_BYTES of UTF-8, no control characters."""
     if not value:
         raise InvalidArgument(f"{what} must not be empty")
+    _check_text(value, what, MAX_ID_BYTES)
+    return value
+
+
+def check_path(value: str, what: str) -> str:
+    """`value` if it can be a model path: at most MAX_PATH_BYTES of UTF-8, no control characters (NUL included).
+
+    Whether a local path stays inside the allowed roots is the puller's check, where the path is resolved.
+    """
+    _check_text(value, what, MAX_PATH_BYTES)
     return value
 
 
@@ -91,6 +134,8 @@ class ModelRegistry:
         try:
             return self.resolve(name, vmodel)
         except ModelNotFound:
+            # No registration can have this name (and an error echoing 64 MiB of it could not be sent).
+            check_id(name, "vmodel id" if vmodel else "model id" if vmodel is False else "model name")
             if vmodel is not False:
                 await self._view.refresh(Kind.VMODEL, name)
             if vmodel is not True:
@@ -115,8 +160,9 @@ class ModelRegistry:
 
     async def register(self, model: ModelRecord, load_now: bool = False, sync: bool = False) -> ModelStatus:
         """Add a model; the same spec again is a no-op, a different spec under the same id is refused."""
-        _require_id(model.model_id, "modelId")
-        _require_id(model.model_type, f"modelInfo.type of model '{model.model_id}'")
+        check_id(model.model_id, "modelId")
+        check_id(model.model_type, f"modelInfo.type of model '{model.model_id}'")
+        check_path(model.path, f"modelInfo.path of model '{model.model_id}'")
         stamped = ModelRecord(model.model_id, model.model_type, model.path, model.key, model.registered_ms or now_ms())
 
         def change(current: ModelRecord | None) -> object:
@@ -150,6 +196,7 @@ class ModelRegistry:
 
     async def ensure_loaded(self, model_id: str, sync: bool) -> ModelStatus:
         if model_id not in self._view.models:
+            check_id(model_id, "modelId")
             raise ModelNotFound(model_id)
         await self._load(model_id, sync)
         return self.status(model_id)
@@ -206,8 +253,8 @@ class ModelRegistry:
         owner: str = "",
     ) -> VModelStatus:
         """Point a vmodel at a model; the old target keeps serving until the new one has loaded."""
-        _require_id(vmodel_id, "vModelId")
-        _require_id(target_model_id, "targetModelId")
+        check_id(vmodel_id, "vModelId")
+        check_id(target_model_id, "targetModelId")
         if model is not None and target_model_id not in self._view.models:
             await self.register(ModelRecord(target_model_id, model.model_type, model.path, model.key))
         if target_model_id not in self._view.models:

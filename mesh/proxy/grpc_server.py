@@ -30,6 +30,7 @@ from mesh.placement.records import ModelRecord
 from mesh.placement.registry import ModelRegistry, ModelStatus, VModelStatus
 from mesh.proxy import wire
 from mesh.proxy.dataplane import INFERENCE_SERVICE, ROUTED_BY_FIELD_1, DataPlane, Target
+from mesh.tls import ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -306,8 +307,10 @@ async def start_grpc_server(
     host: str,
     port: int,
     max_message_bytes: int,
+    tls: ServerTLS | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Bind and start; returns the server, the bound port (port 0 picks one) and the health servicer."""
+    """Bind and start (TLS only, when tls is given); returns the server, the bound port (port 0 picks one) and
+    the health servicer."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", max_message_bytes),
@@ -320,7 +323,8 @@ async def start_grpc_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_generic_rpc_handlers([InferenceHandler(dataplane, metrics)])
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, tls.grpc_credentials()) if tls else server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")
     await server.start()
