@@ -59,6 +59,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _controller(args: argparse.Namespace) -> int:
+    from mesh.controller.controller import run
+    from mesh.controller.settings import ControllerSettings
+
+    settings = ControllerSettings.from_env(
+        mesh_address=args.mesh_address,
+        kv=args.kv,
+        kv_prefix=args.kv_prefix,
+        image=args.image,
+        watch_namespace=args.namespace,
+        scale_to_zero=False if args.no_scale_to_zero else None,
+        resync_seconds=args.resync_seconds,
+        poll_seconds=args.poll_seconds,
+    )
+    run(settings, args.kubeconfig, args.context)
+    return 0
+
+
 def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
     """TLS to reach a router whose front doors serve it (--tls-ca, and --tls-cert/--tls-key for mTLS)."""
     try:
@@ -268,6 +286,12 @@ def _runtime_endpoint(text: str) -> tuple[str, str]:
     return instance_id, endpoint
 
 
+def tls_client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-ca", default="", help="the router serves TLS: trust this CA (PEM)")
+    parser.add_argument("--tls-cert", default="", help="mTLS: present this client certificate (PEM)")
+    parser.add_argument("--tls-key", default="", help="mTLS: the client certificate's key")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mesh", description="A multi-model serving router.")
     parser.add_argument("--log-level", default="INFO")
@@ -306,12 +330,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-client-ca", default=None, help="mTLS: require client certificates signed by this CA")
     serve.set_defaults(func=_serve)
 
+    ctl = sub.add_parser("controller", help="run the Kubernetes controller (KServe, ModelMesh mode)")
+    ctl.add_argument("--kubeconfig", default=None, help="default: in-cluster service account, else ~/.kube/config")
+    ctl.add_argument("--context", default=None, help="kubeconfig context")
+    ctl.add_argument("--mesh-address", default=None, help="the routers' gRPC address (default mesh.mesh-system:8033)")
+    ctl.add_argument("--kv", default=None, help="the routers' etcd://HOST:PORT, given to runtime pods")
+    ctl.add_argument("--kv-prefix", default=None, help="the routers' MESH_KV_PREFIX (default mesh)")
+    ctl.add_argument("--image", default=None, help="image of the adapter and router containers in runtime pods")
+    ctl.add_argument("--namespace", default=None, help="only this namespace (default: all)")
+    ctl.add_argument("--no-scale-to-zero", action="store_true", help="keep runtime Deployments no model uses")
+    ctl.add_argument("--resync-seconds", type=float, default=None, help="full reconciliation at least this often")
+    ctl.add_argument("--poll-seconds", type=float, default=None, help="look again this soon while models load")
+    ctl.set_defaults(func=_controller)
+
     def client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--address", default="127.0.0.1:8033", help="the router's gRPC address")
         p.add_argument("--timeout", type=float, default=120.0)
-        p.add_argument("--tls-ca", default="", help="the router serves TLS: trust this CA (PEM)")
-        p.add_argument("--tls-cert", default="", help="mTLS: present this client certificate (PEM)")
-        p.add_argument("--tls-key", default="", help="mTLS: the client certificate's key")
+        tls_client_arguments(p)
         return p
 
     models = sub.add_parser("models", help="register, list, inspect and unregister models")
@@ -357,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--input-name", default="input-0")
     infer.add_argument("--rest", default="http://127.0.0.1:8008", help="the router's REST address")
     infer.add_argument("--timeout", type=float, default=120.0)
+    tls_client_arguments(infer)
     infer.set_defaults(func=_infer)
     return parser
 

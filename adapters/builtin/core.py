@@ -13,7 +13,7 @@ import time
 from adapters.builtin.metrics import RuntimeMetrics
 from adapters.builtin.models import Model, ModelType, model_type
 from adapters.builtin.settings import RuntimeSettings
-from adapters.common.errors import ModelNotLoaded
+from adapters.common.errors import ModelNotLoaded, OutOfMemory
 from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, ModelLoadFailed, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.proxy.codec import inputs_to_numpy, numpy_to_response
@@ -90,6 +90,14 @@ class BuiltinRuntime:
                 elapsed_ms = (time.perf_counter() - start) * 1000
                 log.warning("load of model %s failed after %.1f ms: %s", model_id, elapsed_ms, exc.message)
                 raise
+        limit = self._settings.memory_limit_bytes
+        held = sum(m.size_bytes for m in self._models.values())
+        if limit and held + model.size_bytes > limit:
+            self._metrics.load_failed(kind.name)
+            log.warning("model %s (%d bytes) does not fit: %d of %d held", model_id, model.size_bytes, held, limit)
+            raise OutOfMemory(
+                f"model {model_id} needs {model.size_bytes} bytes; this runtime holds {held} of its {limit}-byte limit"
+            )
         self._models[model_id] = model
         self._model_types[model_id] = kind.name
         self._metrics.loaded(kind.name, start, model.size_bytes)

@@ -25,6 +25,9 @@ class RuntimeSettings:
     """Where to write {"port": N, "pid": P, "instance_id": ID} (and "uds": "unix:PATH") atomically once serving."""
     capacity_bytes: int = 256 * 1024 * 1024
     """Reported in runtimeStatus. The router enforces it; this process loads whatever it is asked to."""
+    memory_limit_bytes: int = 0
+    """A real limit, apart from the capacity reported: a load that would hold more fails RESOURCE_EXHAUSTED (as a
+    server out of memory does). 0: none. Reporting a capacity above it is how tests play a runtime that lies."""
     instance_id: str = ""
     """Names this process in logs and the port file; defaults to <hostname>-<pid>."""
     max_loading_concurrency: int = 2
@@ -84,6 +87,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RuntimeSettings:
     parser.add_argument("--uds", type=Path, help="also serve on this unix-domain socket path")
     parser.add_argument("--port-file", type=Path, help="write the bound port here as JSON once serving")
     parser.add_argument("--capacity-bytes", type=_positive, default=d.capacity_bytes)
+    parser.add_argument("--memory-limit-bytes", type=int, default=0, help="refuse loads past this many bytes held")
     parser.add_argument("--instance-id", default="")
     parser.add_argument("--max-loading-concurrency", type=_positive, default=d.max_loading_concurrency)
     parser.add_argument("--load-timeout-ms", type=_positive, default=d.load_timeout_ms)
@@ -105,6 +109,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RuntimeSettings:
         uds=args.uds,
         port_file=args.port_file,
         capacity_bytes=args.capacity_bytes,
+        memory_limit_bytes=args.memory_limit_bytes,
         instance_id=args.instance_id or f"{socket.gethostname()}-{os.getpid()}",
         max_loading_concurrency=args.max_loading_concurrency,
         load_timeout_ms=args.load_timeout_ms,

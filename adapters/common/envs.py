@@ -42,6 +42,8 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
         # TorchServe's worker imports yaml but does not declare it.
         "pyyaml",
     ),
+    # The wheel carries tritonserver 2.51.0 (CPU, python backend only); numpy (<2 by its pin: 1.26.4) is what
+    # python-backend models import, through the venv the stub runs in.
     "triton": ("nvidia-pytriton==0.7.0", "numpy"),
 }
 

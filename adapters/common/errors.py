@@ -21,3 +21,10 @@ class ModelFileMissing(MeshError):
     """The model's file is absent: FAILED_PRECONDITION because no load was attempted (see the SPI contract)."""
 
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class OutOfMemory(MeshError):
+    """The runtime has no memory left for the model (whatever capacity it reported): the router makes room or
+    places it elsewhere."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter, defaultdict
@@ -28,6 +29,7 @@ from mesh.placement.recency import Recency
 from mesh.placement.records import (
     CopyRecord,
     CopyState,
+    InstanceRecord,
     Keys,
     Kind,
     LoadFailure,
@@ -47,8 +49,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+MAX_LOAD_ATTEMPTS = 3
+"""Instances one request tries a load on when a runtime, not the model, fails it (ModelMesh's MAX_LOAD_FAILURES)."""
+
+
 class _InstanceUnreachable(Exception):
     """A runtime did not answer a load: not the model's fault, so no failure is recorded against it."""
+
+
+class _TryElsewhere(Exception):
+    """A runtime failed a load in a way another instance (or this one, after making room) may not: it hung past
+    the load timeout, or ran out of memory."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 @dataclass(slots=True)
@@ -98,6 +113,8 @@ class PlacementManager:
         self._flush_task: asyncio.Task[None] | None = None
         # Instance id → monotonic time until which it is left alone after failing to answer.
         self._unreachable: dict[str, float] = {}
+        # Instance id → (incarnation, bytes): what it held when it ran out of memory, below the capacity it reports.
+        self._capacity_caps: dict[str, tuple[int, int]] = {}
         self._placement_waiters: dict[str, asyncio.Event] = {}
         self._janitor_tasks: set[asyncio.Task[None]] = set()
         self._scaler = CopyScaler(self)
@@ -253,35 +270,46 @@ class PlacementManager:
         """
         model = self._model(model_id)
         size = await self._size_estimate(model)
+        attempts = 0
         while True:
             async with self._decide:
                 holder = self._loaded_holder(model_id)
                 if holder is not None:
                     return holder
-                choice = self._choose(model, size)
-                incarnation = self.view.instances[choice.instance_id].record.started_ms
-                claimed = await self._claim(model_id, choice.instance_id, size, incarnation)
-                if claimed:
-                    for victim in choice.victims:
-                        self._evicting.add((victim.model_id, choice.instance_id))
-                    self._loads_on[choice.instance_id] += 1
+                loading_on = self._loading_on(model_id)
+                if loading_on is None:
+                    choice = self._choose(model, size)
+                    incarnation = self.view.instances[choice.instance_id].record.started_ms
+                    claimed = await self._claim(model_id, choice.instance_id, size, incarnation)
+                    if claimed:
+                        for victim in choice.victims:
+                            self._evicting.add((victim.model_id, choice.instance_id))
+                        self._loads_on[choice.instance_id] += 1
+                    else:
+                        loading_on = self._loading_on(model_id)
+            if loading_on is not None:
+                # Another router's load (or one that beat our claim): its outcome comes through the view.
+                await self._await_placement_change(model_id, self._load_timeout(loading_on))
+                continue
             if not claimed:
-                if self._loading_elsewhere(model_id):
-                    await self._await_placement_change(model_id, self._load_timeout(choice.instance_id))
-                continue  # loaded (the top of the loop routes to it) or failed there (try again)
+                continue  # the record changed under the claim: look again
             try:
                 return await self._load_at(model, choice, incarnation)
             except _InstanceUnreachable:
                 continue  # _choose no longer offers that instance; it raises when nothing is left
+            except _TryElsewhere as exc:
+                attempts += 1
+                if attempts >= MAX_LOAD_ATTEMPTS:
+                    raise ModelLoadFailed(f"{exc.message} ({attempts} attempts)") from exc
 
-    def _loading_elsewhere(self, model_id: str) -> bool:
-        """Another load of the model is under way and has not finished (so waiting for its record is useful)."""
+    def _loading_on(self, model_id: str) -> str | None:
+        """The instance where a load of the model is under way, when no copy is loaded (waiting for that load
+        beats starting another: the claim would fail, and choosing could find no instance left)."""
         placement = self.view.placements.get(model_id)
-        return (
-            placement is not None
-            and self._loaded_holder(model_id) is None
-            and bool(self._live_copies(placement.record))
-        )
+        if placement is None or self._loaded_holder(model_id) is not None:
+            return None
+        live = self._live_copies(placement.record)
+        return live[0] if live else None
 
     def _loaded_holder(self, model_id: str) -> str | None:
         placement = self.view.placements.get(model_id)
@@ -365,6 +393,12 @@ class PlacementManager:
             if exc.code() is grpc.StatusCode.UNAVAILABLE:
                 self.mark_unreachable(instance_id, message)
                 raise _InstanceUnreachable(instance_id) from exc
+            if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and self._cap_capacity(instance_id, message):
+                # Not the model's fault: with the instance's capacity capped at what it holds, the next choice
+                # makes room there (or goes elsewhere).
+                raise _TryElsewhere(f"model '{model_id}' did not fit on instance '{instance_id}': {message}") from exc
+            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._abandon_load(model_id, instance_id)
             failure = LoadFailure(message, now_ms())
             await self.store.update(
                 Kind.PLACEMENT, model_id, lambda p: (p or PlacementRecord()).with_failure(instance_id, failure)
@@ -378,7 +412,10 @@ class PlacementManager:
                 message,
                 extra={"event": "load_failed", "model": model_id, "instance": instance_id, "ms": ms, "error": message},
             )
-            raise ModelLoadFailed(f"model '{model_id}' failed to load on instance '{instance_id}': {message}") from exc
+            failed = f"model '{model_id}' failed to load on instance '{instance_id}': {message}"
+            if exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                raise _TryElsewhere(failed) from exc  # the failure recorded keeps this instance out of the retry
+            raise ModelLoadFailed(failed) from exc
         finally:
             self._loads_on[instance_id] -= 1
             if not done:
@@ -395,6 +432,54 @@ class PlacementManager:
         )
         await self._trim(instance_id, keep=model_id)
         return instance_id
+
+    def _abandon_load(self, model_id: str, instance_id: str) -> None:
+        """A load that timed out may still finish on a runtime that is only slow: unload it (SPI contract), in the
+        background, since a runtime that hangs may not answer that either."""
+
+        async def unload() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError, MeshError):
+                await self.clients.get(instance_id).unload(model_id, timeout=self._load_timeout(instance_id))
+
+        task = asyncio.get_running_loop().create_task(unload(), name=f"abandon-{model_id}")
+        self._janitor_tasks.add(task)
+        task.add_done_callback(self._janitor_tasks.discard)
+
+    def _cap_capacity(self, instance_id: str, reason: str) -> bool:
+        """The runtime ran out of memory below the capacity it reports: trust what it held then (the sizes its
+        ModelSize answers gave) as its capacity, until it restarts. False when it held nothing: then the model
+        alone is too big for it, which is the model's failure there, not the instance's."""
+        known = self.view.instances.get(instance_id)
+        if known is None:
+            return False
+        incarnation = known.record.started_ms
+        held = sum(
+            copy.size_bytes
+            for placement in self.view.placements.values()
+            if (copy := placement.record.copies.get(instance_id)) is not None
+            and copy.state is CopyState.LOADED
+            and copy.incarnation == incarnation
+        )
+        if held == 0:
+            return False
+        self._capacity_caps[instance_id] = (incarnation, held)
+        log.warning(
+            "runtime instance %s ran out of memory holding %d of the %d bytes it reports (%s); placing as if it had %d",
+            instance_id,
+            held,
+            known.record.capacity_bytes,
+            reason,
+            held,
+            extra={"event": "capacity_capped", "instance": instance_id, "bytes": held},
+        )
+        return True
+
+    def _capacity(self, record: InstanceRecord) -> InstanceRecord:
+        """The record as placement should weigh it: capped where the runtime ran out of memory below it."""
+        cap = self._capacity_caps.get(record.instance_id)
+        if cap is None or cap[0] != record.started_ms or cap[1] >= record.capacity_bytes:
+            return record
+        return dataclasses.replace(record, capacity_bytes=cap[1])
 
     def mark_unreachable(self, instance_id: str, reason: str) -> None:
         """Keep new loads and requests off an instance that did not answer, for a while."""
@@ -505,7 +590,7 @@ class PlacementManager:
                     )
                 )
         return [
-            policy.InstanceView(known.record, resident[instance_id], self._loads_on[instance_id])
+            policy.InstanceView(self._capacity(known.record), resident[instance_id], self._loads_on[instance_id])
             for instance_id, known in instances.items()
         ]
 

@@ -1,8 +1,9 @@
 """modelType "echo": returns its inputs unchanged, for proving every datatype round-trips through mesh.
 
-modelPath is a JSON file (or a directory holding `model.json`) holding an object, normally `{}`. The one key it
-reads, `ballast_bytes`, makes the model hold that many bytes of real memory: a model of a chosen size, which is
-how capacity and eviction are exercised without large model files.
+modelPath is a JSON file (or a directory holding `model.json`) holding an object, normally `{}`. Its key
+`ballast_bytes` makes the model hold that many bytes of real memory: a model of a chosen size, which is how
+capacity and eviction are exercised without large model files. `load_seconds` makes loading take that long (in
+the load's worker thread), as a large model's does: what fault tests kill a runtime in the middle of.
 
 I/O: any number (at least one) of inputs of any datatype and shape; each input `<name>` comes back as output
 `<name>` with the same datatype, shape and data. A request that names outputs gets only those (each must be an
@@ -11,6 +12,7 @@ input's name). BF16 comes back as FP32: the codec widens it on the way in (see m
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -60,10 +62,18 @@ def _ballast_bytes(config: Mapping[str, object]) -> int:
     return ballast
 
 
+def _load_seconds(config: Mapping[str, object]) -> float:
+    seconds = config.get("load_seconds", 0)
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 <= seconds <= 3600:
+        raise ValueError(f"load_seconds must be a number of seconds from 0 to 3600, got {seconds!r}")
+    return float(seconds)
+
+
 def load(model_path: str) -> EchoModel:
     """Checks the config is a JSON object; the model holds nothing but its optional ballast."""
     config = read_json_config(model_path)
     ballast = _ballast_bytes(config)
+    time.sleep(_load_seconds(config))  # a worker thread's: loads run off the event loop
     if ballast:
         return BallastEchoModel(measured_size(config), ballast)
     return EchoModel(measured_size(config))

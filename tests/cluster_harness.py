@@ -19,12 +19,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import pytest
 from etcd_server import EtcdServer
 
 from mesh.gen import grpc_predict_v2_pb2 as pb
@@ -106,6 +108,8 @@ class Runtime(Node):
 @dataclass
 class Router(Node):
     channel: grpc.aio.Channel = field(init=False)
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     def connect(self) -> None:
         self.channel = grpc.aio.insecure_channel(self.address)
@@ -164,6 +168,7 @@ class Cluster:
         self.directory = directory
         self.runtimes: list[Runtime] = []
         self.routers: list[Router] = []
+        self._retired: list[grpc.aio.Channel] = []
         self._values = itertools.count(1)
 
     @property
@@ -179,10 +184,12 @@ class Cluster:
         capacity_bytes: int,
         env: Mapping[str, str],
         router_env: Sequence[Mapping[str, str]] = (),
+        runtime_args: Sequence[str] = (),
     ) -> None:
         """Start every process at once, wait for their port files, then until every router lists every runtime.
 
-        `env` is for every router, `router_env[k]` for router k only (MESH_* settings).
+        `env` is for every router, `router_env[k]` for router k only (MESH_* settings); `runtime_args` are more
+        flags for every runtime (python -m adapters.builtin).
         """
         kv = f"etcd://{self.etcd.endpoint}"
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
@@ -196,7 +203,7 @@ class Cluster:
                 "--kv", kv, "--kv-prefix", self.prefix, "--lease-seconds", str(LEASE_SECONDS),
                 "--log-level", "DEBUG",
                 # Stops by itself should this test process die before its teardown.
-                "--parent-pid", str(os.getpid()),
+                "--parent-pid", str(os.getpid()), *runtime_args,
             ]  # fmt: skip
             self.runtimes.append(self._spawn(Runtime, instance_id, command, base_env))
         shared_env = {
@@ -218,7 +225,9 @@ class Cluster:
                 "--data-dir", str(self.directory / f"{name}-data"), "--kv", kv,
             ]  # fmt: skip
             own = router_env[i] if i < len(router_env) else {}
-            self.routers.append(self._spawn(Router, name, command, {**shared_env, **own}))
+            router = self._spawn(Router, name, command, {**shared_env, **own})
+            router.command, router.env = command, {**shared_env, **own}
+            self.routers.append(router)
         await self._wait_for_ports()
         for router in self.routers:
             router.connect()
@@ -230,7 +239,7 @@ class Cluster:
 
     def _spawn(self, kind: type[N], name: str, command: list[str], env: dict[str, str]) -> N:
         log_file = self.directory / f"{name}.log"
-        with log_file.open("wb") as log:
+        with log_file.open("ab") as log:  # a restarted process goes on writing after its former self
             popen = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         return kind(name, popen, log_file, self.directory / f"{name}.port")
 
@@ -247,6 +256,27 @@ class Cluster:
             assert announced["pid"] == node.pid, announced
             node.port = announced["port"] if isinstance(node, Runtime) else announced["grpc"]
 
+    async def restart_router(self, index: int) -> Router:
+        """Start router `index` again (after a kill) on the same gRPC port, data dir and store: what a supervisor
+        restarting it looks like to clients, which reconnect to the same address."""
+        old = self.routers[index]
+        assert not old.alive(), f"{old.name} is still running"
+        self._retired.append(old.channel)  # clients may be mid-call on it: closed at stop()
+        old.port_file.unlink(missing_ok=True)
+        command = list(old.command)
+        command[command.index("--grpc-port") + 1] = str(old.port)
+        router = self._spawn(Router, old.name, command, old.env)
+        router.command, router.env = old.command, old.env
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not router.port_file.exists():
+            if not router.alive() or time.monotonic() > deadline:
+                raise AssertionError(f"{router.name} did not come back (exit {router.popen.poll()}):\n{router.log()}")
+            await asyncio.sleep(0.05)
+        router.port = json.loads(router.port_file.read_text())["grpc"]
+        router.connect()
+        self.routers[index] = router
+        return router
+
     @staticmethod
     async def _lists(router: Router, expected: set[str]) -> bool:
         with contextlib.suppress(grpc.aio.AioRpcError):
@@ -260,6 +290,8 @@ class Cluster:
             channel = getattr(node, "channel", None)
             if channel is not None:
                 await channel.close()
+        for channel in self._retired:
+            await channel.close()
         for group in (self.routers, self.runtimes):
             running: list[Node] = [n for n in group if n.alive()]
             for node in running:
@@ -283,10 +315,13 @@ class Cluster:
 
     # ---- calls -------------------------------------------------------------------------------------------
 
-    async def register_echo(self, model_id: str, ballast_bytes: int = 0, router: int = 0) -> None:
-        """Register an echo model that holds `ballast_bytes` of real memory once loaded (and reports that size)."""
+    async def register_echo(
+        self, model_id: str, ballast_bytes: int = 0, router: int = 0, load_seconds: float = 0.0
+    ) -> None:
+        """Register an echo model that holds `ballast_bytes` of real memory once loaded (and reports that size),
+        and takes `load_seconds` to load."""
         path = self.directory / f"{model_id}.json"
-        path.write_text(json.dumps({"ballast_bytes": ballast_bytes}))
+        path.write_text(json.dumps({"ballast_bytes": ballast_bytes, "load_seconds": load_seconds}))
         request = mm.RegisterModelRequest(modelId=model_id, modelInfo=mm.ModelInfo(type="echo", path=str(path)))
         await self.routers[router].management.registerModel(request, timeout=CALL_TIMEOUT_S)
 
@@ -367,3 +402,58 @@ class Cluster:
         finally:
             await kv.close()
         return {parsed[1] for item in found if (parsed := keys.parse(item.key)) is not None}
+
+
+# ---- the fixture and the failure report, for the suites that run clusters (tests/cluster, tests/faults) -------
+
+CLUSTERS_KEY = pytest.StashKey[list[Cluster]]()
+
+
+@pytest.fixture
+async def make_cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, etcd_server: EtcdServer
+) -> AsyncIterator[ClusterFactory]:
+    """make_cluster(runtimes=, routers=, capacity_bytes=, env=, router_env=, etcd=, runtime_args=): start a Cluster,
+    once running.
+
+    `env` holds MESH_* settings for every router, `router_env[k]` those for router k alone. The cluster uses the
+    session's etcd under a key prefix of its own, unless `etcd` names another (a test that restarts etcd passes
+    `restartable_etcd`, requested before this fixture so that it stops after the processes do). Every process
+    started is stopped by pid at teardown, whatever the test did.
+    """
+    clusters: list[Cluster] = []
+    request.node.stash[CLUSTERS_KEY] = clusters
+
+    async def make(
+        runtimes: int = 3,
+        routers: int = 3,
+        capacity_bytes: int = 64 * 1024 * 1024,
+        env: Mapping[str, str] | None = None,
+        router_env: Sequence[Mapping[str, str]] = (),
+        etcd: EtcdServer | None = None,
+        runtime_args: Sequence[str] = (),
+    ) -> Cluster:
+        directory = tmp_path / f"cluster-{len(clusters)}"
+        directory.mkdir()
+        cluster = Cluster(etcd or etcd_server, f"cluster-{uuid.uuid4().hex[:12]}", directory)
+        clusters.append(cluster)
+        await cluster.start(runtimes, routers, capacity_bytes, env or {}, router_env, runtime_args)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in clusters:
+            await cluster.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, object]:
+    """Attaches the output of every process of the test's clusters to a failing report."""
+    report = yield
+    assert isinstance(report, pytest.TestReport)
+    if report.failed:
+        for cluster in item.stash.get(CLUSTERS_KEY, []):
+            for name, text in cluster.logs():
+                report.sections.append((f"{cluster.prefix}: {name}", text or "(nothing)"))
+    return report

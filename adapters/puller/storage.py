@@ -1,0 +1,196 @@
+"""Where a model's files come from: the ModelMesh modelKey, KServe's storage-config folder, and the decision
+between a local path and an S3 location.
+
+The storage config is KServe's `storage-config` secret mounted as a folder: one file per storage key, each a JSON
+object such as {"type": "s3", "access_key_id": ..., "secret_access_key": ..., "endpoint_url": ..., "bucket": ...,
+"region": ..., "certificate": ...}. It is read on every pull, so a rotated secret takes effect without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapters.puller.names import check_characters, relative_parts
+from mesh.errors import InvalidArgument
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_DEFAULT_KEY = "default"
+_DEFAULT_REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """The fields of ModelMesh's modelKey JSON that the puller reads."""
+
+    storage_key: str | None = None
+    storage_params: dict[str, str] = field(default_factory=dict)
+    bucket: str | None = None  # deprecated upstream in favour of storage_params["bucket"], still honoured
+    model_type: str | None = None
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach one S3 endpoint; hashable, so clients can be reused per distinct setting."""
+
+    storage_key: str
+    endpoint_url: str | None
+    region: str
+    access_key_id: str | None
+    secret_access_key: str | None = field(repr=False)
+    certificate: str | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class S3Location:
+    settings: S3Settings
+    bucket: str
+    key: str  # an object key or a prefix ("folder"); never empty, no '.' or '..' components
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key} (storage key '{self.settings.storage_key}')"
+
+
+@dataclass(frozen=True)
+class LocalLocation:
+    path: str  # as given, without any file:// prefix
+
+    def __str__(self) -> str:
+        return self.path
+
+
+Location = S3Location | LocalLocation
+
+
+def parse_model_key(text: str) -> ModelKey:
+    """Parses the modelKey JSON ('' means no key); unknown fields are ignored, as upstream does."""
+    if not text.strip():
+        return ModelKey()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"model key is not valid JSON ({exc}): {text!r}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"model key must be a JSON object, got {text!r}")
+    params = raw.get("storage_params") or {}
+    if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
+        raise InvalidArgument(f"model key's storage_params must be an object of strings, got {params!r}")
+    storage_key = raw.get("storage_key")
+    bucket = raw.get("bucket") or None
+    if storage_key is not None and not isinstance(storage_key, str):
+        raise InvalidArgument(f"model key's storage_key must be a string, got {storage_key!r}")
+    if bucket is not None and not isinstance(bucket, str):
+        raise InvalidArgument(f"model key's bucket must be a string, got {bucket!r}")
+    return ModelKey(storage_key, dict(params), bucket, _model_type_name(raw.get("model_type")))
+
+
+def _model_type_name(value: Any) -> str | None:
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        return value["name"]
+    return value if isinstance(value, str) else None
+
+
+def resolve_location(model_path: str, key: ModelKey, config_dir: Path | None) -> Location:
+    """Decides where `model_path` lives.
+
+    s3:// is S3 and file:// is local. A plain path is S3 when the model key or a default storage key gives a
+    storage type (the upstream behaviour), and local otherwise.
+    """
+    check_characters(model_path, f"model path {model_path!r}")
+    scheme_match = _SCHEME.match(model_path)
+    scheme = scheme_match.group(1).lower() if scheme_match else None
+    if scheme == "file":
+        return LocalLocation(model_path[len("file://") :])
+    if scheme not in (None, "s3"):
+        raise InvalidArgument(f"model path {model_path!r} has the unsupported scheme '{scheme}' (use s3:// or file://)")
+    storage_key, config = _storage_config(key, config_dir)
+    config.update({"bucket": key.bucket} if key.bucket else {})
+    config.update(key.storage_params)
+    storage_type = config.get("type") or ("s3" if scheme == "s3" else None)
+    if storage_type is None:
+        return LocalLocation(model_path)
+    if storage_type != "s3":
+        raise InvalidArgument(
+            f"storage type '{storage_type}' (storage key '{storage_key}') is not supported: mesh pulls from s3 or "
+            "local paths"
+        )
+    if scheme == "s3":
+        bucket, _, object_key = model_path[len("s3://") :].partition("/")
+    else:
+        bucket, object_key = config.get("bucket") or config.get("default_bucket") or "", model_path.lstrip("/")
+    return _s3_location(storage_key, config, bucket, object_key, model_path)
+
+
+def _storage_config(key: ModelKey, config_dir: Path | None) -> tuple[str, dict[str, Any]]:
+    """The storage key used and a copy of its config; {} when no key was asked for and no default exists."""
+    if key.storage_key is not None:
+        config = _read_storage_key(config_dir, key.storage_key)
+        if config is None:
+            where = f"the storage config ({config_dir})" if config_dir else "a storage config (none is configured)"
+            raise InvalidArgument(f"storage key '{key.storage_key}' is not in {where}")
+        return key.storage_key, config
+    storage_type = key.storage_params.get("type")
+    # Upstream looks up "default", or "default_<type>" when the params name a type; "default_s3" also serves a
+    # model with no type at all, since s3 is the only remote type mesh pulls from.
+    candidates = [f"{_DEFAULT_KEY}_{storage_type}"] if storage_type else [_DEFAULT_KEY, f"{_DEFAULT_KEY}_s3"]
+    for candidate in candidates:
+        if (config := _read_storage_key(config_dir, candidate)) is not None:
+            return candidate, config
+    return "(none)", {}
+
+
+def _read_storage_key(config_dir: Path | None, storage_key: str) -> dict[str, Any] | None:
+    """One storage key's JSON object, or None when the config or the key's file is absent."""
+    check_characters(storage_key, f"storage key {storage_key!r}")
+    if not storage_key or "/" in storage_key or storage_key.startswith("."):
+        # Only a plain file name: a mounted secret's '..data' and timestamped folders are its internals.
+        raise InvalidArgument(f"storage key {storage_key!r} is not a plain name")
+    if config_dir is None:
+        return None
+    path = config_dir / storage_key
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"storage key '{storage_key}' ({path}) is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise InvalidArgument(f"storage key '{storage_key}' ({path}) must hold a JSON object")
+    return config
+
+
+def _s3_location(storage_key: str, config: dict[str, Any], bucket: str, object_key: str, model_path: str) -> S3Location:
+    if not bucket:
+        raise InvalidArgument(
+            f"no bucket for model path {model_path!r}: use s3://bucket/..., or set a bucket in storage key "
+            f"'{storage_key}' or the model key's storage_params"
+        )
+    check_characters(bucket, f"bucket {bucket!r}")
+    if not object_key:
+        raise InvalidArgument(f"model path {model_path!r} names a bucket but no object or folder in it")
+    relative_parts(object_key, f"S3 key {object_key!r} of model path {model_path!r}", allow_trailing_slash=True)
+    settings = S3Settings(
+        storage_key=storage_key,
+        endpoint_url=_optional_str(config, "endpoint_url", storage_key),
+        region=_optional_str(config, "region", storage_key) or _DEFAULT_REGION,
+        access_key_id=_optional_str(config, "access_key_id", storage_key),
+        secret_access_key=_optional_str(config, "secret_access_key", storage_key),
+        certificate=_optional_str(config, "certificate", storage_key),
+    )
+    if (settings.access_key_id is None) != (settings.secret_access_key is None):
+        raise InvalidArgument(f"storage key '{storage_key}' sets only one of access_key_id and secret_access_key")
+    return S3Location(settings, bucket, object_key)
+
+
+def _optional_str(config: dict[str, Any], name: str, storage_key: str) -> str | None:
+    value = config.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgument(f"storage key '{storage_key}': '{name}' must be a string, got {type(value).__name__}")
+    return value
