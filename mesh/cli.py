@@ -60,20 +60,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _controller(args: argparse.Namespace) -> int:
-    from mesh.controller.controller import run
+    from mesh.controller.controller import ConfigError, run
     from mesh.controller.settings import ControllerSettings
 
-    settings = ControllerSettings.from_env(
-        mesh_address=args.mesh_address,
-        kv=args.kv,
-        kv_prefix=args.kv_prefix,
-        image=args.image,
-        watch_namespace=args.namespace,
-        scale_to_zero=False if args.no_scale_to_zero else None,
-        resync_seconds=args.resync_seconds,
-        poll_seconds=args.poll_seconds,
-    )
-    run(settings, args.kubeconfig, args.context)
+    try:
+        settings = ControllerSettings.from_env(
+            mesh_address=args.mesh_address,
+            kv=args.kv,
+            kv_prefix=args.kv_prefix,
+            image=args.image,
+            watch_namespace=args.namespace,
+            scale_to_zero=False if args.no_scale_to_zero else None,
+            resync_seconds=args.resync_seconds,
+            poll_seconds=args.poll_seconds,
+        )
+        run(settings, args.kubeconfig, args.context)
+    except (ValueError, ConfigError) as exc:  # a MESH_CONTROLLER_* value that does not parse; no image known
+        raise UsageError(str(exc)) from exc
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from mesh.gen import model_runtime_pb2 as rt
@@ -59,6 +61,15 @@ class RuntimeClient:
             call = self._data_channel.unary_unary(path, request_serializer=_identity, response_deserializer=_identity)
             self._methods[path] = call
         return call
+
+    async def answers(self, timeout: float) -> bool:
+        """Whether the server forwarded requests go to accepts a connection within timeout seconds (a dead
+        process refuses it; one that answered UNAVAILABLE itself does not)."""
+        try:
+            await asyncio.wait_for(self._data_channel.channel_ready(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def cannot_connect(self) -> bool:
         """True while a channel fails to connect; asking starts an idle channel connecting, for the next ask."""

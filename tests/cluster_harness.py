@@ -62,6 +62,8 @@ class Node:
     log_file: Path
     port_file: Path
     port: int = 0
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -108,8 +110,6 @@ class Runtime(Node):
 @dataclass
 class Router(Node):
     channel: grpc.aio.Channel = field(init=False)
-    command: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
 
     def connect(self) -> None:
         self.channel = grpc.aio.insecure_channel(self.address)
@@ -225,9 +225,7 @@ class Cluster:
                 "--data-dir", str(self.directory / f"{name}-data"), "--kv", kv,
             ]  # fmt: skip
             own = router_env[i] if i < len(router_env) else {}
-            router = self._spawn(Router, name, command, {**shared_env, **own})
-            router.command, router.env = command, {**shared_env, **own}
-            self.routers.append(router)
+            self.routers.append(self._spawn(Router, name, command, {**shared_env, **own}))
         await self._wait_for_ports()
         for router in self.routers:
             router.connect()
@@ -241,7 +239,7 @@ class Cluster:
         log_file = self.directory / f"{name}.log"
         with log_file.open("ab") as log:  # a restarted process goes on writing after its former self
             popen = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        return kind(name, popen, log_file, self.directory / f"{name}.port")
+        return kind(name, popen, log_file, self.directory / f"{name}.port", command=command, env=env)
 
     async def _wait_for_ports(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -260,22 +258,36 @@ class Cluster:
         """Start router `index` again (after a kill) on the same gRPC port, data dir and store: what a supervisor
         restarting it looks like to clients, which reconnect to the same address."""
         old = self.routers[index]
-        assert not old.alive(), f"{old.name} is still running"
         self._retired.append(old.channel)  # clients may be mid-call on it: closed at stop()
-        old.port_file.unlink(missing_ok=True)
-        command = list(old.command)
-        command[command.index("--grpc-port") + 1] = str(old.port)
-        router = self._spawn(Router, old.name, command, old.env)
-        router.command, router.env = old.command, old.env
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not router.port_file.exists():
-            if not router.alive() or time.monotonic() > deadline:
-                raise AssertionError(f"{router.name} did not come back (exit {router.popen.poll()}):\n{router.log()}")
-            await asyncio.sleep(0.05)
-        router.port = json.loads(router.port_file.read_text())["grpc"]
+        router = await self._respawn(old, "--grpc-port")
         router.connect()
         self.routers[index] = router
         return router
+
+    async def restart_runtime(self, index: int) -> Runtime:
+        """Start runtime `index` again (after a kill), on the same port: it publishes itself as a new incarnation,
+        empty, as a restarted container does."""
+        old = self.runtimes[index]
+        if old.channel is not None:
+            self._retired.append(old.channel)
+        runtime = await self._respawn(old, "--port")
+        self.runtimes[index] = runtime
+        return runtime
+
+    async def _respawn(self, old: N, port_flag: str) -> N:
+        assert not old.alive(), f"{old.name} is still running"
+        old.port_file.unlink(missing_ok=True)
+        command = list(old.command)
+        command[command.index(port_flag) + 1] = str(old.port)
+        node = self._spawn(type(old), old.name, command, old.env)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not node.port_file.exists():
+            if not node.alive() or time.monotonic() > deadline:
+                raise AssertionError(f"{node.name} did not come back (exit {node.popen.poll()}):\n{node.log()[-4000:]}")
+            await asyncio.sleep(0.05)
+        announced = json.loads(node.port_file.read_text())
+        node.port = announced["port"] if isinstance(node, Runtime) else announced["grpc"]
+        return node
 
     @staticmethod
     async def _lists(router: Router, expected: set[str]) -> bool:

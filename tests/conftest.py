@@ -8,6 +8,14 @@ import pytest
 from etcd_server import EtcdServer, etcd_binary
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mesh soak", "the soak test (tests/faults/test_soak.py)")
+    group.addoption(
+        "--soak-seconds", type=float, default=60.0, help="how long the soak runs (60: CI's short run; 600: the full)"
+    )
+    group.addoption("--soak-report", default="", help="also write the soak's report here, as JSON")
+
+
 def _etcd(directory_factory: pytest.TempPathFactory) -> EtcdServer:
     binary = etcd_binary()
     if binary is None:

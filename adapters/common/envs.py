@@ -38,9 +38,9 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
         "torch==2.13.0",
         "torchserve==0.12.0",
         "torch-model-archiver==0.12.0",
-        "numpy",
+        "numpy==2.4.6",
         # TorchServe's worker imports yaml but does not declare it.
-        "pyyaml",
+        "pyyaml==6.0.4",
     ),
     # The wheel carries tritonserver 2.51.0 (CPU, python backend only); numpy (<2 by its pin: 1.26.4) is what
     # python-backend models import, through the venv the stub runs in.

@@ -32,6 +32,7 @@ class ModelServer(ABC):
 
     def check_model_id(self, model_id: str) -> None:
         """Raise InvalidArgument for an id the server cannot name a model by; called before anything is pulled."""
+        return None  # by default every id can be a name
 
     @abstractmethod
     async def load(self, model_id: str, model_type: str, model: PulledModel) -> int | None:

@@ -216,6 +216,10 @@ class PlacementManager:
             while lease is None:
                 await self.ensure_loaded(model_id)
                 lease = self.loaded_copy(model_id)
+                if lease is None:
+                    # Loaded, and gone again before this request got to it (evicted, its instance lost). Never
+                    # retry without yielding: a loop that does not await starves every other task.
+                    await asyncio.sleep(0.01)
         finally:
             self.waiting_for_load -= 1
         return lease
@@ -316,9 +320,17 @@ class PlacementManager:
         if placement is None:
             return None
         for instance_id, copy in placement.record.copies.items():
-            if copy.state is CopyState.LOADED and self.current(instance_id, copy):
+            # A copy this router is evicting is no holder: a request for it waits for the eviction, then loads.
+            if (
+                copy.state is CopyState.LOADED
+                and self.current(instance_id, copy)
+                and not self._being_evicted(model_id, instance_id)
+            ):
                 return instance_id
         return None
+
+    def _being_evicted(self, model_id: str, instance_id: str) -> bool:
+        return (model_id, instance_id) in self._evicting
 
     def _live_copies(self, record: PlacementRecord) -> list[str]:
         """Copies that count: on a known, reachable instance, and loaded or loading within the load timeout."""
@@ -420,7 +432,20 @@ class PlacementManager:
             self._loads_on[instance_id] -= 1
             if not done:
                 await self._drop_copy(model_id, instance_id, only_if=CopyState.LOADING)
-        await self._record_copy(model_id, instance_id, CopyRecord(CopyState.LOADED, now_ms(), size, incarnation))
+        # Loaded for a request that is about to use it: it enters the cluster-wide LRU as the most recently used
+        # (ModelMesh's cache does the same), in the same write that records it, so that no router's next load
+        # takes a copy nobody has used yet for the least recently used one and evicts it before its request.
+        loaded_ms = now_ms()
+        self._recency.used(model_id)
+        await self.store.update(
+            Kind.PLACEMENT,
+            model_id,
+            lambda p: (
+                (p or PlacementRecord())
+                .with_copy(instance_id, CopyRecord(CopyState.LOADED, loaded_ms, size, incarnation))
+                .used_at(loaded_ms)
+            ),
+        )
         ms = round((time.perf_counter() - started) * 1000)
         log.info(
             "loaded model %s on %s in %d ms (%d bytes)",

@@ -26,9 +26,14 @@ INFERENCE_SERVICE = "inference.GRPCInferenceService"
 MODEL_INFER = f"/{INFERENCE_SERVICE}/ModelInfer"
 MODEL_METADATA = f"/{INFERENCE_SERVICE}/ModelMetadata"
 # Methods whose request names the model in field 1 (ModelInferRequest.model_name, ModelMetadataRequest.name).
-ROUTED_BY_FIELD_1 = frozenset({MODEL_INFER, MODEL_METADATA})
+# TorchServe's own Predictions too, as ModelMesh's dataplane config has it: its model_name is field 1 as well.
+TORCHSERVE_PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
+ROUTED_BY_FIELD_1 = frozenset({MODEL_INFER, MODEL_METADATA, TORCHSERVE_PREDICTIONS})
 # Runtime answers that mean "that copy is not there any more": retry once on another copy or a fresh load.
 COPY_GONE = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE})
+
+ANSWER_CHECK_S = 0.5
+"""After an UNAVAILABLE, how long the runtime's channel gets to (re)connect before the instance counts as down."""
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
@@ -99,6 +104,10 @@ class DataPlane:
                     if exc.code() not in COPY_GONE:
                         metrics.invoked(method, model_id, started, len(body))
                     elif attempt == 1:
+                        if exc.code() is grpc.StatusCode.UNAVAILABLE and await lease.client.answers(ANSWER_CHECK_S):
+                            # The server answers: its UNAVAILABLE was its own (a handler's error, a full queue),
+                            # not the copy or the instance gone. Try once more; keep both.
+                            continue
                         await self._manager.copy_lost(
                             model_id,
                             lease.instance_id,

@@ -42,8 +42,13 @@ ROUTING_HEADERS = frozenset(MODEL_ID_HEADERS + VMODEL_ID_HEADERS)
 HOP_HEADERS = frozenset({"user-agent", "te", "content-type", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout"})
 
 
-def _header_value(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _header_value(key: str, value: str | bytes) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"the {key} header is not UTF-8 (byte {exc.start})") from None
 
 
 def header_target(metadata: Any) -> Target | None:
@@ -51,9 +56,9 @@ def header_target(metadata: Any) -> Target | None:
     model = vmodel = None
     for key, value in metadata or ():
         if key in MODEL_ID_HEADERS:
-            model = _header_value(value)
+            model = _header_value(key, value)
         elif key in VMODEL_ID_HEADERS:
-            vmodel = _header_value(value)
+            vmodel = _header_value(key, value)
     if model and vmodel:
         raise InvalidArgument("send only one of the mm-model-id and mm-vmodel-id headers")
     if vmodel:

@@ -20,6 +20,7 @@ from mesh.errors import InvalidArgument, MeshError, Unavailable, http_status
 from mesh.metrics import RouterMetrics
 from mesh.proxy import codec
 from mesh.proxy.dataplane import DataPlane
+from mesh.tls import ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"  # Triton's binary-data extens
 
 _DATAPLANE = web.AppKey("dataplane", DataPlane)
 _METRICS = web.AppKey("metrics", RouterMetrics)
+_MAX_BODY = web.AppKey("max_body_bytes", int)
 
 # aiohttp's own errors as the gRPC code that names them in the metrics' code label.
 _HTTP_CODES = {
@@ -123,7 +125,13 @@ async def _model_ready(request: web.Request) -> web.Response:
 
 async def _model_infer(request: web.Request) -> web.Response:
     name, version = _model(request)
-    body = await request.read()  # aiohttp has already undone any Content-Encoding
+    try:
+        body = await request.read()  # aiohttp undoes any Content-Encoding, and counts the limit after it
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[_MAX_BODY]
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=limit, text=f"Maximum request body size {limit} exceeded, set by max_message_bytes"
+        ) from None
     infer_request, encoding = codec.decode_infer_request(
         body, _header_length(request), model_name=name, model_version=version
     )
@@ -141,6 +149,7 @@ def create_app(dataplane: DataPlane, metrics: RouterMetrics, max_body_bytes: int
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors_to_json])
     app[_DATAPLANE] = dataplane
     app[_METRICS] = metrics
+    app[_MAX_BODY] = max_body_bytes
     app.add_routes(
         [
             web.get("/v2/health/live", _server_live),
@@ -158,7 +167,12 @@ def create_app(dataplane: DataPlane, metrics: RouterMetrics, max_body_bytes: int
 
 
 async def start_rest_server(
-    dataplane: DataPlane, metrics: RouterMetrics, host: str, port: int, max_body_bytes: int = MAX_BODY_BYTES
+    dataplane: DataPlane,
+    metrics: RouterMetrics,
+    host: str,
+    port: int,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    tls: ServerTLS | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serves the REST front door on host:port (0 picks a free port); returns the runner and the bound port.
 
@@ -169,7 +183,7 @@ async def start_rest_server(
     )  # one log line per request is noise here
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=tls.ssl_context() if tls else None)
         await site.start()
     except BaseException:
         await runner.cleanup()

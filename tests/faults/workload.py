@@ -9,7 +9,7 @@ import contextlib
 import itertools
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -44,12 +44,15 @@ class Workload:
         clients: int = 4,
         routers: Sequence[int] | None = None,
         timeout: float = CALL_TIMEOUT_S,
+        choose: Callable[[int], str] | None = None,
     ) -> None:
+        """choose(turn) picks each request's model (a skewed trace, say); default: the models in turn."""
         self._cluster = cluster
         self._models = list(model_ids)
         self._routers = list(routers) if routers is not None else list(range(len(cluster.routers)))
         self._clients = clients
         self._timeout = timeout
+        self._choose = choose or (lambda turn: self._models[turn % len(self._models)])
         self._stop = asyncio.Event()
         self._values = itertools.count(1)
         self.outcomes = Outcomes()
@@ -68,7 +71,7 @@ class Workload:
         deadline = time.monotonic() + MAX_SECONDS
         turn = index
         while not self._stop.is_set() and time.monotonic() < deadline:
-            model_id = self._models[turn % len(self._models)]
+            model_id = self._choose(turn)
             router = self._routers[turn % len(self._routers)]
             turn += 1
             await self._one(model_id, router)

@@ -65,9 +65,20 @@ def _load_json_object(header: bytes | memoryview) -> dict[str, Any]:
         document = json.loads(bytes(header))
     except (ValueError, UnicodeDecodeError) as err:
         raise InvalidArgument(f"request body is not valid JSON: {err}") from err
+    except RecursionError as err:  # the parser recurses per level of nesting
+        raise InvalidArgument("request body is not valid JSON: it is nested too deeply") from err
     if not isinstance(document, dict):
         raise InvalidArgument("request body must be a JSON object")
     return document
+
+
+def _text(value: str, what: str) -> str:
+    """`value`, refused unless it is valid Unicode: JSON can carry lone surrogates ("\\ud800"), protobuf cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidArgument(f"{what} is not valid Unicode: {err.reason} at character {err.start}") from None
+    return value
 
 
 def _json_object(value: object, what: str) -> dict[str, Any]:
@@ -88,6 +99,7 @@ def _pop_bool(parameters: dict[str, Any], key: str, what: str) -> bool | None:
 def _set_parameters(target: Any, parameters: Mapping[str, Any], what: str) -> None:
     """Copies JSON parameters into a protobuf map<string, InferParameter>."""
     for key, value in parameters.items():
+        _text(key, f"{what}: a parameter name")
         if isinstance(value, bool):  # before int: bool is an int in Python
             target[key].bool_param = value
         elif isinstance(value, int) and -(2**63) <= value < 2**63:
@@ -97,7 +109,7 @@ def _set_parameters(target: Any, parameters: Mapping[str, Any], what: str) -> No
         elif isinstance(value, float):
             target[key].double_param = value
         elif isinstance(value, str):
-            target[key].string_param = value
+            target[key].string_param = _text(value, f"{what}: parameter '{key}'")
         else:
             raise InvalidArgument(f"{what}: parameter '{key}' must be a bool, 64-bit integer, number or string")
 
@@ -229,7 +241,7 @@ def _decode_input(item: object, tail: memoryview, offset: int) -> _RestInput:
     """One JSON input, its data from JSON or from the binary tail at offset."""
     if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
         raise InvalidArgument("each input must be a JSON object with a non-empty string 'name'")
-    name = item["name"]
+    name = _text(item["name"], "an input name")
     datatype = item.get("datatype")
     if not isinstance(datatype, str):
         raise InvalidArgument(f"input '{name}': 'datatype' must be a string")
@@ -287,7 +299,7 @@ def _add_outputs(request: pb.ModelInferRequest, items: object, binary_default: b
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidArgument("each requested output must be a JSON object with a string 'name'")
-        name = item["name"]
+        name = _text(item["name"], "a requested output name")
         parameters = _json_object(item.get("parameters"), f"output '{name}' parameters")
         wants_binary = _pop_bool(parameters, "binary_data", f"output '{name}'")
         if wants_binary is not None:
@@ -309,6 +321,7 @@ def decode_infer_request(
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
         raise InvalidArgument("'id' must be a string")
+    _text(request_id, "'id'")
     request = pb.ModelInferRequest(model_name=model_name, model_version=model_version, id=request_id)
     parameters = _json_object(document.get("parameters"), "request parameters")
     binary_default = bool(_pop_bool(parameters, "binary_data_output", "request"))

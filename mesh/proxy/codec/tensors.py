@@ -80,6 +80,11 @@ _DATATYPE_OF: dict[tuple[str, int], str] = {
 
 _U32 = struct.Struct("<I")
 
+# Shapes numpy can represent on every supported version: numpy 1.x allows 32 dimensions, and an array's byte size
+# (counting a zero dimension as 1) must fit in int64 for the widest, 8-byte elements.
+MAX_DIMS = 32
+MAX_SPAN = 2**60
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Wire arrays, shared with the REST codec: they have the dtype of WIRE_DTYPES (BF16 as uint16 bits) or are object
@@ -87,10 +92,16 @@ _U32 = struct.Struct("<I")
 
 
 def element_count(name: str, shape: Iterable[int]) -> int:
-    """The number of elements in `shape`; refuses a negative dimension."""
+    """The number of elements in `shape`; refuses a shape numpy cannot hold, even when it has no elements."""
     dims = list(shape)
     if any(d < 0 for d in dims):
         raise InvalidArgument(f"tensor '{name}': shape {dims} has a negative dimension")
+    if len(dims) > MAX_DIMS:
+        raise InvalidArgument(f"tensor '{name}': shape has {len(dims)} dimensions; at most {MAX_DIMS} are supported")
+    if math.prod(d for d in dims if d) >= MAX_SPAN:
+        raise InvalidArgument(
+            f"tensor '{name}': shape {dims} is too large (its non-zero dimensions multiply past 2**60)"
+        )
     return math.prod(dims)
 
 

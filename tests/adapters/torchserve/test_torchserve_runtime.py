@@ -1,0 +1,503 @@
+"""The TorchServe adapter beside a real TorchServe (0.12, CPU torch, from the project's own venv), behind an
+in-process router, driven with real gRPC clients: TorchServe's own Predictions API (a stub generated from
+protos/torchserve-inference.proto) and its KServe v2 service, on a channel to the router.
+
+The model is eager-mode PyTorch: a Linear(4, 3) class in model.py, its state_dict in model.pt, and a custom
+handler; it is archived in the test with the venv's torch-model-archiver (the .mar case), or left as a folder
+for the adapter to archive. One adapter (launching TorchServe with its v2 service on) and one router serve the
+module; each test registers models of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import pytest_asyncio
+import tritonclient.grpc.aio as triton_aio
+from runtime_harness import AdapterProcess, router_over, start_adapter
+from tritonclient.utils import InferenceServerException
+
+from adapters.common.envs import ensure_env
+from adapters.torchserve.launch import LaunchedTorchServe, launch
+from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.gen import model_mesh_pb2 as mm
+from mesh.gen import model_mesh_pb2_grpc as mm_grpc
+from mesh.gen import model_runtime_pb2 as rt
+from mesh.gen import model_runtime_pb2_grpc as rt_grpc
+from mesh.gen import torchserve_inference_pb2 as ts
+from mesh.gen import torchserve_inference_pb2_grpc as ts_grpc
+from mesh.router import Router
+
+pytestmark = pytest.mark.slow
+in_module_loop = pytest.mark.asyncio(loop_scope="module")
+
+LOAD_TIMEOUT_MS = 90_000
+CALL_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 120.0
+
+MODEL_PY = """
+import torch
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x)
+"""
+
+# Takes a JSON list of 4 numbers (Predictions' input "data"), or a KServe v2 request (TorchServe's v2 service
+# hands the handler the request as a dict and wants a v2 response dict back). Bad input is the caller's fault:
+# PredictionException(…, 400) makes TorchServe answer INVALID_ARGUMENT rather than its default UNAVAILABLE.
+HANDLER_PY = """
+import json
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+from ts.utils.util import PredictionException
+
+
+class TinyHandler(BaseHandler):
+    def initialize(self, context):
+        {initialize}
+        super().initialize(context)
+
+    def preprocess(self, data):
+        self.v2 = []
+        rows = []
+        for row in data:
+            body = row.get("data") or row.get("body")
+            if isinstance(body, dict) and "inputs" in body:
+                self.v2.append(body)
+                body = body["inputs"][0]["data"]
+            elif isinstance(body, (bytes, bytearray, str)):
+                try:
+                    body = json.loads(body)
+                except ValueError as exc:
+                    raise PredictionException(f"input is not JSON: {{exc}}", 400) from exc
+            if not isinstance(body, list) or len(body) != 4:
+                raise PredictionException("input must be a list of 4 numbers", 400)
+            rows.append(body)
+        return torch.tensor(rows, dtype=torch.float32)
+
+    def postprocess(self, output):
+        rows = output.tolist()
+        if not self.v2:
+            return rows
+        return [
+            {{"id": request.get("id", ""), "model_name": self.context.model_name, "model_version": "1.0",
+             "outputs": [{{"name": "y", "datatype": "FP32", "shape": [1, 3], "data": row}}]}}
+            for request, row in zip(self.v2, rows)
+        ]
+"""
+
+MAKE_WEIGHTS = """
+import sys
+
+import torch
+
+sys.path.insert(0, sys.argv[1])
+from model import TinyNet
+
+model = TinyNet()
+with torch.no_grad():
+    model.linear.weight.copy_(torch.arange(12, dtype=torch.float32).reshape(3, 4))
+    model.linear.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+torch.save(model.state_dict(), sys.argv[1] + "/model.pt")
+"""
+
+X = [1.0, 2.0, 3.0, 4.0]
+# y = W·x + b with W = arange(12).reshape(3, 4), b = (0.5, -1, 2)
+Y = [20.5, 59.0, 102.0]
+
+
+def _handler(initialize: str = "pass") -> str:
+    return textwrap.dedent(HANDLER_PY).format(initialize=initialize)
+
+
+@dataclass
+class Sources:
+    parts: Path  # model.py + model.pt + handler.py: for the adapter to archive
+    mar: Path  # the same parts archived here with torch-model-archiver
+    described: Path  # the parts under other names, named by archive.json
+    broken: Path  # parts whose handler raises in initialize
+
+
+@pytest.fixture(scope="module")
+def torchserve_venv() -> Path:
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("TorchServe needs Java 11+, and this machine has no `java` (install a JDK, e.g. openjdk-17)")
+    try:
+        return ensure_env("torchserve")
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"the torchserve venv cannot be installed here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def sources(torchserve_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Sources:
+    root = tmp_path_factory.mktemp("sources")
+    parts = root / "parts"
+    parts.mkdir()
+    (parts / "model.py").write_text(textwrap.dedent(MODEL_PY))
+    (parts / "handler.py").write_text(_handler())
+    python = str(torchserve_venv / "bin" / "python")
+    subprocess.run([python, "-c", textwrap.dedent(MAKE_WEIGHTS), str(parts)], check=True, timeout=120)
+
+    archives = root / "archives"
+    archives.mkdir()
+    subprocess.run(
+        [str(torchserve_venv / "bin" / "torch-model-archiver"), "--model-name", "tiny", "--version", "1.0",
+         "--serialized-file", str(parts / "model.pt"), "--model-file", str(parts / "model.py"),
+         "--handler", str(parts / "handler.py"), "--export-path", str(archives)],
+        check=True, timeout=60,
+    )  # fmt: skip
+
+    described = root / "described"
+    described.mkdir()
+    shutil.copy(parts / "model.pt", described / "weights.bin.1")
+    shutil.copy(parts / "model.py", described / "net.py")
+    shutil.copy(parts / "handler.py", described / "serve.py")
+    (described / "notes.txt").write_text("not part of the archive")
+    spec = {"handler": "serve.py", "serialized_file": "weights.bin.1", "model_file": "net.py", "extra_files": []}
+    (described / "archive.json").write_text(json.dumps(spec))
+
+    broken = root / "broken"
+    shutil.copytree(parts, broken)
+    (broken / "handler.py").write_text(_handler('raise RuntimeError("broken on purpose")'))
+    return Sources(parts, archives / "tiny.mar", described, broken)
+
+
+def _server_pids(adapter: AdapterProcess) -> list[int]:
+    return [int(p) for p in re.findall(r"started torchserve \(pid (\d+)\)", adapter.log())]
+
+
+def _kill_servers(adapter: AdapterProcess) -> None:
+    """Kill, by process group, any TorchServe the adapter started that is still alive (an adapter killed mid-way
+    leaves its server: the server runs in a session of its own)."""
+    for pid in _server_pids(adapter):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _adapter(workdir: Path, *args: str, instance_id: str = "torchserve-0") -> Iterator[AdapterProcess]:
+    adapter = start_adapter(
+        "torchserve",
+        workdir,
+        ["--models-dir", str(workdir / "models"), "--model-store", str(workdir / "store"),
+         "--load-timeout-ms", str(LOAD_TIMEOUT_MS), "--max-loading-concurrency", "2", *args],
+        instance_id=instance_id,
+    )  # fmt: skip
+    try:
+        yield adapter
+    finally:
+        try:
+            adapter.stop()
+        finally:
+            _kill_servers(adapter)
+
+
+def _launch_args(venv: Path, workdir: Path) -> tuple[str, ...]:
+    return ("--launch", "--server-venv", str(venv), "--server-dir", str(workdir / "server"))
+
+
+def _management_url(server_dir: Path) -> str:
+    config = (server_dir / "config.properties").read_text()
+    return re.search(r"^management_address=(\S+)$", config, re.MULTILINE).group(1)  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("torchserve")
+
+
+@pytest.fixture(scope="module")
+def adapter(torchserve_venv: Path, workdir: Path) -> Iterator[AdapterProcess]:
+    with _adapter(workdir, *_launch_args(torchserve_venv, workdir), "--open-inference-protocol") as started:
+        yield started
+
+
+@dataclass
+class Mesh:
+    router: Router
+    address: str  # the router's gRPC port
+    channel: grpc.aio.Channel  # to it
+    admin: mm_grpc.ModelMeshStub
+    predictions: ts_grpc.InferenceAPIsServiceStub
+    management: httpx.AsyncClient  # TorchServe's own management API, to see what it holds
+
+    async def register(self, model_id: str, path: Path) -> None:
+        info = mm.ModelInfo(type="pytorch-mar", path=str(path))
+        await self.admin.registerModel(mm.RegisterModelRequest(modelId=model_id, modelInfo=info))
+
+    async def unregister(self, model_id: str) -> None:
+        await self.admin.unregisterModel(mm.UnregisterModelRequest(modelId=model_id))
+
+    async def status(self, model_id: str) -> mm.ModelStatusInfo:
+        return await self.admin.getModelStatus(mm.GetStatusRequest(modelId=model_id))
+
+    async def predict(self, header: str, name: str, data: bytes) -> object:
+        request = ts.PredictionsRequest(input={"data": data})
+        response = await self.predictions.Predictions(request, metadata=((header, name),), timeout=CALL_TIMEOUT_S)
+        return json.loads(response.prediction)
+
+    async def torchserve_models(self) -> dict[str, str]:
+        """TorchServe's registered models: name → url."""
+        response = await self.management.get("/models")
+        response.raise_for_status()
+        return {m["modelName"]: m["modelUrl"] for m in response.json()["models"]}
+
+
+@contextlib.asynccontextmanager
+async def _mesh(workdir: Path, adapter: AdapterProcess, management_url: str) -> AsyncIterator[Mesh]:
+    async with router_over(workdir, adapter) as (router, ports):
+        address = f"127.0.0.1:{ports.grpc}"
+        async with (
+            grpc.aio.insecure_channel(address) as channel,
+            httpx.AsyncClient(base_url=management_url, timeout=CALL_TIMEOUT_S, trust_env=False) as management,
+        ):
+            admin, predictions = mm_grpc.ModelMeshStub(channel), ts_grpc.InferenceAPIsServiceStub(channel)
+            yield Mesh(router, address, channel, admin, predictions, management)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mesh(workdir: Path, adapter: AdapterProcess) -> AsyncIterator[Mesh]:
+    async with _mesh(workdir, adapter, _management_url(workdir / "server")) as started:
+        yield started
+
+
+@in_module_loop
+async def test_a_mar_loads_on_first_request_and_answers_torchserves_own_predictions_api(
+    mesh: Mesh, sources: Sources, workdir: Path
+) -> None:
+    await mesh.register("tiny-mar", sources.mar)
+    assert (await mesh.status("tiny-mar")).status == mm.ModelStatusInfo.NOT_LOADED
+
+    assert await mesh.predict("mm-model-id", "tiny-mar", json.dumps(X).encode()) == Y
+
+    assert (await mesh.status("tiny-mar")).status == mm.ModelStatusInfo.LOADED
+    assert (await mesh.torchserve_models())["tiny-mar"] == "tiny-mar.mar"
+    link = workdir / "store" / "tiny-mar.mar"
+    assert link.resolve() == (workdir / "models" / "tiny-mar" / "tiny.mar").resolve()
+    # The size is the worker's memory (a Python process with torch: far more than the 2 kB on disk).
+    assert mesh.router.registry.size_bytes("tiny-mar") > 50_000_000
+
+
+@in_module_loop
+async def test_a_vmodel_routes_predictions_to_its_model(mesh: Mesh, sources: Sources) -> None:
+    await mesh.register("tiny-v1", sources.mar)
+    request = mm.SetVModelRequest(vModelId="tiny", targetModelId="tiny-v1", sync=True)
+    await mesh.admin.setVModel(request, timeout=CALL_TIMEOUT_S)
+
+    assert await mesh.predict("mm-vmodel-id", "tiny", json.dumps(X).encode()) == Y
+
+
+@in_module_loop
+async def test_predictions_without_a_routing_header_are_not_routed(mesh: Mesh) -> None:
+    request = ts.PredictionsRequest(model_name="tiny-mar", input={"data": json.dumps(X).encode()})
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await mesh.predictions.Predictions(request, timeout=CALL_TIMEOUT_S)
+    assert failure.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+@in_module_loop
+async def test_a_folder_of_parts_is_archived_by_the_adapter(mesh: Mesh, sources: Sources, workdir: Path) -> None:
+    await mesh.register("tiny-parts", sources.parts)
+
+    assert await mesh.predict("mm-model-id", "tiny-parts", json.dumps([0.0, 0.0, 0.0, 1.0]).encode()) == [3.5, 6, 13]
+
+    assert (await mesh.torchserve_models())["tiny-parts"] == "tiny-parts"
+    archived = workdir / "models" / "tiny-parts" / ".torchserve-archive" / "tiny-parts"
+    assert (workdir / "store" / "tiny-parts").resolve() == archived.resolve()
+    manifest = json.loads((archived / "MAR-INF" / "MANIFEST.json").read_text())["model"]
+    assert (manifest["handler"], manifest["serializedFile"], manifest["modelFile"]) == (
+        "handler.py",
+        "model.pt",
+        "model.py",
+    )
+
+
+@in_module_loop
+async def test_archive_json_names_the_parts(mesh: Mesh, sources: Sources, workdir: Path) -> None:
+    await mesh.register("tiny-described", sources.described)
+
+    assert await mesh.predict("mm-model-id", "tiny-described", json.dumps(X).encode()) == Y
+
+    archived = workdir / "models" / "tiny-described" / ".torchserve-archive" / "tiny-described"
+    assert sorted(p.name for p in archived.iterdir()) == ["MAR-INF", "net.py", "serve.py", "weights.bin.1"]
+
+
+@in_module_loop
+async def test_an_unloaded_model_is_gone_from_torchserve_and_its_store(
+    mesh: Mesh, sources: Sources, workdir: Path
+) -> None:
+    await mesh.register("to-unload", sources.mar)
+    assert await mesh.predict("mm-model-id", "to-unload", json.dumps(X).encode()) == Y
+    assert "to-unload" in await mesh.torchserve_models()
+
+    await mesh.unregister("to-unload")
+
+    assert "to-unload" not in await mesh.torchserve_models()
+    assert not (workdir / "store" / "to-unload.mar").is_symlink()
+    assert not (workdir / "models" / "to-unload").exists()
+
+
+@in_module_loop
+async def test_v2_inference_goes_through_torchserves_open_inference_service(mesh: Mesh, sources: Sources) -> None:
+    await mesh.register("tiny-v2", sources.mar)
+    request = pb.ModelInferRequest(
+        id="r1",
+        inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="x", datatype="FP32", shape=[1, 4], contents=pb.InferTensorContents(fp32_contents=X)
+        )],
+    )  # fmt: skip
+    infer = mesh.channel.unary_unary(
+        "/org.pytorch.serve.grpc.openinference.GRPCInferenceService/ModelInfer",
+        request_serializer=pb.ModelInferRequest.SerializeToString,
+        response_deserializer=pb.ModelInferResponse.FromString,
+    )
+
+    response = await infer(request, metadata=(("mm-model-id", "tiny-v2"),), timeout=CALL_TIMEOUT_S)
+
+    assert (response.model_name, response.id) == ("tiny-v2", "r1")
+    assert list(response.outputs[0].contents.fp32_contents) == Y
+    # KServe's own service name (what tritonclient calls) is not one TorchServe serves.
+    async with triton_aio.InferenceServerClient(mesh.address) as triton:
+        tensor = triton_aio.InferInput("x", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.array([X], dtype=np.float32))
+        with pytest.raises(InferenceServerException, match="(?i)unimplemented"):
+            await triton.infer("tiny-v2", [tensor], client_timeout=CALL_TIMEOUT_S)
+
+
+@in_module_loop
+async def test_a_handlers_bad_input_error_reaches_the_client_and_the_copy_stays(mesh: Mesh, sources: Sources) -> None:
+    await mesh.register("tiny-strict", sources.mar)
+    assert await mesh.predict("mm-model-id", "tiny-strict", json.dumps(X).encode()) == Y
+
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await mesh.predict("mm-model-id", "tiny-strict", b"[1, 2")
+
+    assert failure.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "input is not JSON" in (failure.value.details() or "")
+    assert (await mesh.status("tiny-strict")).status == mm.ModelStatusInfo.LOADED
+    assert await mesh.predict("mm-model-id", "tiny-strict", json.dumps(X).encode()) == Y
+
+
+@in_module_loop
+async def test_a_handler_that_raises_in_initialize_fails_to_load_with_its_traceback(
+    mesh: Mesh, sources: Sources, workdir: Path
+) -> None:
+    await mesh.register("broken", sources.broken)
+
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await mesh.predict("mm-model-id", "broken", json.dumps(X).encode())
+
+    assert "TorchServe could not register model broken" in (failure.value.details() or "")
+    status = await mesh.status("broken")
+    assert status.status == mm.ModelStatusInfo.LOADING_FAILED
+    assert any("RuntimeError: broken on purpose" in error for error in status.errors)
+    assert "broken" not in await mesh.torchserve_models()
+    assert not (workdir / "store" / "broken").is_symlink()
+
+
+@in_module_loop
+async def test_what_torchserve_cannot_load_is_refused_with_a_reason(adapter: AdapterProcess, workdir: Path) -> None:
+    not_an_archive = workdir / "inputs" / "model.mar"
+    not_an_archive.parent.mkdir(exist_ok=True)
+    not_an_archive.write_text("not a zip")
+    async with grpc.aio.insecure_channel(adapter.endpoint) as channel:
+        spi = rt_grpc.ModelRuntimeStub(channel)
+        cases = {
+            "has space": (grpc.StatusCode.INVALID_ARGUMENT, "cannot name a TorchServe model"),
+            "not-a-zip": (grpc.StatusCode.INTERNAL, "is not a .mar archive"),
+        }
+        for model_id, (code, message) in cases.items():
+            request = rt.LoadModelRequest(modelId=model_id, modelType="pytorch-mar", modelPath=str(not_an_archive))
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await spi.loadModel(request, timeout=CALL_TIMEOUT_S)
+            assert failure.value.code() is code
+            assert message in (failure.value.details() or "")
+            # Unloading what was never loaded is a no-op, as the router may unload twice.
+            await spi.unloadModel(rt.UnloadModelRequest(modelId=model_id), timeout=CALL_TIMEOUT_S)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def running_torchserve(torchserve_venv: Path, tmp_path: Path) -> AsyncIterator[LaunchedTorchServe]:
+    """A TorchServe started apart from any adapter, as in a pod where it is its own container."""
+    started = await launch(torchserve_venv, tmp_path / "store", tmp_path / "server", 1, False, START_TIMEOUT_S)
+    try:
+        yield started
+    finally:
+        await started.process.stop()
+
+
+@in_module_loop
+async def test_connecting_to_a_running_torchserve_unregisters_what_it_held_then_serves(
+    running_torchserve: LaunchedTorchServe, sources: Sources, tmp_path: Path
+) -> None:
+    shutil.copy(sources.mar, tmp_path / "store" / "leftover.mar")
+    async with httpx.AsyncClient(base_url=running_torchserve.management_url, timeout=CALL_TIMEOUT_S) as management:
+        params = {"url": "leftover.mar", "initial_workers": "1", "synchronous": "true"}
+        (await management.post("/models", params=params)).raise_for_status()
+
+        workdir = tmp_path / "adapter"
+        args = ("--management-url", running_torchserve.management_url, "--torchserve-grpc",
+                running_torchserve.grpc_address, "--model-store", str(tmp_path / "store"))  # fmt: skip
+        with _adapter(workdir, *args, instance_id="torchserve-c") as connected:
+            models = (await management.get("/models")).json()["models"]
+            assert models == [], "the adapter starts its server empty, as the SPI requires"
+            assert not (tmp_path / "store" / "leftover.mar").exists()
+
+            async with _mesh(workdir, connected, running_torchserve.management_url) as mesh:
+                record = mesh.router.manager.view.instances["torchserve-c"].record
+                assert record.data_endpoint == running_torchserve.grpc_address
+                await mesh.register("tiny", sources.mar)
+                assert await mesh.predict("mm-model-id", "tiny", json.dumps(X).encode()) == Y
+
+
+def _group_commands(pgid: int) -> list[str]:
+    """The command names (python for the launcher and the workers, java) of a process group's live members."""
+    table = subprocess.run(["ps", "-e", "-o", "pgid=,stat=,comm="], capture_output=True, text=True, check=True)
+    rows = [line.split(None, 2) for line in table.stdout.splitlines()]
+    return [re.sub(r"[0-9.]+$", "", comm) for group, stat, comm in rows if int(group) == pgid and "Z" not in stat]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_stopping_the_adapter_stops_torchserve_its_jvm_and_workers(adapter: AdapterProcess, sources: Sources) -> None:
+    """Last in the module: it stops the module's adapter."""
+    with grpc.insecure_channel(adapter.endpoint) as channel:  # a worker to stop too (at once if already loaded)
+        request = rt.LoadModelRequest(modelId="tiny-mar", modelType="pytorch-mar", modelPath=str(sources.mar))
+        rt_grpc.ModelRuntimeStub(channel).loadModel(request, timeout=CALL_TIMEOUT_S)
+    [pgid] = _server_pids(adapter)
+    assert {"java", "python"} <= set(_group_commands(pgid))
+
+    assert adapter.stop() == 0
+
+    deadline = time.monotonic() + 10
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(pgid), f"a process of TorchServe's group outlived the adapter: {_group_commands(pgid)}"
