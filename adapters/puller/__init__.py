@@ -1,5 +1,5 @@
 """The model puller every runtime adapter shares: fetches a model's files from local storage or S3 into a
-per-model folder the runtime loads from (see docs/puller.md)."""
+per-model folder the runtime loads from (see docs/runtimes/puller.md)."""
 
 from adapters.puller.puller import PulledModel, Puller
 

@@ -38,7 +38,7 @@ class PulledModel:
 
 
 class Puller:
-    """Pulls models into per-model folders under `root`; see docs/puller.md for sources and safety rules."""
+    """Pulls models into per-model folders under `root`; see docs/runtimes/puller.md for sources and safety rules."""
 
     def __init__(self, root: Path, storage_config_dir: Path | None = None, local_roots: Sequence[Path] = ()) -> None:
         self._root = Path(root).resolve()

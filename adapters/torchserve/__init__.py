@@ -1,1 +1,1 @@
-"""mesh's runtime adapter for TorchServe: `python -m adapters.torchserve` (docs/runtimes-torchserve.md)."""
+"""mesh's runtime adapter for TorchServe: `python -m adapters.torchserve` (docs/runtimes/torchserve.md)."""

@@ -1,6 +1,6 @@
 """From pulled files to an entry of TorchServe's model store, and the torch-model-archiver call a folder needs.
 
-A model is one of (docs/runtimes-torchserve.md):
+A model is one of (docs/runtimes/torchserve.md):
 - a `.mar` file (any name; a zip), or a folder holding exactly one: linked as `<id>.mar`;
 - an archive already unpacked (a folder with MAR-INF/MANIFEST.json, torch-model-archiver's "no-archive"
   format): linked as `<id>`;
@@ -98,7 +98,7 @@ def plan_entry(model_id: str, model: PulledModel) -> StoreEntry:
         if not zipfile.is_zipfile(path):
             raise ModelLoadFailed(
                 f"model {model_id}: {path.name} is not a .mar archive (a zip); give a .mar file or a folder "
-                f"with {DEFAULT_HANDLER} (see docs/runtimes-torchserve.md)"
+                f"with {DEFAULT_HANDLER} (see docs/runtimes/torchserve.md)"
             )
         return StoreEntry(f"{model_id}.mar", path, note=f"archive {path.name}")
     if not path.is_dir():
@@ -116,7 +116,7 @@ def plan_entry(model_id: str, model: PulledModel) -> StoreEntry:
     raise ModelLoadFailed(
         f"model {model_id}: the folder {path.name} holds "
         + (f"{len(archives)} .mar files" if archives else f"no .mar file, no {MANIFEST} and no {DEFAULT_HANDLER}")
-        + "; give one .mar, an unpacked archive, or the parts to archive (see docs/runtimes-torchserve.md)"
+        + "; give one .mar, an unpacked archive, or the parts to archive (see docs/runtimes/torchserve.md)"
     )
 
 

@@ -31,6 +31,18 @@ TORCHSERVE_PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService
 ROUTED_BY_FIELD_1 = frozenset({MODEL_INFER, MODEL_METADATA, TORCHSERVE_PREDICTIONS})
 # Runtime answers that mean "that copy is not there any more": retry once on another copy or a fresh load.
 COPY_GONE = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE})
+# The methods sent again after such an answer: inference and metadata, which change nothing in the server, so a
+# second run of a request the dead copy may have run already is harmless. Any other method (routed by header)
+# gets the UNAVAILABLE, for its client to decide.
+RETRIED = frozenset(
+    {
+        MODEL_INFER,
+        MODEL_METADATA,
+        TORCHSERVE_PREDICTIONS,
+        "/org.pytorch.serve.grpc.openinference.GRPCInferenceService/ModelInfer",
+        "/org.pytorch.serve.grpc.openinference.GRPCInferenceService/ModelMetadata",
+    }
+)
 
 ANSWER_CHECK_S = 0.5
 """After an UNAVAILABLE, how long the runtime's channel gets to (re)connect before the instance counts as down."""
@@ -93,7 +105,8 @@ class DataPlane:
         except ModelNotFound:
             model_id = await self._registry.resolve_fresh(target.name, target.vmodel)
         metrics = self._metrics
-        for attempt in (1, 2):
+        attempts = (1, 2) if method in RETRIED else (1,)
+        for attempt in attempts:
             lease = self._manager.loaded_copy(model_id) or await self._await_copy(model_id)
             with lease:
                 body = self._with_model_id(method, request, target, model_id, lease)
@@ -103,22 +116,22 @@ class DataPlane:
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() not in COPY_GONE:
                         metrics.invoked(method, model_id, started, len(body))
-                    elif attempt == 1:
-                        if exc.code() is grpc.StatusCode.UNAVAILABLE and await lease.client.answers(ANSWER_CHECK_S):
-                            # The server answers: its UNAVAILABLE was its own (a handler's error, a full queue),
-                            # not the copy or the instance gone. Try once more; keep both.
-                            continue
+                        raise _runtime_error(exc, model_id, lease) from exc
+                    # The server still answering means its UNAVAILABLE was its own (a handler's error, a full
+                    # queue): the copy and the instance stay. Otherwise the copy is gone, or its instance is.
+                    if not (exc.code() is grpc.StatusCode.UNAVAILABLE and await lease.client.answers(ANSWER_CHECK_S)):
                         await self._manager.copy_lost(
                             model_id,
                             lease.instance_id,
                             exc.details() or exc.code().name,
                             unreachable=exc.code() is grpc.StatusCode.UNAVAILABLE,
                         )
-                        continue
+                    if attempt < attempts[-1]:
+                        continue  # a unary call that failed returned no response: sending it again is safe
                     raise _runtime_error(exc, model_id, lease) from exc
                 metrics.invoked(method, model_id, started, len(body), len(response))
                 return response
-        raise AssertionError("unreachable: the second attempt returns or raises")
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _await_copy(self, model_id: str) -> CopyLease:
         """A cache miss: the request found no loaded copy and waits for one (a load, or another's load)."""

@@ -106,10 +106,7 @@ class Sources:
 
 @pytest.fixture(scope="module")
 def mlserver_venv() -> Path:
-    try:
-        return ensure_env("mlserver")
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"the mlserver venv cannot be installed here: {exc}")
+    return ensure_env("mlserver")  # a failed install fails the suite: the project's own files install it
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import subprocess
-import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import pytest
 import pytest_asyncio
 import tritonclient.grpc.aio as triton_aio
 from runtime_harness import AdapterProcess, router_over, start_adapter
+from tiny_torch import X, Y, _handler, archive, write_parts
 from tritonclient.utils import InferenceServerException
 
 from adapters.common.envs import ensure_env
@@ -50,87 +50,6 @@ LOAD_TIMEOUT_MS = 90_000
 CALL_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 120.0
 
-MODEL_PY = """
-import torch
-
-
-class TinyNet(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.linear(x)
-"""
-
-# Takes a JSON list of 4 numbers (Predictions' input "data"), or a KServe v2 request (TorchServe's v2 service
-# hands the handler the request as a dict and wants a v2 response dict back). Bad input is the caller's fault:
-# PredictionException(…, 400) makes TorchServe answer INVALID_ARGUMENT rather than its default UNAVAILABLE.
-HANDLER_PY = """
-import json
-
-import torch
-from ts.torch_handler.base_handler import BaseHandler
-from ts.utils.util import PredictionException
-
-
-class TinyHandler(BaseHandler):
-    def initialize(self, context):
-        {initialize}
-        super().initialize(context)
-
-    def preprocess(self, data):
-        self.v2 = []
-        rows = []
-        for row in data:
-            body = row.get("data") or row.get("body")
-            if isinstance(body, dict) and "inputs" in body:
-                self.v2.append(body)
-                body = body["inputs"][0]["data"]
-            elif isinstance(body, (bytes, bytearray, str)):
-                try:
-                    body = json.loads(body)
-                except ValueError as exc:
-                    raise PredictionException(f"input is not JSON: {{exc}}", 400) from exc
-            if not isinstance(body, list) or len(body) != 4:
-                raise PredictionException("input must be a list of 4 numbers", 400)
-            rows.append(body)
-        return torch.tensor(rows, dtype=torch.float32)
-
-    def postprocess(self, output):
-        rows = output.tolist()
-        if not self.v2:
-            return rows
-        return [
-            {{"id": request.get("id", ""), "model_name": self.context.model_name, "model_version": "1.0",
-             "outputs": [{{"name": "y", "datatype": "FP32", "shape": [1, 3], "data": row}}]}}
-            for request, row in zip(self.v2, rows)
-        ]
-"""
-
-MAKE_WEIGHTS = """
-import sys
-
-import torch
-
-sys.path.insert(0, sys.argv[1])
-from model import TinyNet
-
-model = TinyNet()
-with torch.no_grad():
-    model.linear.weight.copy_(torch.arange(12, dtype=torch.float32).reshape(3, 4))
-    model.linear.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
-torch.save(model.state_dict(), sys.argv[1] + "/model.pt")
-"""
-
-X = [1.0, 2.0, 3.0, 4.0]
-# y = W·x + b with W = arange(12).reshape(3, 4), b = (0.5, -1, 2)
-Y = [20.5, 59.0, 102.0]
-
-
-def _handler(initialize: str = "pass") -> str:
-    return textwrap.dedent(HANDLER_PY).format(initialize=initialize)
-
 
 @dataclass
 class Sources:
@@ -144,30 +63,14 @@ class Sources:
 def torchserve_venv() -> Path:
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         pytest.skip("TorchServe needs Java 11+, and this machine has no `java` (install a JDK, e.g. openjdk-17)")
-    try:
-        return ensure_env("torchserve")
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"the torchserve venv cannot be installed here: {exc}")
+    return ensure_env("torchserve")  # a failed install fails the suite: the project's own files install it
 
 
 @pytest.fixture(scope="module")
 def sources(torchserve_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Sources:
     root = tmp_path_factory.mktemp("sources")
-    parts = root / "parts"
-    parts.mkdir()
-    (parts / "model.py").write_text(textwrap.dedent(MODEL_PY))
-    (parts / "handler.py").write_text(_handler())
-    python = str(torchserve_venv / "bin" / "python")
-    subprocess.run([python, "-c", textwrap.dedent(MAKE_WEIGHTS), str(parts)], check=True, timeout=120)
-
-    archives = root / "archives"
-    archives.mkdir()
-    subprocess.run(
-        [str(torchserve_venv / "bin" / "torch-model-archiver"), "--model-name", "tiny", "--version", "1.0",
-         "--serialized-file", str(parts / "model.pt"), "--model-file", str(parts / "model.py"),
-         "--handler", str(parts / "handler.py"), "--export-path", str(archives)],
-        check=True, timeout=60,
-    )  # fmt: skip
+    parts = write_parts(root / "parts", torchserve_venv)
+    mar = archive(parts, torchserve_venv, root / "archives")
 
     described = root / "described"
     described.mkdir()
@@ -181,7 +84,7 @@ def sources(torchserve_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     broken = root / "broken"
     shutil.copytree(parts, broken)
     (broken / "handler.py").write_text(_handler('raise RuntimeError("broken on purpose")'))
-    return Sources(parts, archives / "tiny.mar", described, broken)
+    return Sources(parts, mar, described, broken)
 
 
 def _server_pids(adapter: AdapterProcess) -> list[int]:
@@ -398,6 +301,24 @@ async def test_a_handlers_bad_input_error_reaches_the_client_and_the_copy_stays(
     assert "input is not JSON" in (failure.value.details() or "")
     assert (await mesh.status("tiny-strict")).status == mm.ModelStatusInfo.LOADED
     assert await mesh.predict("mm-model-id", "tiny-strict", json.dumps(X).encode()) == Y
+
+
+@in_module_loop
+async def test_a_handlers_unhandled_error_is_unavailable_and_leaves_the_copy_and_the_instance_in_routing(
+    mesh: Mesh, sources: Sources
+) -> None:
+    # TorchServe answers a handler's uncaught exception UNAVAILABLE ("Prediction failed"), which also means "the
+    # runtime is gone" to a router. The router sees the server still accepting connections and keeps both.
+    await mesh.register("tiny-unhandled", sources.mar)
+    assert await mesh.predict("mm-model-id", "tiny-unhandled", json.dumps(X).encode()) == Y
+
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await mesh.predict("mm-model-id", "tiny-unhandled", b"[6, 6, 6, 6]")
+
+    assert failure.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert (await mesh.status("tiny-unhandled")).status == mm.ModelStatusInfo.LOADED
+    assert mesh.router.manager.reachable("torchserve-0")
+    assert await mesh.predict("mm-model-id", "tiny-unhandled", json.dumps(X).encode()) == Y
 
 
 @in_module_loop

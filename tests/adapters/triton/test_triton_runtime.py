@@ -10,7 +10,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -111,10 +110,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
 
 @pytest.fixture(scope="module")
 def triton_venv() -> Path:
-    try:
-        return ensure_env("triton")
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"the triton venv (nvidia-pytriton) cannot be installed here: {exc}")
+    return ensure_env("triton")  # a failed install fails the suite: the project's own files install it
 
 
 def _kill_tritonservers(adapter: AdapterProcess) -> None:
