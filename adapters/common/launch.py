@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -80,6 +81,21 @@ class ServerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         log.info("stopped %s", self.name)
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct free ports, for servers that cannot bind port 0 and say which port they got (MLServer,
+    TorchServe and tritonserver all need theirs named up front). Another process may take one before the server
+    binds it: launchers start again on new ports when the server fails to start. All are held at once, so they
+    are distinct."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def http_ready(url: str) -> Callable[[], Awaitable[bool]]:

@@ -10,11 +10,10 @@ import asyncio
 import json
 import logging
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.common.launch import ServerProcess, http_ready
+from adapters.common.launch import ServerProcess, free_ports, http_ready
 from adapters.mlserver.layout import IMPLEMENTATIONS, MODEL_TYPES
 from mesh.errors import Unavailable
 
@@ -45,14 +44,6 @@ class MLServerInstall:
     def model_types(self) -> tuple[str, ...]:
         """The model types whose runtime package (mlserver_sklearn, ...) this venv holds."""
         return tuple(t for t in MODEL_TYPES if (self.site_packages / IMPLEMENTATIONS[t].split(".")[0]).is_dir())
-
-
-def free_port() -> int:
-    # MLServer needs its ports named in settings.json and never says which one it got for port 0, so a free one
-    # is picked and handed over; another process taking it meanwhile is handled by starting again (`launch`).
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -93,7 +84,7 @@ async def launch(
     env["VIRTUAL_ENV"] = str(install.venv)
     env["PATH"] = os.pathsep.join(p for p in (str(install.venv / "bin"), env.get("PATH")) if p)
     for attempt in range(1, PORT_ATTEMPTS + 1):
-        ports = free_port(), free_port(), free_port()
+        ports = tuple(free_ports(3, HOST))
         await asyncio.to_thread(write_settings, repository, ports, parallel_workers, max_message_bytes)
         http_url = f"http://{HOST}:{ports[0]}"
         argv = [str(install.venv / "bin" / "mlserver"), "start", str(repository)]

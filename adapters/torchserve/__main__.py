@@ -3,32 +3,20 @@
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 
-from adapters.common.service import run_adapter
-from adapters.common.settings import adapter_parser, adapter_settings
+from adapters.common.main import run_main
+from adapters.common.settings import AdapterSettings
 from adapters.torchserve.server import TorchServeServer
 from adapters.torchserve.settings import add_torchserve_flags, torchserve_settings
-from mesh import logs
-from mesh.errors import MeshError
+
+
+def _server(args: argparse.Namespace, settings: AdapterSettings) -> TorchServeServer:
+    return TorchServeServer(torchserve_settings(args))  # MeshError: no torchserve in the venv, or no java
 
 
 def main() -> None:
-    parser = adapter_parser("python -m adapters.torchserve", "mesh's runtime adapter for TorchServe")
-    add_torchserve_flags(parser)
-    args = parser.parse_args()
-    settings = adapter_settings(args, "torchserve")
-    logs.configure(
-        settings.log_level,
-        settings.log_format,
-        text_format=f"%(asctime)s %(levelname)s torchserve[{settings.instance_id}] %(name)s: %(message)s",
-        static_fields={"runtime": settings.instance_id},
-    )
-    try:
-        server = TorchServeServer(torchserve_settings(args))
-    except MeshError as exc:  # no torchserve in the venv, or no java: say what is missing, without a traceback
-        parser.error(exc.message)
-    asyncio.run(run_adapter(settings, server))
+    run_main("torchserve", "mesh's runtime adapter for TorchServe", add_torchserve_flags, _server)
 
 
 if __name__ == "__main__":

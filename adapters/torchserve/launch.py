@@ -13,11 +13,10 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.common.launch import ServerProcess, http_ready
+from adapters.common.launch import ServerProcess, free_ports, http_ready
 from mesh.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -46,19 +45,6 @@ def find_launcher(venv: Path) -> Path:
     if not (java_home and Path(java_home, "bin", "java").is_file()) and shutil.which("java") is None:
         raise Unavailable("TorchServe needs Java 11 or later: no `java` on PATH and no JAVA_HOME")
     return launcher
-
-
-def free_ports(count: int) -> list[int]:
-    # TorchServe cannot bind port 0 and report it, so free ports are picked and handed over; the race with another
-    # process taking one meanwhile is handled by starting again (`launch`). All are held at once to get distinct ones.
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def config_text(ports: dict[str, int], model_store: Path, workers: int) -> str:

@@ -13,11 +13,10 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.common.launch import ServerProcess, http_ready
+from adapters.common.launch import ServerProcess, free_ports, http_ready
 from mesh.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -67,14 +66,6 @@ def prepare_backends(install: TritonInstall, server_dir: Path) -> Path:
     return target
 
 
-def free_port() -> int:
-    # tritonserver accepts port 0 but never says which port it got, so a free one is picked and handed over; the
-    # race with another process taking it meanwhile is handled by starting again (`launch`).
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class LaunchedTriton:
     process: ServerProcess
@@ -92,7 +83,7 @@ async def launch(
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(install.libs), env.get("LD_LIBRARY_PATH")) if p)
     env["PATH"] = os.pathsep.join(p for p in (str(install.venv / "bin"), env.get("PATH")) if p)
     for attempt in range(1, PORT_ATTEMPTS + 1):
-        http_port, grpc_port = free_port(), free_port()
+        http_port, grpc_port = free_ports(2)
         argv = [
             str(install.root / "bin" / "tritonserver"),
             f"--model-repository={repository}",

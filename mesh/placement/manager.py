@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+BUSY_WAIT_S = 3.0
+"""How long a load waits for an instance whose evictable copies are all busy (loading, serving) to free one."""
+BUSY_RETRY_S = 0.05
 MAX_LOAD_ATTEMPTS = 3
 """Instances one request tries a load on when a runtime, not the model, fails it (ModelMesh's MAX_LOAD_FAILURES)."""
 
@@ -275,14 +278,24 @@ class PlacementManager:
         model = self._model(model_id)
         size = await self._size_estimate(model)
         attempts = 0
+        busy_until = time.monotonic() + BUSY_WAIT_S
         while True:
+            choice: policy.Placement | None = None
+            claimed = False
             async with self._decide:
                 holder = self._loaded_holder(model_id)
                 if holder is not None:
                     return holder
                 loading_on = self._loading_on(model_id)
                 if loading_on is None:
-                    choice = self._choose(model, size)
+                    try:
+                        choice = self._choose(model, size)
+                    except Unavailable:
+                        # Everything it could evict is loading or serving right now: that changes within
+                        # milliseconds under churn, so look again for a while before saying "retry".
+                        if time.monotonic() > busy_until:
+                            raise
+                if choice is not None:
                     incarnation = self.view.instances[choice.instance_id].record.started_ms
                     claimed = await self._claim(model_id, choice.instance_id, size, incarnation)
                     if claimed:
@@ -294,6 +307,9 @@ class PlacementManager:
             if loading_on is not None:
                 # Another router's load (or one that beat our claim): its outcome comes through the view.
                 await self._await_placement_change(model_id, self._load_timeout(loading_on))
+                continue
+            if choice is None:
+                await asyncio.sleep(BUSY_RETRY_S)
                 continue
             if not claimed:
                 continue  # the record changed under the claim: look again

@@ -3,6 +3,8 @@ out-of-memory answers, and stops overfilling it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from cluster_harness import ClusterFactory
 from workload import Workload, consistent
@@ -45,11 +47,10 @@ async def test_a_runtime_reporting_more_capacity_than_it_has_is_not_overfilled(m
 
     # Mixed traffic over all six from then on: every request answered, the runtime never asked to overfill.
     workload = Workload(cluster, MODELS, clients=3).start()
-    for _ in range(20):
-        await cluster.infer(MODELS[0])
+    await asyncio.sleep(4.0)
     outcomes = await workload.stop()
     assert outcomes.broken == [], outcomes.broken
-    assert outcomes.served > 20
+    assert outcomes.served > 20, outcomes
     refused = cluster.runtimes[0].log().count("does not fit")
     assert refused <= 1, f"the runtime refused {refused} loads: the router kept overfilling it"
     await consistent(cluster, MODELS)

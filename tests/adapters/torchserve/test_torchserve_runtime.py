@@ -213,11 +213,12 @@ async def test_a_vmodel_routes_predictions_to_its_model(mesh: Mesh, sources: Sou
 
 
 @in_module_loop
-async def test_predictions_without_a_routing_header_are_not_routed(mesh: Mesh) -> None:
-    request = ts.PredictionsRequest(model_name="tiny-mar", input={"data": json.dumps(X).encode()})
-    with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await mesh.predictions.Predictions(request, timeout=CALL_TIMEOUT_S)
-    assert failure.value.code() is grpc.StatusCode.UNIMPLEMENTED
+async def test_predictions_without_a_routing_header_are_routed_by_model_name(mesh: Mesh, sources: Sources) -> None:
+    # As ModelMesh's dataplane config has it: Predictions' model_name is field 1, like ModelInfer's.
+    await mesh.register("tiny-by-name", sources.mar)
+    request = ts.PredictionsRequest(model_name="tiny-by-name", input={"data": json.dumps(X).encode()})
+    reply = await mesh.predictions.Predictions(request, timeout=CALL_TIMEOUT_S)
+    assert json.loads(reply.prediction) == Y
 
 
 @in_module_loop

@@ -1,0 +1,2 @@
+"""The Kubernetes controller: KServe InferenceServices (ModelMesh mode) and serving runtimes in, runtime
+Deployments and mesh registrations out. See docs/kubernetes.md."""

@@ -1,0 +1,92 @@
+"""What the controller registers with mesh for a predictor: ids, the model type, path and key.
+
+The vmodel is the InferenceService's name, so clients call the name they know. The concrete model behind it is
+`<namespace>.<name>__isvc-<hash>`, the hash taken over the type, path and key: a storage change is a new concrete
+model, and setVModel moves the vmodel to it once it has loaded (the old one serves until then and is then
+removed, `autoDeleteTargetModel`). The owner, `isvc/<namespace>`, tells the controller's vmodels from others and
+keeps two namespaces from taking over each other's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from mesh.controller.resources import Predictor, SpecError
+
+OWNER_PREFIX = "isvc/"
+HASH_CHARS = 10
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One predictor's registration: setVModel(vmodel_id → model_id, with this ModelInfo, owner)."""
+
+    vmodel_id: str
+    owner: str
+    model_id: str
+    model_type: str
+    path: str
+    key: str
+
+
+def owner_of(namespace: str) -> str:
+    return f"{OWNER_PREFIX}{namespace}"
+
+
+def owner_namespace(owner: str) -> str | None:
+    """The namespace an owner string names, or None when the vmodel is not an InferenceService's."""
+    return owner[len(OWNER_PREFIX) :] if owner.startswith(OWNER_PREFIX) else None
+
+
+def model_spec(predictor: Predictor) -> ModelSpec:
+    """The registration of a predictor; SpecError for storage mesh's puller cannot read."""
+    path, params = _storage(predictor)
+    key: dict[str, Any] = {"model_type": {"name": predictor.model_format}}
+    if predictor.format_version is not None:
+        key["model_type"]["version"] = predictor.format_version
+    if predictor.storage_key:
+        key["storage_key"] = predictor.storage_key
+    if params:
+        key["storage_params"] = params
+    if predictor.schema_path:
+        key["schema_path"] = predictor.schema_path
+    key_text = json.dumps(key, sort_keys=True, separators=(",", ":"))
+    spec = json.dumps([predictor.model_format, path, key_text], separators=(",", ":"))
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:HASH_CHARS]
+    return ModelSpec(
+        vmodel_id=predictor.name,
+        owner=owner_of(predictor.namespace),
+        model_id=f"{predictor.namespace}.{predictor.name}__isvc-{digest}",
+        model_type=predictor.model_format,
+        path=path,
+        key=key_text,
+    )
+
+
+def _storage(predictor: Predictor) -> tuple[str, dict[str, str]]:
+    """The model path the adapters' puller reads, and the storage parameters for its model key."""
+    params = dict(predictor.storage_params)
+    if predictor.storage_path is not None:
+        return predictor.storage_path, params
+    uri = predictor.storage_uri or ""
+    match = _SCHEME.match(uri)
+    scheme = match.group(1).lower() if match else ""
+    if scheme == "s3":
+        bucket = uri[len("s3://") :].split("/", 1)[0]
+        if not bucket:
+            raise SpecError(f"storageUri {uri!r} names no bucket")
+        return uri, {**params, "type": "s3", "bucket": bucket}
+    if scheme == "file":
+        # Not KServe's, but the puller's: a path every runtime pod sees (a volume mounted at the same place).
+        return uri[len("file://") :], params
+    if not scheme:
+        raise SpecError(f"storageUri {uri!r} has no scheme: use s3://bucket/path, or storage.key and storage.path")
+    raise SpecError(
+        f"storageUri scheme '{scheme}' is not one mesh's puller reads: use s3:// (any S3-compatible store), or "
+        "storage.key and storage.path"
+    )

@@ -1,0 +1,71 @@
+"""The controller's settings, in one typed object read from flags and MESH_CONTROLLER_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """Everything the controller can be told; env var MESH_CONTROLLER_<FIELD> overrides the default."""
+
+    mesh_address: str = "mesh.mesh-system:8033"
+    """The routers' gRPC address: the management API (mmesh.ModelMesh, meshadmin.MeshAdmin) models are
+    registered with."""
+    kv: str = "etcd://mesh-etcd.mesh-system:2379"
+    """The store the routers share, given to every runtime pod (its adapter publishes itself there, its router
+    sidecar reads placement there)."""
+    kv_prefix: str = "mesh"
+    """The routers' MESH_KV_PREFIX, given to the runtime pods too."""
+    image: str = ""
+    """The image the adapter and router containers of runtime pods run; empty: the controller's own (read from its
+    pod, named by POD_NAMESPACE and POD_NAME)."""
+    image_pull_policy: str = "IfNotPresent"
+    watch_namespace: str = ""
+    """Only InferenceServices and ServingRuntimes of this namespace (empty: every namespace)."""
+    scale_to_zero: bool = True
+    """Remove a runtime's Deployment and Service when no InferenceService uses it; false keeps them running once
+    created (no pod start on the next first model, idle pods meanwhile)."""
+    default_replicas: int = 1
+    """Runtime pods per runtime, when its ServingRuntime does not say (spec.replicas)."""
+    default_capacity_bytes: int = 1024 * 1024 * 1024
+    """Model memory a runtime pod offers when its model server container states no memory request or limit."""
+    storage_secret: str = "storage-config"
+    """KServe's storage-config secret (one key per storage), mounted read-only into adapters when it exists in the
+    runtime's namespace."""
+    resync_seconds: float = 60.0
+    """A full reconciliation at least this often, besides the ones events trigger."""
+    poll_seconds: float = 2.0
+    """How soon to look again while a model is loading or waiting for its runtime."""
+    debounce_seconds: float = 0.2
+    """Events arriving within this time of each other trigger one reconciliation."""
+    watch_timeout_seconds: int = 300
+    """How long one watch request lasts before it is renewed from the last resourceVersion."""
+    request_timeout_seconds: float = 15.0
+    """Deadline of each Kubernetes API and management API call."""
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ControllerSettings:
+        """Defaults, then MESH_CONTROLLER_* variables, then explicit overrides that are not None."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"MESH_CONTROLLER_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(raw, type(getattr(cls, f.name)), f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _parse(raw: str, kind: type, name: str) -> Any:
+    try:
+        if kind is bool:
+            return _BOOLEANS[raw.strip().lower()]
+        return kind(raw)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"MESH_CONTROLLER_{name.upper()}={raw!r} is not a valid {kind.__name__}") from exc

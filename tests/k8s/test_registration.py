@@ -1,0 +1,121 @@
+"""What is registered for a predictor (ids, path, the ModelMesh modelKey), and how mesh's vmodel status becomes
+KServe's modelStatus and conditions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from adapters.puller.storage import S3Location, parse_model_key, resolve_location
+from mesh.controller import status as st
+from mesh.controller.registration import model_spec, owner_namespace
+from mesh.controller.resources import SpecError, parse_predictor
+from mesh.gen import model_mesh_pb2 as mm
+
+
+def spec_of(model: dict[str, Any], namespace: str = "ns", annotations: dict[str, str] | None = None) -> Any:
+    isvc = {
+        "metadata": {"name": "iris", "namespace": namespace, "annotations": annotations or {}},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, **model}}},
+    }
+    return model_spec(parse_predictor(isvc))
+
+
+def test_ids_name_the_isvc_and_change_with_the_storage_only() -> None:
+    a = spec_of({"storageUri": "s3://bucket/a.joblib"})
+    assert a.vmodel_id == "iris" and a.owner == "isvc/ns" and owner_namespace(a.owner) == "ns"
+    assert a.model_id.startswith("ns.iris__isvc-") and len(a.model_id) == len("ns.iris__isvc-") + 10
+    assert spec_of({"storageUri": "s3://bucket/a.joblib"}).model_id == a.model_id
+    assert spec_of({"storageUri": "s3://bucket/b.joblib"}).model_id != a.model_id
+    assert spec_of({"storageUri": "s3://bucket/a.joblib"}, namespace="other").model_id != a.model_id
+
+
+def test_an_s3_uri_is_a_path_and_key_the_puller_resolves() -> None:
+    spec = spec_of({"storageUri": "s3://models/iris/v1/"}, annotations={"serving.kserve.io/secretKey": "minio"})
+    key = json.loads(spec.key)
+    assert key == {
+        "model_type": {"name": "sklearn"},
+        "storage_key": "minio",
+        "storage_params": {"type": "s3", "bucket": "models"},
+    }
+    assert parse_model_key(spec.key).storage_key == "minio"
+
+
+def test_storage_key_and_path_go_through_to_the_puller(tmp_path: Any) -> None:
+    (tmp_path / "localMinIO").write_text(json.dumps({"type": "s3", "bucket": "default-bucket"}))
+    spec = spec_of({"storage": {"key": "localMinIO", "path": "sklearn/mnist.joblib", "parameters": {"bucket": "b2"}}})
+    location = resolve_location(spec.path, parse_model_key(spec.key), tmp_path)
+    assert isinstance(location, S3Location) and (location.bucket, location.key) == ("b2", "sklearn/mnist.joblib")
+
+
+def test_a_file_uri_is_a_local_path() -> None:
+    assert spec_of({"storageUri": "file:///mnt/models/iris.joblib"}).path == "/mnt/models/iris.joblib"
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/m", "pvc://claim/m", "https://host/m", "/no/scheme"])
+def test_storage_the_puller_cannot_read_is_refused(uri: str) -> None:
+    with pytest.raises(SpecError):
+        spec_of({"storageUri": uri})
+
+
+def _model_status(state: int, errors: tuple[str, ...] = (), copies: tuple[tuple[str, int], ...] = ()) -> Any:
+    return mm.ModelStatusInfo(
+        status=state,
+        errors=list(errors),
+        modelCopyInfos=[
+            mm.ModelStatusInfo.ModelCopyInfo(location=loc, copyStatus=s, time=1_700_000_000_000) for loc, s in copies
+        ],
+    )
+
+
+def test_a_loaded_vmodel_is_ready_and_up_to_date() -> None:
+    vmodel = mm.VModelStatusInfo(
+        status=mm.VModelStatusInfo.DEFINED,
+        activeModelId="m1",
+        targetModelId="m1",
+        activeModelStatus=_model_status(mm.ModelStatusInfo.LOADED, copies=(("rt-0", mm.ModelStatusInfo.LOADED),)),
+    )
+    model_status = st.from_vmodel(vmodel)
+    assert model_status == {
+        "transitionStatus": "UpToDate",
+        "states": {"activeModelState": "Loaded"},
+        "copies": {"failedCopies": 0, "totalCopies": 1},
+    }
+    status = st.isvc_status(model_status, st.Urls("grpc://h:8033", "http://h:8008"), 4, {}, now=0)
+    assert [(c["type"], c["status"]) for c in status["conditions"]] == [("PredictorReady", "True"), ("Ready", "True")]
+    assert status["url"] == "grpc://h:8033" and status["observedGeneration"] == 4 and st.settled(model_status)
+
+
+def test_a_failed_new_target_blocks_the_transition_and_says_why() -> None:
+    vmodel = mm.VModelStatusInfo(
+        status=mm.VModelStatusInfo.TRANSITION_FAILED,
+        activeModelId="old",
+        targetModelId="new",
+        activeModelStatus=_model_status(mm.ModelStatusInfo.LOADED),
+        targetModelStatus=_model_status(
+            mm.ModelStatusInfo.LOADING_FAILED, ("rt-1: no such file",), (("rt-1", mm.ModelStatusInfo.LOADING_FAILED),)
+        ),
+    )
+    model_status = st.from_vmodel(vmodel)
+    assert model_status["transitionStatus"] == "BlockedByFailedLoad"
+    assert model_status["states"] == {"activeModelState": "Loaded", "targetModelState": "FailedToLoad"}
+    info = model_status["lastFailureInfo"]
+    assert (info["reason"], info["location"], info["message"], info["modelRevisionName"]) == (
+        "ModelLoadFailed",
+        "rt-1",
+        "no such file",
+        "new",
+    )
+    assert info["time"] == "2023-11-14T22:13:20Z"
+
+
+def test_conditions_keep_their_transition_time_while_unchanged() -> None:
+    loading = {"transitionStatus": "InProgress", "states": {"activeModelState": "Loading"}, "copies": {}}
+    first = st.isvc_status(loading, None, 1, {}, now=100)
+    again = st.isvc_status(loading, None, 1, first, now=200)
+    assert again == first and not st.settled(loading)
+    assert first["conditions"][1]["reason"] == "Loading"
+    done = st.isvc_status({**loading, "states": {"activeModelState": "Loaded"}}, None, 1, first, now=300)
+    assert done["conditions"][1]["lastTransitionTime"] == st.rfc3339(300)

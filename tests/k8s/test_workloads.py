@@ -1,0 +1,137 @@
+"""The Deployment and Service built for a runtime: valid Kubernetes objects, sized from the runtime's spec, with
+the adapter started as the runtime says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from mesh.controller.resources import CLUSTER_SERVING_RUNTIME, SERVING_RUNTIME, parse_runtime
+from mesh.controller.settings import ControllerSettings
+from mesh.controller.workloads import (
+    ADAPTER_COMMAND,
+    SPEC_HASH,
+    WorkloadError,
+    build,
+    capacity_bytes,
+    quantity_bytes,
+    workload_name,
+)
+
+SETTINGS = ControllerSettings(kv="etcd://etcd.mesh-system:2379", image="mesh:1")
+K8S_VERSION = "1.32"
+
+
+def runtime(annotations: dict[str, str] | None = None, kind: str = CLUSTER_SERVING_RUNTIME, **spec: Any) -> Any:
+    body = {
+        "metadata": {"name": "triton-2.x", "uid": "u-1", "annotations": annotations or {}},
+        "spec": {
+            "multiModel": True,
+            "grpcDataEndpoint": "port:8001",
+            "containers": [{"name": "triton", "image": "tritonserver", "resources": {"requests": {"memory": "1Gi"}}}],
+            "builtInAdapter": {
+                "serverType": "triton",
+                "runtimeManagementPort": 8000,
+                "memBufferBytes": 134217728,
+                "modelLoadingTimeoutMillis": 90000,
+            },
+            **spec,
+        },
+    }
+    return parse_runtime(body, kind)
+
+
+def container(workload: Any, name: str) -> dict[str, Any]:
+    return next(c for c in workload.deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def test_objects_are_valid_kubernetes_and_carry_their_hash() -> None:
+    workload = build(runtime(), "team-a", SETTINGS)
+    for obj in (workload.deployment, workload.service):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        assert obj["metadata"]["namespace"] == "team-a" and obj["metadata"]["annotations"][SPEC_HASH]
+    assert build(runtime(), "team-a", SETTINGS) == workload  # the same spec, the same objects
+    assert (
+        build(runtime(replicas=2), "team-a", SETTINGS).deployment["metadata"]["annotations"][SPEC_HASH]
+        != (workload.deployment["metadata"]["annotations"][SPEC_HASH])
+    )
+
+
+def test_the_adapter_gets_the_default_command_and_the_controllers_flags() -> None:
+    workload = build(runtime(), "team-a", SETTINGS)
+    adapter = container(workload, "mesh-adapter")
+    assert adapter["command"] == [
+        "python",
+        "-m",
+        "adapters.triton",
+        "--triton-http",
+        "http://127.0.0.1:8000",
+        "--triton-grpc",
+        "127.0.0.1:8001",
+        "--model-repository",
+        "/models/_triton_models",
+        "--models-dir",
+        "/models/_pulled",
+        "--advertise-data",
+        "$(POD_IP):8001",
+    ]
+    args = adapter["args"]
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert flags["--kv"] == "etcd://etcd.mesh-system:2379"
+    assert flags["--advertise"] == "$(POD_IP):8085" and flags["--host"] == "0.0.0.0"
+    assert flags["--capacity-bytes"] == str(2**30 - 134217728) and flags["--load-timeout-ms"] == "90000"
+    mounts = {
+        m["mountPath"]
+        for c in workload.deployment["spec"]["template"]["spec"]["containers"][:2]
+        for m in c["volumeMounts"]
+    }
+    assert "/models" in mounts
+
+
+def test_the_runtimes_adapter_command_annotation_comes_first() -> None:
+    command = "python -m adapters.triton --port 8085 --max-loading-concurrency 2 --advertise-data $(POD_IP):8001"
+    adapter = container(
+        build(runtime({ADAPTER_COMMAND: command, "maxLoadingConcurrency": "2"}), "ns", SETTINGS), "mesh-adapter"
+    )
+    assert adapter["command"] == command.split()
+    assert adapter["args"][-2:] == ["--max-loading-concurrency", "2"]
+
+
+def test_a_runtime_without_builtin_adapter_is_published_by_its_router() -> None:
+    custom = runtime(builtInAdapter=None, grpcEndpoint="port:9000", kind=SERVING_RUNTIME)
+    workload = build(custom, "ns", SETTINGS)
+    names = [c["name"] for c in workload.deployment["spec"]["template"]["spec"]["containers"]]
+    assert names == ["triton", "mesh-router"]
+    args = container(workload, "mesh-router")["args"]
+    assert args[args.index("--runtime-endpoint") + 1] == "$(POD_NAME)=$(POD_IP):9000"
+
+
+def test_an_unknown_server_type_without_a_command_is_refused() -> None:
+    with pytest.raises(WorkloadError, match="ovms"):
+        build(runtime(builtInAdapter={"serverType": "ovms"}), "ns", SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1Gi", 2**30), ("512Mi", 512 * 2**20), ("1G", 10**9), ("1.5Gi", int(1.5 * 2**30)), ("1e9", 10**9), ("x", None)],
+)
+def test_memory_quantities(text: str, expected: int | None) -> None:
+    assert quantity_bytes(text) == expected
+
+
+def test_capacity_is_memory_less_the_buffer_or_the_default() -> None:
+    assert capacity_bytes(runtime(containers=[{"name": "c"}]), SETTINGS) == SETTINGS.default_capacity_bytes
+    limited = [{"name": "c", "resources": {"limits": {"memory": "2Gi"}}}]
+    assert capacity_bytes(runtime(containers=limited), SETTINGS) == 2 * 2**30 - 134217728
+    with pytest.raises(WorkloadError):
+        capacity_bytes(runtime(containers=[{"name": "c", "resources": {"requests": {"memory": "64Mi"}}}]), SETTINGS)
+
+
+def test_names_are_dns_labels_and_distinct() -> None:
+    names = {workload_name(n) for n in ("triton-2.x", "triton-2-x", "Triton", "a" * 80, "mlserver")}
+    assert len(names) == 5
+    assert "mesh-runtime-mlserver" in names
+    for name in names:
+        assert len(name) <= 63 and name.replace("-", "").isalnum() and name == name.lower()
