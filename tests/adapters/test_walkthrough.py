@@ -69,14 +69,15 @@ def adapters(
         "mlserver",
         work / "mlserver",
         ["--launch", "--server-venv", str(mlserver_venv), "--models-dir", str(work / "mlserver" / "models"),
-         "--model-repository", str(work / "mlserver" / "repository"), "--storage-config-dir", str(storage_config)],
+         "--model-repository", str(work / "mlserver" / "repository"), "--server-dir", str(work / "mlserver" / "server"),
+         "--storage-config-dir", str(storage_config)],
     )  # fmt: skip
     try:
         torchserve = start_adapter(
             "torchserve",
             work / "torchserve",
             ["--launch", "--server-venv", str(torchserve_venv), "--server-dir", str(work / "torchserve" / "server"),
-             "--models-dir", str(work / "torchserve" / "models")],
+             "--model-store", str(work / "torchserve" / "store"), "--models-dir", str(work / "torchserve" / "models")],
         )  # fmt: skip
         try:
             yield mlserver, torchserve
