@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
 from mesh.placement.records import ModelRecord
 from mesh.tls import ClientTLS
+
+PROBE_METHOD = "/mesh.RuntimeProbe/Answer"
 
 
 def _identity(data: bytes) -> bytes:
@@ -63,12 +63,16 @@ class RuntimeClient:
         return call
 
     async def answers(self, timeout: float) -> bool:
-        """Whether the server forwarded requests go to accepts a connection within timeout seconds (a dead
-        process refuses it; one that answered UNAVAILABLE itself does not)."""
+        """Whether the server forwarded requests go to answers a call now (a dead process does not; one that
+        answered UNAVAILABLE itself does). The call names a method no server has: its UNIMPLEMENTED is the answer.
+        A real call, not the channel's state, which still says READY for a moment after the server died."""
+        probe = self._data_channel.unary_unary(
+            PROBE_METHOD, request_serializer=_identity, response_deserializer=_identity
+        )
         try:
-            await asyncio.wait_for(self._data_channel.channel_ready(), timeout)
-        except TimeoutError:
-            return False
+            await probe(b"", timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         return True
 
     def cannot_connect(self) -> bool:
