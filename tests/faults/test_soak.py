@@ -10,6 +10,7 @@ memory within a stated bound of where they were after warm-up.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import time
@@ -94,7 +95,10 @@ async def test_soak(make_cluster: ClusterFactory, request: pytest.FixtureRequest
     await _register_all(cluster, model_ids)
     await cluster.wait_registered(model_ids)
 
-    workload = Workload(cluster, model_ids, clients=8, choose=_zipf_chooser(model_ids, seed=7)).start()
+    workload = Workload(
+        cluster, model_ids, clients=8, choose=_zipf_chooser(model_ids, seed=7), max_seconds=WARM_UP_S + seconds + 60
+    ).start()
+    served_at: list[tuple[float, int]] = []  # (seconds into the run, served so far): traffic must go on throughout
     await asyncio.sleep(WARM_UP_S)
     measured = cluster.routers[1]
     fds_before, rss_before = _fds(measured.pid), _rss_mb(measured.pid)
@@ -104,6 +108,7 @@ async def test_soak(make_cluster: ClusterFactory, request: pytest.FixtureRequest
     started = time.monotonic()
     while time.monotonic() - started < seconds:
         await asyncio.sleep(min(KILL_EVERY_S, max(0.0, seconds - (time.monotonic() - started))))
+        served_at.append((round(time.monotonic() - started, 1), workload.outcomes.served))
         if time.monotonic() - started < seconds:
             await _kill_one(cluster, rng, kills)
     outcomes = await workload.stop()
@@ -124,6 +129,7 @@ async def test_soak(make_cluster: ClusterFactory, request: pytest.FixtureRequest
         "lost_registrations": lost,
         "router_fds": [fds_before, fds_after],
         "router_rss_mb": [round(rss_before, 1), round(rss_after, 1)],
+        "served_at": served_at,
     }
     print(json.dumps(report, indent=2))
     if request.config.getoption("--soak-report"):
@@ -131,6 +137,8 @@ async def test_soak(make_cluster: ClusterFactory, request: pytest.FixtureRequest
 
     assert outcomes.broken == [], outcomes.broken
     assert outcomes.served > 10 * seconds, report
+    stalls = [(a, b) for a, b in itertools.pairwise(served_at) if b[1] - a[1] < KILL_EVERY_S]
+    assert stalls == [], f"traffic (nearly) stopped between these points: {stalls}"
     assert all(n == 0 for n in lost.values()), lost
     assert fds_after - fds_before <= FD_GROWTH_BOUND, report
     assert rss_after - rss_before <= RSS_GROWTH_BOUND_MB, report

@@ -17,7 +17,7 @@ from cluster_harness import CALL_TIMEOUT_S, Cluster, echo_request
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 MAX_SECONDS = 120.0
-"""No workload runs longer than this, whatever its test does."""
+"""No workload runs longer than this unless its test says so (max_seconds), whatever its test does."""
 
 
 @dataclass
@@ -45,14 +45,17 @@ class Workload:
         routers: Sequence[int] | None = None,
         timeout: float = CALL_TIMEOUT_S,
         choose: Callable[[int], str] | None = None,
+        max_seconds: float = MAX_SECONDS,
     ) -> None:
-        """choose(turn) picks each request's model (a skewed trace, say); default: the models in turn."""
+        """choose(turn) picks each request's model (a skewed trace, say); default: the models in turn.
+        max_seconds: the clients stop by themselves after this long, stopped or not."""
         self._cluster = cluster
         self._models = list(model_ids)
         self._routers = list(routers) if routers is not None else list(range(len(cluster.routers)))
         self._clients = clients
         self._timeout = timeout
         self._choose = choose or (lambda turn: self._models[turn % len(self._models)])
+        self._max_seconds = max_seconds
         self._stop = asyncio.Event()
         self._values = itertools.count(1)
         self.outcomes = Outcomes()
@@ -68,7 +71,7 @@ class Workload:
         return self.outcomes
 
     async def _client(self, index: int) -> None:
-        deadline = time.monotonic() + MAX_SECONDS
+        deadline = time.monotonic() + self._max_seconds
         turn = index
         while not self._stop.is_set() and time.monotonic() < deadline:
             model_id = self._choose(turn)
