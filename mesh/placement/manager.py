@@ -49,6 +49,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+LOAD_HEARTBEAT_S = 2.0
+"""A router loading a model rewrites its LOADING copy's time this often: a claim that is not renewed is a load whose
+router died (killed mid-load), which other routers then stop waiting for."""
+LOADING_STALE_S = 3 * LOAD_HEARTBEAT_S + 2.0
+"""A LOADING copy not renewed for this long is stale (three missed heartbeats, and a margin for clock skew)."""
 BUSY_WAIT_S = 3.0
 """How long a load waits for an instance whose evictable copies are all busy (loading, serving) to free one."""
 BUSY_RETRY_S = 0.05
@@ -306,7 +311,7 @@ class PlacementManager:
                         loading_on = self._loading_on(model_id)
             if loading_on is not None:
                 # Another router's load (or one that beat our claim): its outcome comes through the view.
-                await self._await_placement_change(model_id, self._load_timeout(loading_on))
+                await self._await_placement_change(model_id, min(self._load_timeout(loading_on), LOADING_STALE_S))
                 continue
             if choice is None:
                 await asyncio.sleep(BUSY_RETRY_S)
@@ -355,8 +360,9 @@ class PlacementManager:
         for instance_id, copy in record.copies.items():
             if not self.current(instance_id, copy):
                 continue
-            if copy.state is CopyState.LOADING and now - copy.since_ms > self._load_timeout(instance_id) * 1000:
-                continue  # its loader died or gave up without clearing it
+            stale_after_s = min(self._load_timeout(instance_id), LOADING_STALE_S)
+            if copy.state is CopyState.LOADING and now - copy.since_ms > stale_after_s * 1000:
+                continue  # its loader died (no heartbeat) or gave up without clearing it
             live.append(instance_id)
         return live
 
@@ -366,19 +372,26 @@ class PlacementManager:
         """Record a LOADING copy on instance_id if, and only if, the model has exactly expected_live live copies
         (0 for a first load; the current count for an extra copy) and none of them is on that instance."""
         claimed = False
+        stale: list[str] = []
 
         def change(current: PlacementRecord | None) -> object:
-            nonlocal claimed
+            nonlocal claimed, stale
             record = current or PlacementRecord()
             live = set(self._live_copies(record))
             claimed = len(live) == expected_live and instance_id not in live
             if not claimed:
                 return UNCHANGED
-            for stale in [i for i, c in record.copies.items() if c.state is CopyState.LOADING and i not in live]:
-                record = record.without_copy(stale)
+            stale = [i for i, c in record.copies.items() if c.state is CopyState.LOADING and i not in live]
+            for gone in stale:
+                record = record.without_copy(gone)
             return record.with_copy(instance_id, CopyRecord(CopyState.LOADING, now_ms(), size, incarnation))
 
         await self.store.update(Kind.PLACEMENT, model_id, change)
+        if claimed:
+            for gone in stale:
+                if gone != instance_id and gone in self.view.instances:
+                    # A dead router's load may still finish there, as a copy nobody records: undo it.
+                    self._abandon_load(model_id, gone)
         return claimed
 
     async def _await_placement_change(self, model_id: str, timeout: float) -> None:
@@ -412,6 +425,7 @@ class PlacementManager:
         model_id, instance_id = model.model_id, choice.instance_id
         started = time.perf_counter()
         done = False
+        heartbeat = asyncio.create_task(self._renew_claim(model_id, instance_id, incarnation), name=f"claim-{model_id}")
         try:
             await self._evict(instance_id, choice.victims, for_model=model_id)
             size = await self._load_on(instance_id, model)
@@ -445,6 +459,7 @@ class PlacementManager:
                 raise _TryElsewhere(failed) from exc  # the failure recorded keeps this instance out of the retry
             raise ModelLoadFailed(failed) from exc
         finally:
+            heartbeat.cancel()
             self._loads_on[instance_id] -= 1
             if not done:
                 await self._drop_copy(model_id, instance_id, only_if=CopyState.LOADING)
@@ -473,6 +488,27 @@ class PlacementManager:
         )
         await self._trim(instance_id, keep=model_id)
         return instance_id
+
+    async def _renew_claim(self, model_id: str, instance_id: str, incarnation: int) -> None:
+        """While this router loads, renew its LOADING copy's time, so that others see the load is alive."""
+
+        def renew(current: PlacementRecord | None) -> object:
+            copy = current.copies.get(instance_id) if current else None
+            if (
+                current is None
+                or copy is None
+                or copy.state is not CopyState.LOADING
+                or copy.incarnation != incarnation
+            ):
+                return UNCHANGED
+            return current.with_copy(instance_id, dataclasses.replace(copy, since_ms=now_ms()))
+
+        while True:
+            await asyncio.sleep(LOAD_HEARTBEAT_S)
+            try:
+                await self.store.update(Kind.PLACEMENT, model_id, renew)
+            except MeshError as exc:  # a store outage: the next beat tries again; others stop waiting meanwhile
+                log.warning("renewing the load claim of %s failed: %s", model_id, exc.message)
 
     def _abandon_load(self, model_id: str, instance_id: str) -> None:
         """A load that timed out may still finish on a runtime that is only slow: unload it (SPI contract), in the

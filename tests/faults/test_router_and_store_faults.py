@@ -85,3 +85,29 @@ async def test_etcd_down_for_ten_seconds_keeps_loaded_models_serving_and_ends_wi
         await cluster.infer("cold", router=k)
     assert len(await cluster.holders("cold")) == 1
     await consistent(cluster, [*MODELS, "cold"])
+
+
+async def test_a_router_killed_in_the_middle_of_a_load_does_not_hold_up_the_others(
+    make_cluster: ClusterFactory,
+) -> None:
+    # The runtimes' load timeout is 60 s: waiting for the dead router's claim to time out would outlast the client.
+    cluster = await make_cluster(runtimes=2, routers=2, runtime_args=["--load-timeout-ms", "60000"])
+    await cluster.register_echo("slow", load_seconds=4.0)
+    await cluster.wait_registered(["slow"])
+    first = asyncio.ensure_future(cluster.infer("slow", router=0, timeout=30))
+
+    async def loading() -> bool:
+        return any(r.load_requests("slow") for r in cluster.runtimes)
+
+    await wait_until(loading, 10.0, "router-0's load of slow reached a runtime")
+    cluster.routers[0].kill()  # its LOADING claim stays in the store, no longer renewed
+    started = time.monotonic()
+    await cluster.infer("slow", router=1, timeout=30)
+    waited = time.monotonic() - started
+
+    assert waited < 20.0, waited  # the claim went stale after missed heartbeats, not after the 60 s load timeout
+    with pytest.raises(Exception):  # noqa: B017 - its router is dead: what exactly the client sees does not matter
+        await first
+    # The dead router's load finished on its runtime, as a copy nobody recorded: the router that took over undid it.
+    await cluster.restart_router(0)
+    await consistent(cluster, ["slow"])
