@@ -4,18 +4,18 @@ The runtime is the one the other targets also call, so every target reaches the 
 registered here and loaded by the first request that names it. The port file also names the REST port.
 
     python -m bench.mesh_router --runtime 127.0.0.1:PORT --port-file FILE     (or --runtime unix:/PATH)
+                                [--loop asyncio|uvloop]
     python -m pyinstrument -o router.txt -m bench.mesh_router ...   (the profile is written on SIGTERM)
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import tempfile
 from pathlib import Path
 
-from bench._serving import wait_for_stop, write_port_file
+from bench._serving import LOOPS, run_on, wait_for_stop, write_port_file
 from mesh.config import Settings
 from mesh.placement.records import ModelRecord
 from mesh.router import Router
@@ -46,9 +46,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.mesh_router", description=__doc__.splitlines()[0])
     parser.add_argument("--runtime", required=True, help="host:port or unix:PATH of a running built-in runtime")
     parser.add_argument("--port-file", type=Path, required=True)
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio", help="event loop (default asyncio)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s router %(name)s: %(message)s")
-    asyncio.run(serve(args.runtime, args.port_file))
+    run_on(args.loop, serve(args.runtime, args.port_file))
 
 
 if __name__ == "__main__":

@@ -3,19 +3,18 @@
 A generic handler with identity (de)serializers, no metadata, no deadline propagation, no routing: what is left
 is the cost of one grpc.aio server hop plus one grpc.aio client hop in a single Python process.
 
-    python -m bench.passthrough --upstream 127.0.0.1:PORT --port-file FILE
+    python -m bench.passthrough --upstream 127.0.0.1:PORT --port-file FILE [--loop asyncio|uvloop]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 from pathlib import Path
 
 import grpc
 
-from bench._serving import wait_for_stop, write_port_file
+from bench._serving import LOOPS, run_on, wait_for_stop, write_port_file
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MESSAGE_OPTIONS = [
@@ -68,8 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.passthrough", description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", required=True, help="host:port to forward to")
     parser.add_argument("--port-file", type=Path, required=True)
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio", help="event loop (default asyncio)")
     args = parser.parse_args()
-    asyncio.run(serve(args.upstream, args.port_file))
+    run_on(args.loop, serve(args.upstream, args.port_file))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """The router's hot path under load, sampled by pyinstrument: where a forwarded request's time goes.
 
-The router of scenario 1 runs under `python -m pyinstrument` while the load generator sends small ModelInfer
-requests at concurrency 8 to it alone; on SIGTERM the router stops cleanly and pyinstrument writes its session,
-which is rendered here twice: the functions with the most own time (whole process), and mesh's own functions by
-time including callees (start-up imports left out). pyinstrument samples wall-clock stacks (1 ms interval),
-and grpc's Cython core is opaque to it, so grpc time is booked on the Python frame that called into it. Read the
-numbers as shares.
+The router of scenario 1, on the event loop `mesh serve` picks by default, runs under `python -m pyinstrument`
+while the load generator sends small ModelInfer requests at concurrency 8 to it alone; on SIGTERM the router
+stops cleanly and pyinstrument writes its session, which is rendered here twice: the functions with the most own
+time (whole process), and mesh's own functions by time including callees (start-up imports left out).
+pyinstrument samples wall-clock stacks (1 ms interval), and grpc's Cython core is opaque to it, so grpc time is
+booked on the Python frame that called into it. Read the numbers as shares.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from bench._serving import serve_loop
 from bench.common import REPO
 from bench.hop import measure, servers
 
@@ -90,12 +91,13 @@ def run(quick: bool, out_dir: Path) -> dict:
         workdir = Path(tmp)
         session_path = workdir / "router.pyisession"
         prefix = ["-m", "pyinstrument", "-i", "0.001", "-r", "pyisession", "-o", str(session_path)]
-        with servers(workdir, router_prefix=prefix) as addresses:
-            results = measure(workdir, addresses, params, ["mesh"])
+        loop = serve_loop()
+        with servers(workdir, router_prefix=prefix, loops=[loop]) as addresses:
+            results = measure(workdir, addresses, params, [addresses["router_name"]])
         tables = _tables(session_path)
     (out_dir / "profile.md").write_text(markdown(tables) + "\n", encoding="utf-8")
     return {
-        "parameters": {**params, "target": "mesh", "profiler": "pyinstrument, 1 ms interval"},
+        "parameters": {**params, "target": "mesh", "router_loop": loop, "profiler": "pyinstrument, 1 ms interval"},
         "cells": results["cells"],
         "profile": tables,
         "markdown": markdown(tables),

@@ -33,7 +33,7 @@ class UsageError(Exception):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mesh.serve import ServeOptions, serve
+    from mesh.serve import ServeOptions, event_loop_factory, run
 
     settings = Settings.from_env(
         host=args.host,
@@ -55,7 +55,11 @@ def _serve(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         runtime_endpoints=tuple(args.runtime_endpoint),
     )
-    asyncio.run(serve(settings, options))
+    try:
+        event_loop_factory(settings.event_loop)  # a MESH_EVENT_LOOP that names no loop, or uvloop not installed
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    run(settings, options)
     return 0
 
 

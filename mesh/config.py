@@ -56,6 +56,9 @@ class Settings:
     health_check_seconds: float = 2.0
     """How often readiness (store answers, a runtime instance reachable) is re-evaluated besides on instance
     changes; the store probe gets at most 1 s of it."""
+    event_loop: str = "auto"
+    """The event loop `mesh serve` runs on: uvloop, asyncio, or auto (uvloop where it is installed, else asyncio).
+    uvloop takes less CPU per forwarded request (docs/benchmarks.md, scenario 1)."""
 
     tls_cert_file: str = ""
     """PEM certificate (chain) both front doors (gRPC and REST) serve TLS with; with tls_key_file. Reloaded when

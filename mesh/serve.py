@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +198,31 @@ class EmbeddedMesh:
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """asyncio.Runner's loop_factory for Settings.event_loop: uvloop's (for "uvloop", and for "auto" where uvloop is
+    installed), or None for asyncio's own."""
+    if name not in EVENT_LOOPS:
+        raise ValueError(f"event loop {name!r} is not one of {', '.join(EVENT_LOOPS)}")
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if name == "uvloop":
+            raise ValueError("event loop 'uvloop' asked for, but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run(settings: Settings, options: ServeOptions) -> None:
+    """serve() on the event loop settings.event_loop names."""
+    with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
+        runner.run(serve(settings, options))
+
+
 async def serve(settings: Settings, options: ServeOptions) -> None:
     """Run until SIGINT/SIGTERM, then stop everything that was started (no orphan processes)."""
     stop = asyncio.Event()
@@ -212,7 +238,8 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
         )
         tmp.replace(options.port_file)
     log.info(
-        "mesh is up: gRPC %s:%d, REST %s, metrics %s; Ctrl-C stops it",
+        "mesh is up (%s event loop): gRPC %s:%d, REST %s, metrics %s; Ctrl-C stops it",
+        type(loop).__module__.split(".")[0],
         settings.host,
         ports.grpc,
         f"{settings.host}:{ports.rest}" if ports.rest else "off",
