@@ -5,6 +5,9 @@ at least one runtime instance is reachable (registered, not marked unreachable b
 not failing to connect). It is evaluated at start, whenever the set of instances changes, and every
 `health_check_seconds`, and kept here, so every front door reads the same answer.
 
+Whoever assembles a router may hold readiness back while it starts (`mesh serve` does until its runtimes are
+added and the example models registered), so that a client that waits for ready finds what it was promised.
+
 Liveness is another question: the process is up and answering. It stays true while the router is not ready,
 so an orchestrator takes a router that waits for its store or runtimes out of the load balancer, but does not
 restart it.
@@ -39,6 +42,7 @@ class Readiness:
         self.reason = "not checked yet"
         self.on_change: list[Callable[[bool], Awaitable[None]]] = []
         self._published = False
+        self._holds: list[str] = []
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -54,6 +58,15 @@ class Readiness:
                 await self._task
             self._task = None
 
+    def hold(self, reason: str) -> None:
+        """Stay not ready, saying `reason`, until release(reason)."""
+        self._holds.append(reason)
+
+    async def release(self, reason: str) -> None:
+        """End a hold() and evaluate at once."""
+        self._holds.remove(reason)
+        await self.check()
+
     def check_soon(self) -> None:
         """Re-evaluate at once in the background (a burst of calls costs one evaluation)."""
         self._wake.set()
@@ -61,7 +74,7 @@ class Readiness:
     async def check(self) -> bool:
         """Evaluate now, tell the listeners if the answer changed, and return it."""
         async with self._lock:
-            problem = await self._store_problem() or self._instance_problem()
+            problem = self._hold_problem() or await self._store_problem() or self._instance_problem()
             ready = problem is None
             changed = ready != self.ready or not self._published
             self.ready, self.reason = ready, problem or "ready"
@@ -75,6 +88,9 @@ class Readiness:
             for listener in self.on_change:
                 await listener(ready)
             return ready
+
+    def _hold_problem(self) -> str | None:
+        return f"still starting: {'; '.join(self._holds)}" if self._holds else None
 
     async def _store_problem(self) -> str | None:
         try:

@@ -52,7 +52,9 @@ class Router:
         self._health: health.aio.HealthServicer | None = None
         self.readiness: Readiness
 
-    async def start(self) -> Ports:
+    async def start(self, hold_ready: str | None = None) -> Ports:
+        """Open the store and both front doors. hold_ready: readiness stays false, saying this, until
+        `self.readiness.release(hold_ready)`: for an assembler that has more to do before clients come."""
         settings = self.settings
         if self._kv is None:
             self._kv = open_kv(settings.kv_url(), settings.etcd_tls())
@@ -86,6 +88,8 @@ class Router:
             )
         self.readiness.on_change.append(self._publish_health)
         self.manager.view.on_change.append(self._on_change)
+        if hold_ready is not None:
+            self.readiness.hold(hold_ready)
         await self.readiness.start()
         log.info(
             "mesh router serving gRPC on %s:%d, REST on %s",

@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from prometheus_client import multiprocess
 from mesh.config import Settings
 from mesh.errors import MeshError
 from mesh.placement.records import ModelRecord
+from mesh.processes import python_module_command
 from mesh.router import Ports, Router
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class RuntimeProcess:
         """Start the process and return its endpoint once it listens: unix:PATH, or 127.0.0.1:PORT without one."""
         self.port_file.unlink(missing_ok=True)
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "adapters.builtin",
+            *python_module_command("adapters.builtin"),
             "--host", "127.0.0.1", "--port", "0", "--port-file", str(self.port_file),
             "--capacity-bytes", str(self.capacity_bytes), "--instance-id", self.instance_id,
             "--parent-pid", str(os.getpid()), *(("--uds", str(self.uds)) if self.uds else ()),
@@ -144,7 +144,9 @@ class EmbeddedMesh:
         self._supervisors: list[asyncio.Task[None]] = []
 
     async def start(self) -> Ports:
-        ports = await self.router.start()
+        """Start the router, then the runtimes, then register the examples; ready only once all of that is done."""
+        starting = "adding the runtimes and registering the example models"
+        ports = await self.router.start(hold_ready=starting)
         try:
             endpoints = await asyncio.gather(*(r.start() for r in self.runtimes))
             for runtime, endpoint in zip(self.runtimes, endpoints, strict=True):
@@ -154,6 +156,7 @@ class EmbeddedMesh:
                 await self.router.add_instance(instance_id, endpoint)
             if self.options.examples_dir is not None:
                 await self._register_examples(self.options.examples_dir)
+            await self.router.readiness.release(starting)
         except BaseException:
             await self.stop()
             raise

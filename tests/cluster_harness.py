@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
@@ -37,8 +36,9 @@ from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
 from mesh.kv.etcd import EtcdKV
 from mesh.placement.records import Keys, Kind, PlacementRecord
+from mesh.processes import python_module_command
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 45.0  # six Python processes importing grpc and numpy at once on two cores
 STOP_TIMEOUT_S = 8.0
 CALL_TIMEOUT_S = 20.0
@@ -197,7 +197,7 @@ class Cluster:
         for i in range(runtimes):
             instance_id = f"rt-{i}"
             command = [
-                sys.executable, "-m", "adapters.builtin",
+                *python_module_command("adapters.builtin"),
                 "--host", "127.0.0.1", "--port", "0", "--port-file", str(self.directory / f"{instance_id}.port"),
                 "--instance-id", instance_id, "--capacity-bytes", str(capacity_bytes),
                 "--kv", kv, "--kv-prefix", self.prefix, "--lease-seconds", str(LEASE_SECONDS),
@@ -219,7 +219,7 @@ class Cluster:
         for i in range(routers):
             name = f"router-{i}"
             command = [
-                sys.executable, "-m", "mesh", "serve",
+                *python_module_command("mesh"), "serve",
                 "--runtimes", "0", "--no-examples", "--grpc-port", "0", "--rest-port", "-1",
                 "--port-file", str(self.directory / f"{name}.port"),
                 "--data-dir", str(self.directory / f"{name}-data"), "--kv", kv,

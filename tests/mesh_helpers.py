@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from adapters.builtin.servicers import InferenceServicer, RuntimeServicer
 from adapters.builtin.settings import RuntimeSettings
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
+from mesh.processes import python_module_command
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60.0
@@ -96,9 +96,7 @@ def start_serve(directory: Path, *serve_args: str, global_args: tuple[str, ...] 
     """`python -m mesh [global_args] serve --grpc-port 0 --port-file ... [serve_args]`, once it has written ports."""
     port_file, stdout, stderr = directory / "ports.json", directory / "serve.out", directory / "serve.err"
     command = [
-        sys.executable,
-        "-m",
-        "mesh",
+        *python_module_command("mesh"),
         *global_args,
         "serve",
         *("--grpc-port", "0", "--port-file", str(port_file), "--data-dir", str(directory / "data")),

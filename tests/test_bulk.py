@@ -6,7 +6,6 @@ import io
 import json
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from mesh import bulk
 from mesh.cli import ProgressBar
 from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
+from mesh.processes import python_module_command
 
 MODELS = 5000
 CLI_TIMEOUT_S = 120.0
@@ -36,7 +36,7 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mesh", *args], cwd=REPO, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
+        [*python_module_command("mesh"), *args], cwd=REPO, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
     )
 
 

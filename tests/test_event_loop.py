@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 
 import pytest
 
+from mesh.processes import python_module_command
 from mesh.serve import event_loop_factory
 
 
@@ -32,7 +32,7 @@ def test_an_unknown_loop_is_a_usage_error_naming_the_choices() -> None:
     with pytest.raises(ValueError, match="is not one of auto, uvloop, asyncio"):
         event_loop_factory("trio")
     result = subprocess.run(
-        [sys.executable, "-m", "mesh", "serve", "--no-examples"],
+        [*python_module_command("mesh"), "serve", "--no-examples"],
         env={"MESH_EVENT_LOOP": "trio", "PATH": ""},
         capture_output=True,
         text=True,

@@ -17,6 +17,7 @@ from mesh_helpers import REPO, serving
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
 from mesh.logs import JsonFormatter
+from mesh.processes import python_module_command
 
 
 def _parse_lines(text: str) -> list[dict[str, Any]]:
@@ -91,7 +92,7 @@ def test_mesh_serve_and_its_runtimes_log_json_lines(tmp_path: Path) -> None:
 
 def test_cli_errors_are_json_lines_too() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mesh", "--log-format", "json", "models", "status", "m"]
+        [*python_module_command("mesh"), "--log-format", "json", "models", "status", "m"]
         + ["--address", "127.0.0.1:1", "--timeout", "2"],
         cwd=REPO,
         capture_output=True,

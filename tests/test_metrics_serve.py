@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
+from mesh.processes import python_module_command
 
 pytestmark = pytest.mark.slow  # a router and two runtime processes
 
@@ -98,7 +98,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("serve")
     port_file, log_file = tmp / "ports.json", tmp / "mesh.log"
     command = [
-        sys.executable, "-m", "mesh", "serve", "--grpc-port", "0", "--rest-port", "-1", "--port-file", str(port_file),
+        *python_module_command("mesh"), "serve", "--grpc-port", "0", "--rest-port", "-1", "--port-file", str(port_file),
         "--data-dir", str(tmp / "data"), "--kv", "memory://", "--runtimes", "2", "--capacity-mb", "16", "--no-examples",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MESH_METRICS_PORT": "0"}
@@ -251,7 +251,7 @@ def test_the_grafana_dashboard_queries_only_metrics_mesh_exports(workload: Workl
 
 def test_a_standalone_runtime_serves_its_own_metrics(tmp_path: Path) -> None:
     port_file = tmp_path / "runtime.port"
-    command = [sys.executable, "-m", "adapters.builtin", "--port", "0", "--port-file", str(port_file)]
+    command = [*python_module_command("adapters.builtin"), "--port", "0", "--port-file", str(port_file)]
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     process = subprocess.Popen([*command, "--metrics-port", "0"], cwd=REPO, env=env)
     try:

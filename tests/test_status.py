@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.placement.records import ModelRecord
 from mesh.placement.registry import ModelState
+from mesh.processes import python_module_command
 from mesh.router import Router
 
 
@@ -40,7 +40,7 @@ async def router(tmp_path: Path) -> AsyncIterator[tuple[Router, int, list[InProc
 async def _cli(*args: str) -> tuple[int, str, str]:
     """Run `python -m mesh ...` without blocking the loop the router serves on."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mesh", *args, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *python_module_command("mesh"), *args, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None

@@ -242,7 +242,7 @@ def _adapter_command(runtime: Runtime) -> list[str]:
     data = _port(runtime.spec.get("grpcDataEndpoint"), server_type.data_port)
     management_address = f"http://127.0.0.1:{management}" if server_type.management_url else f"127.0.0.1:{management}"
     return [
-        "python", "-m", server_type.module,
+        "python", "-P", "-m", server_type.module,  # -P: the working directory never shadows the packages
         server_type.management_flag, management_address,
         server_type.data_flag, f"127.0.0.1:{data}",
         server_type.repository_flag, server_type.repository,

@@ -11,13 +11,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.config import Settings
+from mesh.processes import python_module_command
 from mesh.router import Ports, Router
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ def start_adapter(runtime: str, workdir: Path, args: Sequence[str], instance_id:
     output = workdir / f"{instance_id}.log"
     with output.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", f"adapters.{runtime}", "--port", "0", "--port-file", str(port_file),
+            [*python_module_command(f"adapters.{runtime}"), "--port", "0", "--port-file", str(port_file),
              "--instance-id", instance_id, "--parent-pid", str(os.getpid()), "--log-level", "DEBUG", *args],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip

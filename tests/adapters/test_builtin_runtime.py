@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
+from mesh.processes import python_module_command
 from mesh.proxy.codec import numpy_to_response, outputs_to_numpy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,9 +72,7 @@ def _start_runtime(directory: Path, *extra: str) -> RuntimeProcess:
     directory.mkdir(parents=True, exist_ok=True)
     port_file, log_file = directory / "port.json", directory / "runtime.log"
     command = [
-        sys.executable,
-        "-m",
-        "adapters.builtin",
+        *python_module_command("adapters.builtin"),
         *("--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)),
         *("--capacity-bytes", str(CAPACITY), "--instance-id", "test-builtin"),
         *("--max-loading-concurrency", "3", "--load-timeout-ms", "20000"),

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from tiny_torch import X, Y, archive, write_parts
 from adapters.common.envs import ensure_env
 from mesh.gen import torchserve_inference_pb2 as ts
 from mesh.gen import torchserve_inference_pb2_grpc as ts_grpc
+from mesh.processes import python_module_command
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ joblib.dump(LogisticRegression(max_iter=500).fit(X, y), sys.argv[1])
 
 def _mesh(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mesh", *args], cwd=REPO, capture_output=True, text=True, timeout=180, check=False
+        [*python_module_command("mesh"), *args], cwd=REPO, capture_output=True, text=True, timeout=180, check=False
     )
 
 

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+
+from mesh.processes import python_module_command
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIMES = 2
@@ -150,9 +151,7 @@ def _start(directory: Path, kv: str, kv_prefix: str) -> MeshServer:
     """Starts `python -m mesh serve` and waits (bounded) for its port file; on failure, the output says why."""
     port_file, log_file, data_dir = directory / "ports.json", directory / "mesh.log", directory / "data"
     command = [
-        sys.executable,
-        "-m",
-        "mesh",
+        *python_module_command("mesh"),
         "serve",
         *("--grpc-port", "0", "--rest-port", "0", "--port-file", str(port_file)),
         *("--data-dir", str(data_dir), "--kv", kv),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
+from mesh.processes import python_module_command
 
 if TYPE_CHECKING:
     from conftest import MeshServer
@@ -230,7 +230,7 @@ def test_vmodel_routes_by_header_and_by_name(
 
 
 def _cli(mesh_server: MeshServer, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "mesh", "models", *args, "--address", mesh_server.grpc_address]
+    command = [*python_module_command("mesh"), "models", *args, "--address", mesh_server.grpc_address]
     return subprocess.run(
         [*command, "--timeout", str(TIMEOUT_S)], cwd=REPO, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
     )

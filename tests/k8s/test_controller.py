@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from mesh.controller.controller import ConfigError, own_image
 from mesh.controller.resources import GROUP
 from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
+from mesh.processes import python_module_command
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def test_cluster_runtime_and_annotated_isvc_load_and_answer(
     pod = deployment["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["mlserver", "mesh-adapter", "mesh-router"]
     adapter = pod["containers"][1]
-    assert adapter["command"][:3] == ["python", "-m", "adapters.mlserver"]
+    assert adapter["command"][:4] == ["python", "-P", "-m", "adapters.mlserver"]
     args = adapter["args"]
     assert args[args.index("--kv") + 1] == "etcd://etcd.example:2379"
     assert args[args.index("--capacity-bytes") + 1] == str(1024**3 - 134217728)  # memory request - memBufferBytes
@@ -277,7 +277,7 @@ def test_mesh_controller_command_serves_until_sigterm(
     )
     cluster.cluster_runtime("mlserver-1.x", SKLEARN)
     cluster.isvc("team-i", "iris-cli", sklearn(models["logreg"]))
-    command = [sys.executable, "-m", "mesh", "controller", "--kubeconfig", str(kubeconfig)]
+    command = [*python_module_command("mesh"), "controller", "--kubeconfig", str(kubeconfig)]
     command += ["--mesh-address", mesh.grpc_address, "--poll-seconds", "0.2", "--kv", "etcd://etcd.example:2379"]
     command += ["--image", "registry.example/mesh:test"]
     log = tmp_path / "controller.log"

@@ -8,7 +8,6 @@ import json
 import os
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.kv import open_kv
 from mesh.placement.instances import probe_runtime
 from mesh.placement.records import ModelRecord
+from mesh.processes import python_module_command
 from mesh.router import Ports, Router
 from mesh.tls import ClientTLS, ServerTLS
 
@@ -57,7 +57,7 @@ class BuiltinProcess:
         self.output = tmp / "runtime.log"
         with self.output.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "adapters.builtin", "--port", "0", "--port-file", str(self.port_file),
+                [*python_module_command("adapters.builtin"), "--port", "0", "--port-file", str(self.port_file),
                  "--instance-id", "tls-rt", "--parent-pid", str(os.getpid()), *flags],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
