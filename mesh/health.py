@@ -107,7 +107,7 @@ class Readiness:
         if not instances:
             return "no runtime instance is registered"
         # Every instance is looked at (not just until one answers): looking starts idle channels connecting.
-        answering = [i for i in instances if manager.answering(i)]
+        answering = [i for i in instances if manager.health.answering(i)]
         if answering:
             return None
         return f"no runtime instance is reachable ({', '.join(instances)})"

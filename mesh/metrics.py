@@ -1,9 +1,9 @@
 """Prometheus metrics of one router, named after ModelMesh's `modelmesh_*` family, and the /metrics endpoint.
 
-Each Router owns a RouterMetrics with its own CollectorRegistry (two routers in one process, as in the tests,
-never share series). Per-request metrics are histograms whose label children are bound once and cached, so a
+Each Router owns a RouterMetrics with its own CollectorRegistry, `collectors` (two routers in one process, as in
+the tests, never share series). Per-request metrics are histograms whose label children are bound once and cached, so a
 request costs a dict lookup and one `observe` per metric. Placement gauges are computed when scraped, from the
-router's view, so the hot path keeps no bookkeeping for them.
+router's view (mesh/placement/gauges.py), so the hot path keeps no bookkeeping for them.
 
 Labels are bounded: methods (at most MAX_METHOD_LABELS distinct, since any unary method carrying a routing
 header is forwarded), status code names, instance ids. A `model` label is added only with
@@ -18,8 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter as Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -33,12 +32,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from mesh.placement.manager import PlacementManager
 from mesh.placement.records import now_ms
-from mesh.placement.registry import ModelRegistry, ModelState
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +62,11 @@ class RouterMetrics:
 
     def __init__(self, per_model: bool = False) -> None:
         self.per_model = per_model
-        self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
-        r = self.registry
+        self.collectors = CollectorRegistry()
+        ProcessCollector(registry=self.collectors)
+        PlatformCollector(registry=self.collectors)
+        GCCollector(registry=self.collectors)
+        r = self.collectors
         model = ("model",) if per_model else ()
         self._api = Histogram(
             "modelmesh_api_request_milliseconds",
@@ -147,11 +143,9 @@ class RouterMetrics:
         self._methods: set[str] = set()
         self._known: Callable[[str], bool] = lambda _name: False
 
-    def observe_placement(self, manager: PlacementManager, registry: ModelRegistry) -> None:
-        """Report the placement gauges from this manager and registry when scraped."""
-        self.registry.register(PlacementCollector(manager, registry))
-        view = manager.view
-        self._known = lambda name: name in view.models or name in view.vmodels
+    def label_models(self, known: Callable[[str], bool]) -> None:
+        """With per_model: label only names for which known(name) is true (registered ones), never invented ones."""
+        self._known = known
 
     # ---- per request -----------------------------------------------------------------------------------
 
@@ -226,66 +220,6 @@ class RouterMetrics:
         self._evictions.inc()
         if last_used_ms:
             self._age_at_eviction.observe(max(now_ms() - last_used_ms, 0))
-
-
-class PlacementCollector:
-    """Gauges computed at scrape time from the router's placement view (every router reports the same values
-    for shared state: aggregate them with max, not sum)."""
-
-    def __init__(self, manager: PlacementManager, registry: ModelRegistry) -> None:
-        self._manager = manager
-        self._registry = registry
-
-    def describe(self) -> Iterable[Metric]:
-        return self._families()
-
-    def collect(self) -> Iterable[Metric]:
-        capacity, used, lru_age, models, loaded, managed, failing, waiting = families = self._families()
-        now = now_ms()
-        for view in self._manager.instance_views():
-            instance = [view.record.instance_id]
-            capacity.add_metric(instance, view.record.capacity_bytes)
-            used.add_metric(instance, view.used_bytes)
-            models.add_metric(instance, len(view.copies))
-            used_at = [c.last_used_ms for c in view.copies if c.last_used_ms]
-            lru_age.add_metric(instance, (now - min(used_at)) / 1000 if used_at else 0.0)
-        states = Tally(self._registry.status(m.model_id).state for m in self._registry.models())
-        loaded.add_metric([], states[ModelState.LOADED])
-        managed.add_metric([], states.total())
-        failing.add_metric([], states[ModelState.LOADING_FAILED])
-        waiting.add_metric([], self._manager.waiting_for_load)
-        return families
-
-    @staticmethod
-    def _families() -> list[GaugeMetricFamily]:
-        # Not "instance": Prometheus sets that label on every series to name the scraped target.
-        instance = ["instance_id"]
-        return [
-            GaugeMetricFamily(
-                "modelmesh_instance_capacity_bytes", "Model memory a runtime instance offers.", labels=instance
-            ),
-            GaugeMetricFamily(
-                "modelmesh_instance_used_bytes",
-                "Bytes of the copies on an instance (loading ones at their predicted size).",
-                labels=instance,
-            ),
-            GaugeMetricFamily(
-                "modelmesh_instance_lru_age_seconds",
-                "Time since the least recently used copy on an instance was used (0 when none has been).",
-                labels=instance,
-            ),
-            GaugeMetricFamily(
-                "modelmesh_instance_models_total", "Copies (loaded or loading) on an instance.", labels=instance
-            ),
-            GaugeMetricFamily("modelmesh_models_loaded_total", "Registered models with at least one loaded copy."),
-            GaugeMetricFamily("modelmesh_models_managed_total", "Registered models."),
-            GaugeMetricFamily(
-                "modelmesh_models_with_failure_total", "Models whose loads are failing (status LOADING_FAILED)."
-            ),
-            GaugeMetricFamily(
-                "modelmesh_requests_waiting_for_load", "Requests on this router waiting for their model to load."
-            ),
-        ]
 
 
 # ---- the endpoint ------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from mesh.health import Readiness
 from mesh.kv import open_kv
 from mesh.kv.base import KV
 from mesh.metrics import RouterMetrics, start_metrics_server
+from mesh.placement.gauges import PlacementGauges
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import Kind
 from mesh.placement.registry import ModelRegistry
@@ -62,12 +63,14 @@ class Router:
         metrics_port = None
         if settings.metrics_port >= 0:  # first: a port already taken (2112 by default) fails before anything runs
             self._metrics_server, metrics_port = await start_metrics_server(
-                settings.host, settings.metrics_port, self.metrics.registry, self._runtime_metrics_dir
+                settings.host, settings.metrics_port, self.metrics.collectors, self._runtime_metrics_dir
             )
         self.manager = PlacementManager(self._kv, settings, self.metrics)
         await self.manager.start()
         self.registry = ModelRegistry(self.manager)
-        self.metrics.observe_placement(self.manager, self.registry)
+        self.metrics.collectors.register(PlacementGauges(self.manager, self.registry))
+        view = self.manager.view
+        self.metrics.label_models(lambda name: name in view.models or name in view.vmodels)
         self.readiness = Readiness(self._kv, self.manager, settings.health_check_seconds)
         tls = settings.front_door_tls()
         self.dataplane = DataPlane(self.registry, self.manager, self.readiness, self.metrics)

@@ -80,7 +80,7 @@ def test_mesh_serve_and_its_runtimes_log_json_lines(tmp_path: Path) -> None:
     records = _parse_lines(serve.stderr.read_text())
 
     [loaded] = [r for r in records if r["message"].startswith("loaded model echo-j on runtime-0 in ")]  # the router's
-    assert loaded["logger"] == "mesh.placement.manager" and loaded["level"] == "INFO"
+    assert loaded["logger"] == "mesh.placement.loader" and loaded["level"] == "INFO"
     assert (loaded["model"], loaded["instance"]) == ("echo-j", "runtime-0")
     assert loaded["bytes"] >= 5000  # the ballast and the model's own few bytes, as measured by the runtime
     assert isinstance(loaded["ms"], int) and f"in {loaded['ms']} ms ({loaded['bytes']} bytes)" in loaded["message"]

@@ -104,7 +104,7 @@ def _expected(router: Router) -> dict[str, Any]:
             "models": sorted(c.model_id for c in v.copies),
             "loads_in_flight": v.loads_in_flight,
             "started_ms": v.record.started_ms,
-            "reachable": manager.answering(v.record.instance_id),
+            "reachable": manager.health.answering(v.record.instance_id),
         }
         for v in sorted(manager.instance_views(), key=lambda v: v.record.instance_id)
     ]

@@ -49,7 +49,9 @@ class InstanceView:
 
 
 @dataclass(frozen=True)
-class Placement:
+class LoadPlan:
+    """Where a new copy goes, and the copies to evict there first."""
+
     instance_id: str
     victims: tuple[ResidentCopy, ...]
 
@@ -97,14 +99,14 @@ def choose_instance(
     instances: Iterable[InstanceView],
     excluded: frozenset[str] = frozenset(),
     eviction: str = "lru",
-) -> Placement | None:
+) -> LoadPlan | None:
     """The best instance for a new copy, with the copies to evict first; None when nothing can hold it.
 
     `excluded` holds instances that already have a copy or recently failed to load this model. Among instances
     that must evict, the one whose most valuable victim is worth least (under `eviction`) wins.
     """
     worth = _worth(eviction)
-    ranked: list[tuple[tuple, Placement]] = []
+    ranked: list[tuple[tuple, LoadPlan]] = []
     for inst in instances:
         rec = inst.record
         if rec.instance_id in excluded or not rec.supports(model_type) or size_bytes > rec.capacity_bytes:
@@ -118,7 +120,7 @@ def choose_instance(
             rank: tuple = (1, dearest_victim, len(victims), inst.loads_in_flight, rec.instance_id)
         else:
             rank = (0, inst.loads_in_flight, -inst.free_bytes, len(inst.copies), rec.instance_id)
-        ranked.append((rank, Placement(rec.instance_id, victims)))
+        ranked.append((rank, LoadPlan(rec.instance_id, victims)))
     return min(ranked, key=lambda r: r[0])[1] if ranked else None
 
 

@@ -154,7 +154,7 @@ class ModelRegistry:
         return placement.record.size_bytes if placement else 0
 
     def last_used_ms(self, model_id: str) -> int:
-        return self._manager.last_used_ms(model_id)
+        return self._manager.usage.last_used_ms(model_id)
 
     # ---- models --------------------------------------------------------------------------------------
 
@@ -218,7 +218,7 @@ class ModelRegistry:
         errors: list[str] = []
         if placement:
             for instance_id, copy in placement.record.copies.items():
-                if self._manager.current(instance_id, copy):
+                if self._manager.counts(instance_id, copy):
                     state = ModelState.LOADED if copy.state is CopyState.LOADED else ModelState.LOADING
                     copies.append(CopyStatus(instance_id, state, copy.since_ms))
             for instance_id, failure in placement.record.failures.items():

@@ -18,7 +18,8 @@ from mesh.errors import ModelNotFound, RuntimeFailure, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.health import Readiness
 from mesh.metrics import RouterMetrics
-from mesh.placement.manager import CopyLease, PlacementManager
+from mesh.placement.copies import CopyLease
+from mesh.placement.manager import PlacementManager
 from mesh.placement.registry import ModelRegistry, ModelState
 from mesh.proxy import wire
 
@@ -107,7 +108,7 @@ class DataPlane:
         metrics = self._metrics
         attempts = (1, 2) if method in RETRIED else (1,)
         for attempt in attempts:
-            lease = self._manager.loaded_copy(model_id) or await self._await_copy(model_id)
+            lease = self._manager.loaded_copy(model_id) or await self._manager.await_copy(model_id)
             with lease:
                 body = self._with_model_id(method, request, target, model_id, lease)
                 started = time.perf_counter()
@@ -133,21 +134,12 @@ class DataPlane:
                 return response
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _await_copy(self, model_id: str) -> CopyLease:
-        """A cache miss: the request found no loaded copy and waits for one (a load, or another's load)."""
-        self._metrics.cache_missed(model_id)
-        started = time.perf_counter()
-        try:
-            return await self._manager.acquire(model_id)
-        finally:
-            self._metrics.cache_miss_waited(model_id, started)
-
     @staticmethod
     def _with_model_id(method: str, request: bytes, target: Target, model_id: str, lease: CopyLease) -> bytes:
         """The request with the concrete model id where the runtime reads it, if it names something else."""
         if not target.from_header and target.name == model_id:
             return request
-        path = lease.manager.view.instances[lease.instance_id].record.methods.get(method.lstrip("/"))
+        path = lease.methods.get(method.lstrip("/"))
         if path is None and method in ROUTED_BY_FIELD_1:
             path = (1,)
         if path != (1,):

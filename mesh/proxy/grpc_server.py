@@ -297,7 +297,7 @@ class AdminServicer(admin_grpc.MeshAdminServicer):
                     models=sorted(c.model_id for c in v.copies),
                     loadsInFlight=v.loads_in_flight,
                     startedTime=v.record.started_ms,
-                    reachable=manager.answering(v.record.instance_id),
+                    reachable=manager.health.answering(v.record.instance_id),
                 )
                 for v in sorted(manager.instance_views(), key=lambda v: v.record.instance_id)
             ]

@@ -64,6 +64,7 @@ def test_the_adapter_gets_the_default_command_and_the_controllers_flags() -> Non
     adapter = container(workload, "mesh-adapter")
     assert adapter["command"] == [
         "python",
+        "-P",
         "-m",
         "adapters.triton",
         "--triton-http",

@@ -318,7 +318,7 @@ async def test_a_handlers_unhandled_error_is_unavailable_and_leaves_the_copy_and
 
     assert failure.value.code() is grpc.StatusCode.UNAVAILABLE
     assert (await mesh.status("tiny-unhandled")).status == mm.ModelStatusInfo.LOADED
-    assert mesh.router.manager.reachable("torchserve-0")
+    assert mesh.router.manager.health.reachable("torchserve-0")
     assert await mesh.predict("mm-model-id", "tiny-unhandled", json.dumps(X).encode()) == Y
 
 

@@ -1,0 +1,359 @@
+"""Loading copies: one load per model at a time in this router (single flight), where to load it, the claim that
+makes it one load across routers, and what a failure means.
+
+`ensure_loaded(model_id)` is the whole miss: every caller for a model awaits the same load task. The task chooses
+an instance (policy.py, over the copy table's picture of the instances), claims the load (claims.py), evicts the
+victims the choice named (evictor.py), calls the runtime within its load slots, and records the LOADED copy. A
+runtime that does not answer is set aside and the next instance tried; one that hangs or runs out of memory is
+tried elsewhere (MAX_LOAD_ATTEMPTS in all); a load the model itself fails is recorded against the instance and
+not retried there for load_failure_backoff_seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from mesh.config import Settings
+from mesh.errors import MeshError, ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
+from mesh.metrics import RouterMetrics
+from mesh.placement import policy
+from mesh.placement.claims import LoadClaims
+from mesh.placement.copies import LOADING_STALE_S, CopyTable
+from mesh.placement.evictor import Evictor
+from mesh.placement.instance_health import InstanceHealth
+from mesh.placement.instances import RuntimeClients
+from mesh.placement.records import CopyRecord, CopyState, Kind, LoadFailure, ModelRecord, PlacementRecord, now_ms
+from mesh.placement.store import RecordStore
+from mesh.placement.usage import Usage
+from mesh.placement.view import LocalView
+
+log = logging.getLogger(__name__)
+
+BUSY_WAIT_S = 3.0
+"""How long a load waits for an instance whose evictable copies are all busy (loading, serving) to free one."""
+BUSY_RETRY_S = 0.05
+MAX_LOAD_ATTEMPTS = 3
+"""Instances one request tries a load on when a runtime, not the model, fails it (ModelMesh's MAX_LOAD_FAILURES)."""
+
+
+class _InstanceUnreachable(Exception):
+    """A runtime did not answer a load: not the model's fault, so no failure is recorded against it."""
+
+
+class _TryElsewhere(Exception):
+    """A runtime failed a load in a way another instance (or this one, after making room) may not: it hung past
+    the load timeout, or ran out of memory."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Loader:
+    def __init__(
+        self,
+        settings: Settings,
+        view: LocalView,
+        store: RecordStore,
+        clients: RuntimeClients,
+        copies: CopyTable,
+        health: InstanceHealth,
+        claims: LoadClaims,
+        evictor: Evictor,
+        usage: Usage,
+        metrics: RouterMetrics,
+    ) -> None:
+        self._settings = settings
+        self._view = view
+        self._store = store
+        self._clients = clients
+        self._copies = copies
+        self._health = health
+        self._claims = claims
+        self._evictor = evictor
+        self._usage = usage
+        self._metrics = metrics
+        self._policy = settings.eviction_policy
+        self._loads: dict[str, asyncio.Task[str]] = {}
+        # Choosing an instance and claiming the load there is one decision per router: two loads deciding at once
+        # would both count the same free bytes.
+        self._decide = asyncio.Lock()
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._placement_waiters: dict[str, asyncio.Event] = {}
+
+    async def ensure_loaded(self, model_id: str) -> str:
+        """The instance holding a loaded copy, starting the one load for this model if there is none."""
+        holder = self._copies.loaded_holder(model_id)
+        if holder is not None:
+            return holder
+        task = self._loads.get(model_id)
+        if task is None:
+            task = asyncio.create_task(self._load_first_copy(model_id), name=f"load-{model_id}")
+            self._loads[model_id] = task
+            task.add_done_callback(lambda _t: self._loads.pop(model_id, None))
+        # Shielded: a caller that gives up (deadline, disconnect) must not cancel the load the others await.
+        return await asyncio.shield(task)
+
+    def loading(self, model_id: str) -> bool:
+        return model_id in self._loads
+
+    def placement_changed(self, model_id: str) -> None:
+        """The view saw the model's placement record change: wake a load waiting for another router's."""
+        event = self._placement_waiters.get(model_id)
+        if event is not None:
+            event.set()
+
+    async def stop(self) -> None:
+        for task in self._loads.values():
+            task.cancel()
+        await asyncio.gather(*self._loads.values(), return_exceptions=True)
+
+    # ---- the first copy ----------------------------------------------------------------------------------
+
+    async def _load_first_copy(self, model_id: str) -> str:
+        """Place and load one copy, unless another router claimed the load first; then wait for its result."""
+        model = self._model(model_id)
+        size = await self._size_estimate(model)
+        attempts = 0
+        busy_until = time.monotonic() + BUSY_WAIT_S
+        while True:
+            choice: policy.LoadPlan | None = None
+            claimed = False
+            async with self._decide:
+                holder = self._copies.loaded_holder(model_id)
+                if holder is not None:
+                    return holder
+                loading_on = self._copies.loading_on(model_id)
+                if loading_on is None:
+                    try:
+                        choice = self._choose(model, size)
+                    except Unavailable:
+                        # Everything it could evict is loading or serving right now: that changes within
+                        # milliseconds under churn, so look again for a while before saying "retry".
+                        if time.monotonic() > busy_until:
+                            raise
+                if choice is not None:
+                    incarnation = self._view.instances[choice.instance_id].record.started_ms
+                    claimed = await self._claims.claim(model_id, choice.instance_id, size, incarnation)
+                    if claimed:
+                        self._start_load(model_id, choice)
+                    else:
+                        loading_on = self._copies.loading_on(model_id)
+            if loading_on is not None:
+                # Another router's load (or one that beat our claim): its outcome comes through the view.
+                timeout = min(self._health.load_timeout(loading_on), LOADING_STALE_S)
+                await self._await_placement_change(model_id, timeout)
+                continue
+            if choice is None:
+                await asyncio.sleep(BUSY_RETRY_S)
+                continue
+            if not claimed:
+                continue  # the record changed under the claim: look again
+            try:
+                return await self._load_claimed(model, choice, incarnation)
+            except _InstanceUnreachable:
+                continue  # _choose no longer offers that instance; it raises when nothing is left
+            except _TryElsewhere as exc:
+                attempts += 1
+                if attempts >= MAX_LOAD_ATTEMPTS:
+                    raise ModelLoadFailed(f"{exc.message} ({attempts} attempts)") from exc
+
+    def _start_load(self, model_id: str, choice: policy.LoadPlan) -> None:
+        """The claim is ours: mark the victims (no other decision takes them) and count the load on the instance."""
+        for victim in choice.victims:
+            self._copies.evicting(victim.model_id, choice.instance_id)
+        self._copies.load_started(choice.instance_id)
+
+    def _choose(self, model: ModelRecord, size: int) -> policy.LoadPlan:
+        """Where the first copy goes and what it evicts; raises why when nowhere will do."""
+        placement = self._view.placements.get(model.model_id)
+        record = placement.record if placement else PlacementRecord()
+        failed = self._recent_failures(record)
+        excluded = frozenset(self._copies.live_copies(record)) | frozenset(failed)
+        instances = self._copies.instance_views()
+        choice = policy.choose_instance(model.model_type, size, instances, excluded, self._policy)
+        if choice is not None:
+            return choice
+        if failed:
+            instance_id, failure = max(failed.items(), key=lambda f: f[1].time_ms)
+            retry_in = self._settings.load_failure_backoff_seconds - (now_ms() - failure.time_ms) / 1000
+            raise ModelLoadFailed(
+                f"model '{model.model_id}' failed to load on instance '{instance_id}': {failure.message}"
+                f" (not retried for another {max(retry_in, 0):.0f}s)"
+            )
+        unreachable = sorted(
+            i
+            for i, v in self._view.instances.items()
+            if v.record.supports(model.model_type) and not self._health.reachable(i)
+        )
+        if unreachable:
+            raise Unavailable(
+                f"cannot place model '{model.model_id}': runtime instance(s) {', '.join(unreachable)}"
+                " did not answer; retry shortly"
+            )
+        reason, retryable = policy.why_unplaceable(
+            model.model_type, size, [v.record for v in self._view.instances.values()]
+        )
+        error = Unavailable if retryable else NoCapacity
+        raise error(f"cannot place model '{model.model_id}': {reason}")
+
+    async def _await_placement_change(self, model_id: str, timeout: float) -> None:
+        """Wait until the model's placement record changes (another router's load finished or failed)."""
+        event = self._placement_waiters.setdefault(model_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass  # a claim that old is stale: the next claim ignores it
+        finally:
+            self._placement_waiters.pop(model_id, None)
+
+    # ---- one claimed load --------------------------------------------------------------------------------
+
+    async def _load_claimed(self, model: ModelRecord, choice: policy.LoadPlan, incarnation: int) -> str:
+        """Evict the plan's victims, load the copy, record it LOADED, trim any overflow; the instance id."""
+        model_id, instance_id = model.model_id, choice.instance_id
+        started = time.perf_counter()
+        done = False
+        heartbeat = self._claims.renew_while_loading(model_id, instance_id, incarnation)
+        try:
+            await self._evictor.evict(instance_id, choice.victims, for_model=model_id)
+            size = await self._call_load(instance_id, model)
+            done = True
+        except grpc.aio.AioRpcError as exc:
+            raise await self._load_failed(model_id, instance_id, exc, started) from exc
+        finally:
+            heartbeat.cancel()
+            self._copies.load_ended(instance_id)
+            if not done:
+                await self._evictor.drop_copy(model_id, instance_id, only_if=CopyState.LOADING)
+        # Loaded for a request that is about to use it: it enters the cluster-wide LRU as the most recently used
+        # (ModelMesh's cache does the same), in the same write that records it, so that no router's next load
+        # takes a copy nobody has used yet for the least recently used one and evicts it before its request.
+        loaded_ms = now_ms()
+        self._usage.touched(model_id)
+        loaded = CopyRecord(CopyState.LOADED, loaded_ms, size, incarnation)
+        await self._store.update(
+            Kind.PLACEMENT,
+            model_id,
+            lambda p: (p or PlacementRecord()).with_copy(instance_id, loaded).used_at(loaded_ms),
+        )
+        ms = round((time.perf_counter() - started) * 1000)
+        log.info(
+            "loaded model %s on %s in %d ms (%d bytes)",
+            model_id,
+            instance_id,
+            ms,
+            size,
+            extra={"event": "loaded", "model": model_id, "instance": instance_id, "ms": ms, "bytes": size},
+        )
+        await self._evictor.trim(instance_id, keep=model_id)
+        return instance_id
+
+    async def _call_load(self, instance_id: str, model: ModelRecord) -> int:
+        """loadModel on the runtime, within its loading slots; the size it measured."""
+        record = self._view.instances[instance_id].record
+        slots = self._slots.setdefault(instance_id, asyncio.Semaphore(record.loading_slots))
+        async with slots:
+            started = time.perf_counter()
+            try:
+                size = await self._clients.get(instance_id).load(model, self._health.load_timeout(instance_id))
+            except grpc.aio.AioRpcError:
+                self._metrics.load_failed()
+                raise
+            self._metrics.loaded(started, size)
+            return size
+
+    async def _load_failed(
+        self, model_id: str, instance_id: str, exc: grpc.aio.AioRpcError, started: float
+    ) -> Exception:
+        """What a runtime's failed load means, as the exception to raise: try another instance, or fail the model
+        (recorded against the instance, so that it is not retried there for a while)."""
+        message = f"{exc.code().name}: {exc.details()}"
+        if exc.code() is grpc.StatusCode.UNAVAILABLE:
+            self._health.mark_unreachable(instance_id, message)
+            return _InstanceUnreachable(instance_id)
+        if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and self._health.cap_capacity(instance_id, message):
+            # Not the model's fault: with the instance's capacity capped at what it holds, the next choice makes
+            # room there (or goes elsewhere).
+            return _TryElsewhere(f"model '{model_id}' did not fit on instance '{instance_id}': {message}")
+        if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+            self._claims.abandon(model_id, instance_id)
+        failure = LoadFailure(message, now_ms())
+        await self._store.update(
+            Kind.PLACEMENT, model_id, lambda p: (p or PlacementRecord()).with_failure(instance_id, failure)
+        )
+        ms = round((time.perf_counter() - started) * 1000)
+        log.error(
+            "load of model %s on %s failed after %d ms: %s",
+            model_id,
+            instance_id,
+            ms,
+            message,
+            extra={"event": "load_failed", "model": model_id, "instance": instance_id, "ms": ms, "error": message},
+        )
+        failed = f"model '{model_id}' failed to load on instance '{instance_id}': {message}"
+        if exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            return _TryElsewhere(failed)  # the failure recorded keeps this instance out of the retry
+        return ModelLoadFailed(failed)
+
+    # ---- extra copies ------------------------------------------------------------------------------------
+
+    async def add_copy(self, model_id: str) -> None:
+        """Load one more copy on another instance, into free space only: an extra copy never evicts a model.
+        A copy that cannot be added is logged, not raised (the scaler calls this in the background)."""
+        try:
+            model = self._model(model_id)
+            async with self._decide:
+                placement = self._view.placements.get(model_id)
+                record = placement.record if placement else PlacementRecord()
+                live = self._copies.live_copies(record)
+                if not live or any(record.copies[i].state is CopyState.LOADING for i in live):
+                    return
+                size = record.size_bytes
+                excluded = frozenset(live) | frozenset(self._recent_failures(record))
+                instances = self._copies.instance_views()
+                choice = policy.choose_instance(model.model_type, size, instances, excluded, self._policy)
+                if choice is None or choice.victims:
+                    return
+                incarnation = self._view.instances[choice.instance_id].record.started_ms
+                if not await self._claims.claim(
+                    model_id, choice.instance_id, size, incarnation, expected_live=len(live)
+                ):
+                    return
+                self._start_load(model_id, choice)
+            log.info("adding copy %d of model %s on %s to follow load", len(live) + 1, model_id, choice.instance_id)
+            await self._load_claimed(model, choice, incarnation)
+        except (MeshError, _InstanceUnreachable, _TryElsewhere) as exc:
+            log.warning("extra copy of model %s not added: %s", model_id, exc)
+
+    # ---- what a load needs to know -----------------------------------------------------------------------
+
+    def _model(self, model_id: str) -> ModelRecord:
+        known = self._view.models.get(model_id)
+        if known is None:
+            raise ModelNotFound(model_id)
+        return known.record
+
+    def _recent_failures(self, record: PlacementRecord) -> dict[str, LoadFailure]:
+        horizon = now_ms() - self._settings.load_failure_backoff_seconds * 1000
+        return {i: f for i, f in record.failures.items() if f.time_ms > horizon and i in self._view.instances}
+
+    async def _size_estimate(self, model: ModelRecord) -> int:
+        """The size to place by: the one measured last time, else the runtime's prediction, else its default."""
+        placement = self._view.placements.get(model.model_id)
+        if placement and placement.record.size_bytes:
+            return placement.record.size_bytes
+        candidates = [v.record for v in self._view.instances.values() if v.record.supports(model.model_type)]
+        if not candidates:
+            return 0
+        try:
+            predicted = await self._clients.get(candidates[0].instance_id).predict_size(
+                model, self._settings.predict_size_timeout_seconds
+            )
+        except grpc.aio.AioRpcError:
+            predicted = 0
+        return predicted or candidates[0].default_model_size
