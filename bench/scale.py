@@ -38,7 +38,7 @@ from mesh.kv import open_kv
 from mesh.metrics import RouterMetrics
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import CopyRecord, CopyState, InstanceRecord, Kind, ModelRecord, PlacementRecord
-from mesh.placement.registry import ModelRegistry
+from mesh.registry import ModelRegistry
 
 FULL_CHECKPOINTS = (1_000, 10_000, 100_000)
 QUICK_CHECKPOINTS = (1_000, 10_000)

@@ -63,10 +63,6 @@ class DeadlineExceeded(MeshError):
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class Unimplemented(MeshError):
-    grpc_code = grpc.StatusCode.UNIMPLEMENTED
-
-
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
     grpc.StatusCode.INVALID_ARGUMENT: 400,

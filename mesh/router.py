@@ -18,10 +18,10 @@ from mesh.metrics import RouterMetrics, start_metrics_server
 from mesh.placement.gauges import PlacementGauges
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import Kind
-from mesh.placement.registry import ModelRegistry
 from mesh.proxy.dataplane import INFERENCE_SERVICE, DataPlane
 from mesh.proxy.grpc_server import HEALTH_NOT_SERVING, HEALTH_SERVING, start_grpc_server
 from mesh.proxy.rest_server import start_rest_server
+from mesh.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 

@@ -81,6 +81,7 @@ async def measure(show: bool) -> None:
             ).SerializeToString()
             dataplane: DataPlane = router.dataplane
             trace = MissTrace()
+
             async def traced() -> None:
                 IN_REQUEST.set(True)
                 await dataplane.forward(MODEL_INFER, request, Target("m"))
@@ -96,7 +97,8 @@ async def measure(show: bool) -> None:
     functions = {(f, fn) for _, f, fn in trace.calls}
     files = {f for _, f, _ in trace.calls}
     switches = sum(1 for caller, callee, _ in trace.calls if caller != callee)
-    print(f"miss path: {len(trace.calls)} calls, {len(functions)} distinct functions, {len(files)} files, {switches} switches")
+    counts = f"{len(trace.calls)} calls, {len(functions)} distinct functions, {len(files)} files"
+    print(f"miss path: {counts}, {switches} switches")
     print("files:", ", ".join(sorted(files)))
     if show:
         for caller, callee, function in trace.calls:

@@ -32,7 +32,7 @@ from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
-from mesh.placement.registry import ModelState
+from mesh.registry import ModelState
 from mesh.router import Ports, Router
 
 BALLAST = 400_000

@@ -17,8 +17,8 @@ from mesh.config import Settings
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.placement.records import ModelRecord
-from mesh.placement.registry import ModelState
 from mesh.processes import python_module_command
+from mesh.registry import ModelState
 from mesh.router import Router
 
 

@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import now_ms
-from mesh.placement.registry import ModelRegistry, ModelState
+from mesh.registry import ModelRegistry, ModelState
 
 
 class PlacementGauges:

@@ -152,7 +152,10 @@ class Loader:
                 await asyncio.sleep(BUSY_RETRY_S)
                 continue
             if not claimed:
-                continue  # the record changed under the claim: look again
+                # The record changed under the claim (the store showed the view what won): look again, after
+                # yielding, so that a store that answers without suspending cannot make this a busy loop.
+                await asyncio.sleep(0)
+                continue
             try:
                 return await self._load_claimed(model, choice, incarnation)
             except _InstanceUnreachable:

@@ -34,7 +34,7 @@ from mesh.placement.evictor import Evictor
 from mesh.placement.instance_health import InstanceHealth
 from mesh.placement.instances import InstancePublisher, RuntimeClients, probe_runtime
 from mesh.placement.loader import Loader
-from mesh.placement.records import CopyRecord, Keys, Kind
+from mesh.placement.records import CopyRecord, InstanceRecord, Keys, Kind
 from mesh.placement.scaling import CopyScaler
 from mesh.placement.store import RecordStore
 from mesh.placement.usage import Usage
@@ -45,7 +45,11 @@ log = logging.getLogger(__name__)
 
 
 class PlacementManager:
-    def __init__(self, kv: KV, settings: Settings, metrics: RouterMetrics) -> None:
+    def __init__(
+        self, kv: KV, settings: Settings, metrics: RouterMetrics, clients: RuntimeClients | None = None
+    ) -> None:
+        """clients: how runtime instances are dialled (default: gRPC channels to the endpoints their records name;
+        the unit tests pass fakes)."""
         if settings.eviction_policy not in policy.EVICTION_POLICIES:
             raise ValueError(
                 f"eviction_policy {settings.eviction_policy!r} is not one of {', '.join(policy.EVICTION_POLICIES)}"
@@ -57,7 +61,7 @@ class PlacementManager:
         self.keys = Keys(settings.kv_prefix)
         self.view = LocalView(kv, self.keys)
         self.store = RecordStore(kv, self.view)
-        self.clients = RuntimeClients(self.view, settings.max_message_bytes, settings.runtime_tls())
+        self.clients = clients or RuntimeClients(self.view, settings.max_message_bytes, settings.runtime_tls())
         self.publisher = InstancePublisher(kv, self.keys, settings.instance_lease_seconds)
         self.health = InstanceHealth(
             self.view, self.clients, settings.unreachable_retry_seconds, settings.load_timeout_seconds
@@ -190,11 +194,19 @@ class PlacementManager:
         if tls is None:
             tls = self.clients.tls is not None and not endpoint.startswith("unix:")
         runtime_tls = (self.clients.tls or ClientTLS()) if tls else None
-        record = await probe_runtime(instance_id, endpoint, model_types, tls=runtime_tls)
+        await self.publish_instance(await probe_runtime(instance_id, endpoint, model_types, tls=runtime_tls))
+
+    async def publish_instance(self, record: InstanceRecord) -> None:
+        """Publish the record of an instance that answered (a new incarnation) and route to it at once."""
         self.view.apply_put(await self.publisher.publish(record))
-        self.health.mark_reachable(instance_id)
-        log.info("runtime instance %s ready at %s (capacity %d bytes)", instance_id, endpoint, record.capacity_bytes)
-        await self._evictor.drop_stale_copies(instance_id)
+        self.health.mark_reachable(record.instance_id)
+        log.info(
+            "runtime instance %s ready at %s (capacity %d bytes)",
+            record.instance_id,
+            record.endpoint,
+            record.capacity_bytes,
+        )
+        await self._evictor.drop_stale_copies(record.instance_id)
 
     async def remove_instance(self, instance_id: str) -> None:
         """Withdraw the record of a runtime this router published (its process exited): nothing is routed there."""

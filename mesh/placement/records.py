@@ -125,9 +125,6 @@ class PlacementRecord(_Record):
             size_bytes=raw.get("size_bytes", 0),
         )
 
-    def loaded_on(self) -> list[str]:
-        return [i for i, c in self.copies.items() if c.state is CopyState.LOADED]
-
     def with_copy(self, instance_id: str, copy: CopyRecord) -> PlacementRecord:
         failures = {i: f for i, f in self.failures.items() if i != instance_id}
         size = copy.size_bytes if copy.state is CopyState.LOADED else self.size_bytes or copy.size_bytes

@@ -46,7 +46,14 @@ class RecordStore:
                     written = KeyValue(key, op.value, 0, result.revision, 0, lease)  # type: ignore[union-attr]
                     self._view.apply_put(written, new)
                 return new
-            # Lost the race: start again from what the store holds now (the watch will update the view).
+            # Lost the race: start again from what the store holds now, and show the view what it lost to (newer
+            # than anything it has; the watch brings the same later). A caller deciding from the view, such as a
+            # load claim that lost, must see the winner at once rather than decide again from the old state.
             fresh = await self._kv.get(key)
-            record, revision = (DECODERS[kind](fresh.value), fresh.mod_revision) if fresh else (None, 0)
+            if fresh is None:
+                record, revision = None, 0
+                self._view.apply_delete(key, result.revision)
+            else:
+                record, revision = DECODERS[kind](fresh.value), fresh.mod_revision
+                self._view.apply_put(fresh, record)
         raise Unavailable(f"too much contention updating {kind.value}/{record_id}; try again")

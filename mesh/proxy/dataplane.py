@@ -20,8 +20,8 @@ from mesh.health import Readiness
 from mesh.metrics import RouterMetrics
 from mesh.placement.copies import CopyLease
 from mesh.placement.manager import PlacementManager
-from mesh.placement.registry import ModelRegistry, ModelState
 from mesh.proxy import wire
+from mesh.registry import ModelRegistry, ModelState, Naming
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 MODEL_INFER = f"/{INFERENCE_SERVICE}/ModelInfer"
@@ -56,12 +56,7 @@ class Target:
     """What a request names: a model or vmodel id, and where the name came from."""
 
     name: str
-    # True: mm-vmodel-id header; False: mm-model-id header; None: the request body (vmodel or model).
-    vmodel: bool | None = None
-
-    @property
-    def from_header(self) -> bool:
-        return self.vmodel is not None
+    naming: Naming = Naming.BODY
 
 
 class DataPlane:
@@ -102,9 +97,9 @@ class DataPlane:
     ) -> bytes:
         """Send request bytes to a copy of the target model (loading one if needed); the response bytes."""
         try:
-            model_id = self._registry.resolve(target.name, target.vmodel)
+            model_id = self._registry.resolve(target.name, target.naming)
         except ModelNotFound:
-            model_id = await self._registry.resolve_fresh(target.name, target.vmodel)
+            model_id = await self._registry.resolve_fresh(target.name, target.naming)
         metrics = self._metrics
         attempts = (1, 2) if method in RETRIED else (1,)
         for attempt in attempts:
@@ -137,7 +132,7 @@ class DataPlane:
     @staticmethod
     def _with_model_id(method: str, request: bytes, target: Target, model_id: str, lease: CopyLease) -> bytes:
         """The request with the concrete model id where the runtime reads it, if it names something else."""
-        if not target.from_header and target.name == model_id:
+        if target.naming is Naming.BODY and target.name == model_id:
             return request
         path = lease.methods.get(method.lstrip("/"))
         if path is None and method in ROUTED_BY_FIELD_1:

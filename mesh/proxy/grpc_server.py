@@ -27,9 +27,9 @@ from mesh.grpcutil import Behavior, RejectingUnparseable, WrapBehavior, maps_err
 from mesh.metrics import RouterMetrics, method_label
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import ModelRecord
-from mesh.placement.registry import ModelRegistry, ModelStatus, VModelStatus
 from mesh.proxy import wire
 from mesh.proxy.dataplane import INFERENCE_SERVICE, ROUTED_BY_FIELD_1, DataPlane, Target
+from mesh.registry import ModelRegistry, ModelStatus, Naming, VModelStatus
 from mesh.tls import ServerTLS
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,9 @@ def header_target(metadata: Any) -> Target | None:
     if model and vmodel:
         raise InvalidArgument("send only one of the mm-model-id and mm-vmodel-id headers")
     if vmodel:
-        return Target(vmodel, vmodel=True)
+        return Target(vmodel, Naming.VMODEL_HEADER)
     if model:
-        return Target(model, vmodel=False)
+        return Target(model, Naming.MODEL_HEADER)
     return None
 
 

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.gen import grpc_predict_v2_pb2 as pb
-from mesh.placement.registry import MAX_ID_BYTES
+from mesh.registry import MAX_ID_BYTES
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

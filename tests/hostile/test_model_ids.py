@@ -1,7 +1,7 @@
 """Model ids, vmodel ids, types and paths in registrations: what no registration may hold is INVALID_ARGUMENT,
 naming the problem, through the gRPC management API (what `mesh register` calls) and the registry library alike.
 
-The rules (mesh/placement/registry.py): ids and types are 1 to MAX_ID_BYTES (512) bytes of UTF-8, paths at most
+The rules (mesh/registry/ids.py): ids and types are 1 to MAX_ID_BYTES (512) bytes of UTF-8, paths at most
 MAX_PATH_BYTES (4096); none may hold a control character (Unicode Cc: U+0000-U+001F, U+007F-U+009F).
 """
 
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from mesh.errors import InvalidArgument
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.placement.records import ModelRecord
-from mesh.placement.registry import MAX_ID_BYTES, MAX_PATH_BYTES
+from mesh.registry import MAX_ID_BYTES, MAX_PATH_BYTES
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

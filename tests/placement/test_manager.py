@@ -10,7 +10,7 @@ import pytest
 from router_harness import LOAD, UNLOAD, Mesh
 
 from mesh.placement.records import ModelRecord
-from mesh.placement.registry import ModelState
+from mesh.registry import ModelState
 
 BALLAST = 10_000  # bytes each test model holds; config and bookkeeping add well under 1,000 more
 

@@ -1,107 +1,38 @@
-"""Registration of models and vmodels, and their status: the management API's library core."""
+"""The model registry: registration of models and vmodels, what a request's name resolves to, and statuses.
+
+ModelRegistry is the management API's library core (register, unregister, load now, vmodels and their
+transitions) and the data path's name lookup (resolve). Records live in the store (models/, vmodels/); where
+copies are is placement's, asked through the PlacementManager façade.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 import logging
-import re
-from dataclasses import dataclass, field
 
-from mesh.errors import AlreadyExists, Conflict, InvalidArgument, MeshError, ModelNotFound
+from mesh.errors import AlreadyExists, Conflict, MeshError, ModelNotFound
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import CopyState, Kind, ModelRecord, VModelRecord, now_ms
 from mesh.placement.store import UNCHANGED
+from mesh.registry.ids import check_id, check_path
+from mesh.registry.status import CopyStatus, ModelState, ModelStatus, VModelState, VModelStatus
 
 log = logging.getLogger(__name__)
 
 
-class ModelState(enum.Enum):
-    # Names and order follow mmesh.ModelStatusInfo.ModelStatus.
-    NOT_FOUND = 0
-    NOT_LOADED = 1
-    LOADING = 2
-    LOADED = 3
-    LOADING_FAILED = 4
+class Naming(enum.Enum):
+    """Where a request's name came from, which decides what it may name."""
+
+    BODY = "model_name"
+    """The request's own model name: a vmodel id if one exists, else a model id."""
+    MODEL_HEADER = "mm-model-id"
+    """The mm-model-id header: a model id only."""
+    VMODEL_HEADER = "mm-vmodel-id"
+    """The mm-vmodel-id header: a vmodel id only."""
 
 
-class VModelState(enum.Enum):
-    NOT_FOUND = 0
-    DEFINED = 1
-    TRANSITIONING = 2
-    TRANSITION_FAILED = 3
-
-
-@dataclass(frozen=True)
-class CopyStatus:
-    instance_id: str
-    state: ModelState
-    time_ms: int
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    state: ModelState
-    errors: list[str] = field(default_factory=list)
-    copies: list[CopyStatus] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class VModelStatus:
-    state: VModelState
-    active_model_id: str = ""
-    target_model_id: str = ""
-    active: ModelStatus = ModelStatus(ModelState.NOT_FOUND)
-    target: ModelStatus = ModelStatus(ModelState.NOT_FOUND)
-    owner: str = ""
-
-
-# Ids name keys in the store and appear in every log line and error about the model. Kubernetes object names are
-# up to 253 characters, and modelmesh-serving's model ids add "__isvc-" and a 10-digit hash to one: 512 bytes holds
-# those with room to spare.
-MAX_ID_BYTES = 512
-# A model path is a file path or a URL (presigned URLs run to a few KiB); PATH_MAX on Linux is 4096.
-MAX_PATH_BYTES = 4096
-# Unicode's Cc category: C0 controls (NUL, newline, escape...), DEL and C1 controls. They would end a path at the
-# NUL for the OS, and forge or hide log lines.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _shown(value: str) -> str:
-    """A bounded, escaped rendering of a client's string for an error message."""
-    return repr(value[:64]) + ("..." if len(value) > 64 else "")
-
-
-def _check_text(value: str, what: str, max_bytes: int) -> None:
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError as err:  # only from a library caller: protobuf strings are valid UTF-8
-        raise InvalidArgument(f"{what} {_shown(value)} is not valid Unicode: {err.reason}") from None
-    if size > max_bytes:
-        raise InvalidArgument(f"{what} is {size} bytes long; the limit is {max_bytes} bytes of UTF-8")
-    control = _CONTROL.search(value)
-    if control is not None:
-        raise InvalidArgument(
-            f"{what} {_shown(value)} contains control character U+{ord(control.group()):04X} at position "
-            f"{control.start()}"
-        )
-
-
-def check_id(value: str, what: str) -> str:
-    """`value` if it can name a model or vmodel: not empty, at most MAX_ID_BYTES of UTF-8, no control characters."""
-    if not value:
-        raise InvalidArgument(f"{what} must not be empty")
-    _check_text(value, what, MAX_ID_BYTES)
-    return value
-
-
-def check_path(value: str, what: str) -> str:
-    """`value` if it can be a model path: at most MAX_PATH_BYTES of UTF-8, no control characters (NUL included).
-
-    Whether a local path stays inside the allowed roots is the puller's check, where the path is resolved.
-    """
-    _check_text(value, what, MAX_PATH_BYTES)
-    return value
+_WHAT_NAMES = {Naming.BODY: "model name", Naming.MODEL_HEADER: "model id", Naming.VMODEL_HEADER: "vmodel id"}
 
 
 class ModelRegistry:
@@ -113,34 +44,34 @@ class ModelRegistry:
 
     # ---- lookups for the data path -------------------------------------------------------------------
 
-    def resolve(self, name: str, vmodel: bool | None = None) -> str:
-        """The concrete model id a request names: vmodel=True/False from a header, None for model_name."""
-        if vmodel is not False:
+    def resolve(self, name: str, naming: Naming = Naming.BODY) -> str:
+        """The concrete model id a request names. No I/O: on the data path."""
+        if naming is not Naming.MODEL_HEADER:
             alias = self._view.vmodels.get(name)
             if alias is not None:
                 return alias.record.active_model_id
-            if vmodel:
+            if naming is Naming.VMODEL_HEADER:
                 raise ModelNotFound(name, "vmodel")
         if name in self._view.models:
             return name
         raise ModelNotFound(name)
 
-    async def resolve_fresh(self, name: str, vmodel: bool | None = None) -> str:
+    async def resolve_fresh(self, name: str, naming: Naming = Naming.BODY) -> str:
         """resolve(), reading the store when the view does not know the name yet.
 
         Another router may have registered it a moment ago, and its watch event may still be on the way; asking
         the store costs a round trip only for names the view does not know, never on the hot path.
         """
         try:
-            return self.resolve(name, vmodel)
+            return self.resolve(name, naming)
         except ModelNotFound:
             # No registration can have this name (and an error echoing 64 MiB of it could not be sent).
-            check_id(name, "vmodel id" if vmodel else "model id" if vmodel is False else "model name")
-            if vmodel is not False:
+            check_id(name, _WHAT_NAMES[naming])
+            if naming is not Naming.MODEL_HEADER:
                 await self._view.refresh(Kind.VMODEL, name)
-            if vmodel is not True:
+            if naming is not Naming.VMODEL_HEADER:
                 await self._view.refresh(Kind.MODEL, name)
-            return self.resolve(name, vmodel)
+            return self.resolve(name, naming)
 
     def models(self) -> list[ModelRecord]:
         return [v.record for v in self._view.models.values()]

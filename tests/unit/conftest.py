@@ -1,0 +1,24 @@
+"""The unit tier: placement, the data plane and the registry in the test's event loop, over fake runtimes and the
+real embedded store (fakes.py). No processes, no sockets: each test runs in milliseconds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from fakes import Cluster, FakeRuntime
+
+
+@pytest.fixture
+async def make_cluster() -> AsyncIterator[Callable[..., Cluster]]:
+    """make_cluster(*runtimes, **settings): a Cluster closed when the test ends, however it ends."""
+    made: list[Cluster] = []
+
+    def make(*runtimes: FakeRuntime, **settings: object) -> Cluster:
+        cluster = Cluster(*runtimes, **settings)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        await cluster.close()
