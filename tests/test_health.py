@@ -132,8 +132,13 @@ async def test_health_follows_the_runtime_pool(make_router, runtimes: list[InPro
     await probe.router.add_instance("rt-b", runtimes[-1].endpoint, BUILTIN_TYPES)
     await probe.expect(SERVING, timeout=0)
 
-    await asyncio.sleep(0.2)  # the watch stream's last message is on its way
-    assert flips(probe.watched) == [NOT_SERVING, SERVING, NOT_SERVING, SERVING, NOT_SERVING, SERVING]
+    # The watch stream's last message may still be on its way: wait for it (bounded), then the whole history must be
+    # exactly these flips (an extra one, or one missing, fails).
+    expected = [NOT_SERVING, SERVING, NOT_SERVING, SERVING, NOT_SERVING, SERVING]
+    deadline = time.monotonic() + FLIP_TIMEOUT_S
+    while len(flips(probe.watched)) < len(expected) and time.monotonic() < deadline:  # noqa: ASYNC110 - a bounded poll
+        await asyncio.sleep(0.01)
+    assert flips(probe.watched) == expected
 
 
 async def test_health_is_not_serving_while_the_store_is_down(

@@ -14,9 +14,9 @@ from adapters.builtin.metrics import RuntimeMetrics
 from adapters.builtin.models import Model, ModelType, model_type
 from adapters.builtin.settings import RuntimeSettings
 from adapters.common.errors import ModelNotLoaded, OutOfMemory
+from mesh.codec import inputs_to_numpy, numpy_to_response
 from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, ModelLoadFailed, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
-from mesh.proxy.codec import inputs_to_numpy, numpy_to_response
 
 log = logging.getLogger(__name__)
 

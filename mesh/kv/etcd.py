@@ -279,6 +279,10 @@ class _Watcher:
         self.queue: asyncio.Queue[WatchEvent | Exception | None] = asyncio.Queue()
         self.task = asyncio.create_task(self._run(), name=f"etcd-watch {prefix!r}")
 
+    @property
+    def failures(self) -> int:
+        return self._failures
+
     def stop(self) -> None:
         self._kv._watchers.discard(self)
         with contextlib.suppress(RuntimeError):  # an event loop already closed has no task left to cancel
@@ -380,6 +384,11 @@ class _WatchStream(AsyncIterator[WatchEvent]):
         self._done = True
         self._stop()
         await asyncio.wait([self._watcher.task])
+
+    @property
+    def failed_attempts(self) -> int:
+        """Attempts to (re)open the stream that failed since one last opened: above 0 while etcd is unreachable."""
+        return self._watcher.failures
 
 
 def _target(endpoints: Sequence[str]) -> str:

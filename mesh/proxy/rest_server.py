@@ -1,4 +1,4 @@
-"""The REST front door: KServe v2 / Triton HTTP routes that convert with mesh.proxy.codec and call the DataPlane.
+"""The REST front door: KServe v2 / Triton HTTP routes that convert with mesh.codec and call the DataPlane.
 
 Status codes: errors are `{"error": message}` with mesh.errors.http_status of the error's gRPC code, mapped in
 one middleware. A model or server that is not ready answers 503 (retryable), as KServe does; Triton answers 400
@@ -16,9 +16,9 @@ import grpc
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from mesh import codec
 from mesh.errors import InvalidArgument, MeshError, Unavailable, http_status
 from mesh.metrics import RouterMetrics
-from mesh.proxy import codec
 from mesh.proxy.dataplane import DataPlane
 from mesh.tls import ServerTLS
 

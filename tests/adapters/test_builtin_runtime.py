@@ -24,12 +24,12 @@ import pytest
 import yaml
 from sklearn.datasets import load_iris
 
+from mesh.codec import numpy_to_response, outputs_to_numpy
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
 from mesh.processes import python_module_command
-from mesh.proxy.codec import numpy_to_response, outputs_to_numpy
 
 REPO = Path(__file__).resolve().parents[2]
 

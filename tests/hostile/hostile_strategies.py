@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from mesh.codec.tensors import DATATYPES
 from mesh.gen import grpc_predict_v2_pb2 as pb
-from mesh.proxy.codec.tensors import DATATYPES
 
 _EXPLORE = os.environ.get("MESH_HYPOTHESIS") == "explore"
 

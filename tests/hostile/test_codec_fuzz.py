@@ -25,10 +25,10 @@ from hostile_strategies import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mesh.codec import decode_infer_request, inputs_to_numpy
+from mesh.codec.tensors import MAX_DIMS, raw_to_array
 from mesh.errors import InvalidArgument
 from mesh.gen import grpc_predict_v2_pb2 as pb
-from mesh.proxy.codec import decode_infer_request, inputs_to_numpy
-from mesh.proxy.codec.tensors import MAX_DIMS, raw_to_array
 
 
 def decode_or_refuse(body: bytes, header_length: int | None) -> pb.ModelInferRequest | None:

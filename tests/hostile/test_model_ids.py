@@ -17,6 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.errors import InvalidArgument
+from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
+from mesh.gen import mesh_admin_pb2 as admin
+from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.placement.records import ModelRecord
 from mesh.registry import MAX_ID_BYTES, MAX_PATH_BYTES
@@ -62,7 +66,26 @@ async def test_register_model_refuses_bad_ids_naming_the_problem(
 @pytest.mark.parametrize("model_id", GOOD_IDS)
 async def test_register_model_accepts_long_unicode_and_slashed_ids(mesh: HostileMesh, model_id: str) -> None:
     await mesh.management.registerModel(mm.RegisterModelRequest(modelId=model_id, modelInfo=info(mesh)))
-    await mesh.management.unregisterModel(mm.UnregisterModelRequest(modelId=model_id))
+    try:
+        listed = await admin_grpc.MeshAdminStub(mesh.channel).ListModels(admin.ListModelsRequest(), timeout=10)
+        assert model_id in {entry.modelId for entry in listed.models}
+        # Servable under that exact id, by the request body's name and by the routing header.
+        request = pb.ModelInferRequest(
+            model_name=model_id,
+            inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="INT32", shape=[1])],
+            raw_input_contents=[(7).to_bytes(4, "little")],
+        )
+        reply = await pb_grpc.GRPCInferenceServiceStub(mesh.channel).ModelInfer(request, timeout=30)
+        assert reply.model_name == model_id and reply.raw_output_contents == [(7).to_bytes(4, "little")]
+        by_header = pb.ModelInferRequest(inputs=request.inputs, raw_input_contents=request.raw_input_contents)
+        header = "mm-model-id-bin" if not model_id.isascii() else "mm-model-id"
+        value: str | bytes = model_id.encode() if header.endswith("-bin") else model_id
+        reply = await pb_grpc.GRPCInferenceServiceStub(mesh.channel).ModelInfer(
+            by_header, metadata=[(header, value)], timeout=30
+        )
+        assert reply.raw_output_contents == [(7).to_bytes(4, "little")]
+    finally:
+        await mesh.management.unregisterModel(mm.UnregisterModelRequest(modelId=model_id))
 
 
 @pytest.mark.parametrize(

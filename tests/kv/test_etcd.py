@@ -91,7 +91,10 @@ async def test_close_ends_a_watch_that_is_waiting_for_etcd_to_come_back(
 
     restartable_etcd.stop()
     waiting = asyncio.create_task(anext(watch))
-    await asyncio.sleep(0.5)  # the watch is retrying now
+    deadline = asyncio.get_running_loop().time() + 10
+    while watch.failed_attempts == 0:  # until the watch has failed to reopen at least once: it is retrying now
+        assert asyncio.get_running_loop().time() < deadline, "the watch never noticed etcd stopped"
+        await asyncio.sleep(0.02)
     await kv.close()
 
     with pytest.raises(StopAsyncIteration):

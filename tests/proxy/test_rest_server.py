@@ -14,10 +14,10 @@ import tritonclient.http.aio as aiohttpclient
 from tritonclient.http import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+from mesh import codec
 from mesh.errors import ModelNotFound, RuntimeFailure, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.metrics import RouterMetrics
-from mesh.proxy import codec
 from mesh.proxy.dataplane import DataPlane
 from mesh.proxy.rest_server import MAX_BODY_BYTES, start_rest_server
 

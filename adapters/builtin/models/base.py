@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from adapters.common.errors import ModelFileMissing
+from mesh.codec import numpy_to_response
 from mesh.errors import InvalidArgument
-from mesh.proxy.codec import numpy_to_response
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ the load's worker thread), as a large model's does: what fault tests kill a runt
 
 I/O: any number (at least one) of inputs of any datatype and shape; each input `<name>` comes back as output
 `<name>` with the same datatype, shape and data. A request that names outputs gets only those (each must be an
-input's name). BF16 comes back as FP32: the codec widens it on the way in (see mesh/proxy/codec/tensors.py).
+input's name). BF16 comes back as FP32: the codec widens it on the way in (see mesh/codec/tensors.py).
 """
 
 from __future__ import annotations

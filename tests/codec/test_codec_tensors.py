@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from codec_samples import OUTPUTS, assert_same, serialize_bytes
 
+from mesh import codec
 from mesh.errors import InvalidArgument, MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
-from mesh.proxy import codec
 
 # --- protobuf → numpy ---------------------------------------------------------------------------------------------
 

@@ -21,9 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mesh.errors import InvalidArgument, MeshError
-from mesh.gen import grpc_predict_v2_pb2 as pb
-from mesh.proxy.codec.tensors import (
+from mesh.codec.tensors import (
     BYTES,
     CONTENTS_FIELD,
     WIRE_DTYPES,
@@ -36,6 +34,8 @@ from mesh.proxy.codec.tensors import (
     narrow,
     raw_to_array,
 )
+from mesh.errors import InvalidArgument, MeshError
+from mesh.gen import grpc_predict_v2_pb2 as pb
 
 
 @dataclass(frozen=True)

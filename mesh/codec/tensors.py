@@ -8,7 +8,7 @@ Wire formats (KServe Open Inference Protocol v2):
   ml_dtypes.bfloat16 model output is sent as its own bits.
 
 The public names below the constants are the "wire array" layer that `rest` builds on: they are public to the
-package, not to mesh (`mesh.proxy.codec` exports what callers use).
+package, not to mesh (`mesh.codec` exports what callers use).
 
 Errors in what a client sent raise InvalidArgument naming the tensor; a model output numpy cannot describe raises
 MeshError (INTERNAL), because the caller did nothing wrong.

@@ -13,9 +13,9 @@ import pytest
 import tritonclient.http as httpclient
 from codec_samples import OUTPUTS, assert_same, serialize_bytes
 
+from mesh import codec
 from mesh.errors import InvalidArgument, MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
-from mesh.proxy import codec
 
 # One sample per datatype: JSON data (nested to the shape), the numpy array inputs_to_numpy must return.
 SAMPLES: dict[str, tuple[list[int], list[Any], np.ndarray]] = {

@@ -7,7 +7,7 @@
 Callers import from here; the submodules' other public names are the package's own plumbing.
 """
 
-from mesh.proxy.codec.rest import (
+from mesh.codec.rest import (
     OutputEncoding,
     decode_infer_request,
     encode_infer_response,
@@ -15,7 +15,7 @@ from mesh.proxy.codec.rest import (
     model_metadata_to_json,
     server_metadata_to_json,
 )
-from mesh.proxy.codec.tensors import inputs_to_numpy, numpy_to_response, outputs_to_numpy
+from mesh.codec.tensors import inputs_to_numpy, numpy_to_response, outputs_to_numpy
 
 __all__ = [
     "OutputEncoding",
