@@ -31,6 +31,7 @@ from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
+from mesh.management import management_channel_aio
 from mesh.tls import ClientTLS
 
 DEFAULT_CONCURRENCY = 64
@@ -39,10 +40,9 @@ RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE})
 ATTEMPTS = 3
 RETRY_BACKOFF_S = 0.25
 FIELDS = {"id", "type", "format", "path", "key"}
+
+
 # A listing of many thousands of models exceeds grpc's default 4 MiB receive limit.
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
-
-
 class SpecError(ValueError):
     """The models file cannot be used; the message names the file and the entry."""
 
@@ -162,7 +162,7 @@ async def register_all(
     """Register every spec not registered yet; idempotent, so a second run changes nothing."""
     started = time.perf_counter()
     result = BulkResult()
-    async with _channel(address, tls) as channel:
+    async with management_channel_aio(address, tls) as channel:
         registered = await _registered(channel, timeout)
         todo: list[ModelSpec] = []
         for spec in specs:
@@ -198,7 +198,7 @@ async def unregister_all(
     """Unregister every listed id that is registered (whatever its spec); ids not registered are unchanged."""
     started = time.perf_counter()
     result = BulkResult()
-    async with _channel(address, tls) as channel:
+    async with management_channel_aio(address, tls) as channel:
         registered = await _registered(channel, timeout)
         todo = [spec for spec in specs if spec.model_id in registered]
         result.unchanged.extend(spec.model_id for spec in specs if spec.model_id not in registered)
@@ -210,12 +210,6 @@ async def unregister_all(
         await _run(todo, unregister, result, concurrency, progress, len(specs))
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _channel(address: str, tls: ClientTLS | None) -> grpc.aio.Channel:
-    if tls is None:
-        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-    return grpc.aio.secure_channel(address, tls.grpc_credentials(), options=CHANNEL_OPTIONS)
 
 
 async def _registered(channel: grpc.aio.Channel, timeout: float) -> dict[str, mm.ModelInfo]:

@@ -22,6 +22,7 @@ from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
+from mesh.management import management_channel
 from mesh.tls import ClientTLS, client_tls
 
 STATE_NAMES = status.STATE_NAMES
@@ -93,10 +94,7 @@ def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
-    tls = _client_tls(args)
-    if tls is None:
-        return grpc.insecure_channel(args.address, options=status.CHANNEL_OPTIONS)
-    return grpc.secure_channel(args.address, tls.grpc_credentials(), options=status.CHANNEL_OPTIONS)
+    return management_channel(args.address, _client_tls(args))
 
 
 def _stub(args: argparse.Namespace) -> mm_grpc.ModelMeshStub:

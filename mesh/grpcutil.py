@@ -13,34 +13,34 @@ from mesh.errors import MeshError
 
 log = logging.getLogger(__name__)
 
-S = TypeVar("S")
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 # A unary handler's behavior, and a decorator of one given the method path (e.g. one that measures calls).
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 WrapBehavior = Callable[[str, Behavior], Behavior]
 
 
-def maps_errors(
-    method: Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]],
-) -> Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
-    """The one place a servicer's errors become statuses: a MeshError's own code and message; anything
-    unexpected is logged with its traceback and is INTERNAL."""
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
-    @functools.wraps(method)
-    async def wrapper(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+
+def maps_errors(handler: Handler) -> Handler:
+    """The one place a gRPC handler's errors become statuses, for every handler in mesh (servicer methods, the
+    router's generic handlers, the runtimes'): a MeshError's own code and message; anything unexpected is logged
+    with its traceback and is INTERNAL. The handler's last argument is its ServicerContext."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: Any) -> Any:
+        context: grpc.aio.ServicerContext = args[-1]
         try:
-            return await method(self, request, context)
+            return await handler(*args)
         except grpc.aio.AbortError:
             raise
         except MeshError as exc:
             await context.abort(exc.grpc_code, exc.message)
         except Exception as exc:
-            log.exception("unexpected error in %s", method.__name__)
+            log.exception("unexpected error in %s", handler.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         raise AssertionError("unreachable: context.abort raises")
 
-    return wrapper
+    return wrapper  # type: ignore[return-value]
 
 
 class _Unparseable:

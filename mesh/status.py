@@ -17,10 +17,9 @@ from mesh.gen import model_mesh_pb2 as mm
 STATE_NAMES = {v: k for k, v in mm.ModelStatusInfo.ModelStatus.items()}
 VMODEL_STATE_NAMES = {v: k for k, v in mm.VModelStatusInfo.VModelStatus.items()}
 FAILED = mm.ModelStatusInfo.LOADING_FAILED
+
+
 # A listing of many thousands of models exceeds grpc's default 4 MiB receive limit.
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
-
-
 def fetch(channel: grpc.Channel, timeout: float) -> dict[str, Any]:
     """Ask the router on `channel` for both listings; the snapshot of them."""
     stub = admin_grpc.MeshAdminStub(channel)

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 import yaml
 from mesh_helpers import REPO, ServeProcess, serving
@@ -19,6 +18,7 @@ from mesh import bulk
 from mesh.cli import ProgressBar
 from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
+from mesh.management import management_channel
 from mesh.processes import python_module_command
 
 MODELS = 5000
@@ -41,7 +41,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _registered(address: str) -> dict[str, tuple[str, str, str]]:
-    with grpc.insecure_channel(address, options=bulk.CHANNEL_OPTIONS) as channel:
+    with management_channel(address) as channel:
         listing = admin_grpc.MeshAdminStub(channel).ListModels(admin.ListModelsRequest(), timeout=30)
     return {m.modelId: (m.modelInfo.type, m.modelInfo.path, m.modelInfo.key) for m in listing.models}
 

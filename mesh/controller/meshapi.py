@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
-
 from mesh.controller.registration import ModelSpec
 from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
-from mesh.status import CHANNEL_OPTIONS
+from mesh.management import management_channel
 
 
 @dataclass(frozen=True)
@@ -27,7 +25,7 @@ class MeshState:
 
 class MeshClient:
     def __init__(self, address: str, timeout_s: float) -> None:
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = management_channel(address)
         self._mm = mm_grpc.ModelMeshStub(self._channel)
         self._admin = admin_grpc.MeshAdminStub(self._channel)
         self._timeout_s = timeout_s

@@ -68,10 +68,6 @@ def header_target(metadata: Any) -> Target | None:
     return None
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: MeshError) -> None:
-    await context.abort(exc.grpc_code, exc.message)
-
-
 def observing(metrics: RouterMetrics) -> WrapBehavior:
     """A handler decorator reporting each call's method, status code and latency (modelmesh_api_request_*)."""
 
@@ -130,6 +126,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
             return handler
         return None
 
+    @maps_errors
     async def _forward(self, method: str, label: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
         code = grpc.StatusCode.UNKNOWN
@@ -151,8 +148,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
             return response
         except MeshError as exc:
             code = exc.grpc_code
-            await _abort(context, exc)
-            raise AssertionError("abort raises") from exc
+            raise
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -168,16 +164,14 @@ class InferenceHandler(grpc.GenericRpcHandler):
     async def _server_metadata(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return self._dataplane.server_metadata().SerializeToString()
 
+    @maps_errors
     async def _model_ready(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             parsed = pb.ModelReadyRequest.FromString(request)
-            target = header_target(context.invocation_metadata())
-            ready = await self._dataplane.model_ready(target.name if target else parsed.name, parsed.version)
-        except MeshError as exc:
-            await _abort(context, exc)
-            raise AssertionError("abort raises") from exc
-        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError has no stable public home
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unparseable ModelReadyRequest: {exc}")
+        except Exception as exc:  # protobuf's DecodeError has no stable public home
+            raise InvalidArgument(f"unparseable ModelReadyRequest: {exc}") from exc
+        target = header_target(context.invocation_metadata())
+        ready = await self._dataplane.model_ready(target.name if target else parsed.name, parsed.version)
         return pb.ModelReadyResponse(ready=ready).SerializeToString()
 
 
