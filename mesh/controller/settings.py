@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from mesh.env_settings import from_env
 
 
 @dataclass(frozen=True)
@@ -49,23 +50,4 @@ class ControllerSettings:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ControllerSettings:
         """Defaults, then MESH_CONTROLLER_* variables, then explicit overrides that are not None."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"MESH_CONTROLLER_{f.name.upper()}")
-            if raw is not None:
-                values[f.name] = _parse(raw, type(getattr(cls, f.name)), f.name)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-
-_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-
-
-def _parse(raw: str, kind: type, name: str) -> Any:
-    try:
-        if kind is bool:
-            return _BOOLEANS[raw.strip().lower()]
-        return kind(raw)
-    except (ValueError, KeyError) as exc:
-        raise ValueError(f"MESH_CONTROLLER_{name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
+        return from_env(cls, "MESH_CONTROLLER_", environ, **overrides)
