@@ -6,7 +6,6 @@ its runtimeStatus reports.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -14,11 +13,11 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
 
 import grpc
 from prometheus_client import CollectorRegistry
 
+from adapters.common.process_settings import ProcessSettings
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.kv import open_kv
 from mesh.metrics import start_metrics_server
@@ -29,46 +28,6 @@ from mesh.tls import client_tls, server_tls
 log = logging.getLogger(__name__)
 
 PARENT_POLL_S = 1.0
-
-
-class ProcessSettings(Protocol):
-    """The settings the lifecycle reads; RuntimeSettings and AdapterSettings both have them."""
-
-    host: str
-    port: int
-    uds: Path | None
-    port_file: Path | None
-    instance_id: str
-    parent_pid: int | None
-    shutdown_grace_s: float
-    max_message_bytes: int
-    kv: str
-    kv_prefix: str
-    advertise: str
-    lease_seconds: float
-    metrics_port: int
-    tls_cert: str
-    tls_key: str
-    tls_client_ca: str
-    etcd_tls_ca: str
-    etcd_tls_cert: str
-    etcd_tls_key: str
-
-
-def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags for serving the SPI (and inference) over TLS, and for reaching etcd over TLS with --kv."""
-    parser.add_argument("--tls-cert", default="", help="serve TLS with this PEM certificate (reloaded on change)")
-    parser.add_argument("--tls-key", default="", help="the certificate's PEM key")
-    parser.add_argument("--tls-client-ca", default="", help="mTLS: require client certificates signed by this CA")
-    parser.add_argument("--etcd-tls-ca", default="", help="with --kv etcd://: dial etcd over TLS, trusting this CA")
-    parser.add_argument("--etcd-tls-cert", default="", help="with --kv etcd://: the client certificate etcd requires")
-    parser.add_argument("--etcd-tls-key", default="", help="with --kv etcd://: that certificate's key")
-
-
-def tls_settings(args: argparse.Namespace) -> dict[str, str]:
-    """The settings fields add_tls_arguments' flags fill."""
-    names = ("tls_cert", "tls_key", "tls_client_ca", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key")
-    return {name: getattr(args, name) for name in names}
 
 
 def write_port_file(path: Path, port: int, instance_id: str, **extra: object) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.common.envs import env_dir
+from adapters.common.process_settings import positive
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +40,6 @@ class TorchServeSettings:
     and if so offers its ModelInfer/ModelMetadata to the router."""
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
 def add_torchserve_flags(parser: argparse.ArgumentParser) -> None:
     d = TorchServeSettings()
     group = parser.add_argument_group("TorchServe")
@@ -56,7 +50,7 @@ def add_torchserve_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--server-venv", type=Path, help="venv with torchserve (default: the envs one)")
     group.add_argument("--archiver", type=Path, help="torch-model-archiver (default: the server venv's, else PATH's)")
     group.add_argument("--server-dir", type=Path, default=d.server_dir, help="launched server's config and logs")
-    group.add_argument("--workers-per-model", type=_positive, default=d.workers_per_model)
+    group.add_argument("--workers-per-model", type=positive, default=d.workers_per_model)
     group.add_argument(
         "--open-inference-protocol", action="store_true", help="launch with TorchServe's KServe v2 gRPC service"
     )
