@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
 
 import httpx
 
-from adapters.common.model_server import ModelServer
+from adapters.common.http_server import HttpModelServer
 from adapters.mlserver import layout
 from adapters.mlserver.launch import LaunchedMLServer, MLServerInstall, launch
 from adapters.mlserver.settings import MLServerSettings
@@ -24,21 +24,19 @@ from mesh.errors import MeshError, ModelLoadFailed, Unavailable
 
 log = logging.getLogger(__name__)
 
-CALL_TIMEOUT_S = 30.0
-"""For everything but a load, which the adapter core bounds with the load timeout."""
 
-
-class MLServer(ModelServer):
+class MLServer(HttpModelServer):
     """One MLServer, launched here (`settings.launch`) or already running."""
 
+    server_name = "MLServer"
+
     def __init__(self, settings: MLServerSettings, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        super().__init__(settings.http_url)
         self._settings = settings
         self._repository = settings.model_repository
         self._max_message_bytes = max_message_bytes
         self._install = MLServerInstall.find(settings.server_venv) if settings.launch else None
         self._launched: LaunchedMLServer | None = None
-        self._http_url = settings.http_url
-        self._client: httpx.AsyncClient | None = None
         self.runtime_version = "mlserver"
         self.data_endpoint = settings.grpc_address
         if settings.model_types:
@@ -62,22 +60,11 @@ class MLServer(ModelServer):
                 self._max_message_bytes,
                 timeout,
             )
-            self._http_url, self.data_endpoint = self._launched.http_url, self._launched.grpc_address
-        self._client = httpx.AsyncClient(base_url=self._http_url, timeout=CALL_TIMEOUT_S, trust_env=False)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            try:
-                if (await self._client.get("/v2/health/ready")).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if loop.time() > deadline:
-                raise Unavailable(f"MLServer at {self._http_url} was not ready within {timeout:.0f}s")
-            await asyncio.sleep(0.5)
+            self._base_url, self.data_endpoint = self._launched.http_url, self._launched.grpc_address
+        await self._connect("/v2/health/ready", time.monotonic() + timeout)
         metadata = (await self._call("GET", "/v2")).json()
         self.runtime_version = f"{metadata.get('name', 'mlserver')}/{metadata.get('version', '')}".rstrip("/")
-        log.info("%s ready at %s (gRPC %s), model types %s", self.runtime_version, self._http_url,
+        log.info("%s ready at %s (gRPC %s), model types %s", self.runtime_version, self._base_url,
                  self.data_endpoint, ",".join(self.model_types))  # fmt: skip
 
     async def load(self, model_id: str, model_type: str, model: PulledModel) -> int | None:
@@ -118,20 +105,10 @@ class MLServer(ModelServer):
         await asyncio.to_thread(layout.clear_repository, self._repository)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._close_client()
         if self._launched is not None:
             await self._launched.process.stop()
             self._launched = None
-
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        if self._client is None:
-            raise Unavailable("MLServer is not connected yet")
-        try:
-            return await self._client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"MLServer at {self._http_url} did not answer {method} {path}: {exc!r}") from exc
 
 
 def _error_text(response: httpx.Response) -> str:

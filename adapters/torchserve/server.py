@@ -16,13 +16,12 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import grpc
 import httpx
 
-from adapters.common.model_server import ModelServer
+from adapters.common.http_server import HttpModelServer
 from adapters.puller import PulledModel
 from adapters.torchserve import layout
 from adapters.torchserve.launch import LaunchedTorchServe, find_launcher, launch
@@ -42,20 +41,20 @@ LOG_LINES_QUOTED = 8
 PAGE_SIZE = 100
 
 
-class TorchServeServer(ModelServer):
+class TorchServeServer(HttpModelServer):
     """One TorchServe, launched here (`settings.launch`) or already running."""
 
     model_types = layout.MODEL_TYPES
+    server_name = "TorchServe"
 
     def __init__(self, settings: TorchServeSettings) -> None:
+        super().__init__(settings.management_url)
         self._settings = settings
         self._store = settings.model_store
         self._archiver = settings.archiver
         if settings.launch:
             find_launcher(settings.server_venv)  # fail at start, naming what is missing
         self._launched: LaunchedTorchServe | None = None
-        self._management_url = settings.management_url
-        self._client: httpx.AsyncClient | None = None
         self._registering: dict[str, asyncio.Task[httpx.Response]] = {}
         self.runtime_version = "torchserve"
         self.data_endpoint = settings.grpc_address
@@ -69,24 +68,14 @@ class TorchServeServer(ModelServer):
             self._launched = await launch(
                 s.server_venv, self._store, s.server_dir, s.workers_per_model, s.open_inference_protocol, timeout
             )
-            self._management_url, self.data_endpoint = self._launched.management_url, self._launched.grpc_address
-        self._client = httpx.AsyncClient(base_url=self._management_url, timeout=30.0, trust_env=False)
-        while True:
-            try:
-                response = await self._client.get("/api-description")
-                if response.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise Unavailable(f"TorchServe's management API at {self._management_url} did not answer in time")
-            await asyncio.sleep(0.2)
+            self._base_url, self.data_endpoint = self._launched.management_url, self._launched.grpc_address
+        response = await self._connect("/api-description", deadline)
         self.runtime_version = f"torchserve/{response.json().get('info', {}).get('version', '?')}"
         if await self._serves_oip(deadline):
             self.methods = {PREDICTIONS: (1,), **OIP_METHODS}
         oip = "on" if len(self.methods) > 1 else "off"
         log.info("TorchServe %s: management %s, gRPC %s, model store %s, v2 (OIP) %s", self.runtime_version,
-                 self._management_url, self.data_endpoint, self._store, oip)  # fmt: skip
+                 self._base_url, self.data_endpoint, self._store, oip)  # fmt: skip
 
     def check_model_id(self, model_id: str) -> None:
         layout.check_model_name(model_id)
@@ -141,8 +130,7 @@ class TorchServeServer(ModelServer):
     async def close(self) -> None:
         for task in list(self._registering.values()):
             task.cancel()
-        if self._client is not None:
-            await self._client.aclose()
+        await self._close_client()
         if self._launched is not None:
             await self._launched.process.stop()
 
@@ -236,36 +224,12 @@ class TorchServeServer(ModelServer):
                         ) from exc
                 await asyncio.sleep(0.2)
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        if self._client is None:
-            raise Unavailable("TorchServe is not connected yet")
-        try:
-            return await self._client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"TorchServe at {self._management_url} did not answer {method} {path}: {exc!r}") from exc
-
-    def _log_size(self) -> int:
-        path = self._log_path()
-        try:
-            return path.stat().st_size if path else 0
-        except OSError:
-            return 0
-
     def _log_lines(self, start: int, model_id: str) -> str:
         """The model's worker output since `start` (a launched server's log), for a failed registration: TorchServe
         answers only "Failed to start workers", and the handler's traceback is in the log."""
-        path = self._log_path()
-        if path is None:
-            return ""
-        try:
-            with path.open("rb") as f:
-                f.seek(start)
-                text = f.read().decode(errors="replace")
-        except OSError:
-            return ""
         worker = f"-{model_id}_"  # TorchServe's worker threads are named W-<port>-<model>_<version>
         marker = "MODEL_LOG - "
-        lines = [line.split(marker, 1)[1] for line in text.splitlines() if worker in line and marker in line]
+        lines = [line.split(marker, 1)[1] for line in self._log_since(start) if worker in line and marker in line]
         return "".join(f"\n  log: {line}" for line in _first_traceback(lines)[-LOG_LINES_QUOTED:])
 
     def _log_path(self) -> Path | None:

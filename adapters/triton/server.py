@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from adapters.common.model_server import ModelServer
+from adapters.common.http_server import HttpModelServer
 from adapters.puller import PulledModel
 from adapters.triton import layout
 from adapters.triton.launch import LaunchedTriton, TritonInstall, launch
@@ -34,16 +34,17 @@ BUSY_STATES = frozenset({"READY", "LOADING", "UNLOADING"})
 LOG_LINES_QUOTED = 5
 
 
-class TritonServer(ModelServer):
+class TritonServer(HttpModelServer):
     """One Triton server, launched here (`settings.launch`) or already running."""
 
+    server_name = "Triton"
+
     def __init__(self, settings: TritonSettings) -> None:
+        super().__init__(settings.http_url)
         self._settings = settings
         self._repository = settings.model_repository
         self._install = TritonInstall.find(settings.server_venv) if settings.launch else None
         self._launched: LaunchedTriton | None = None
-        self._http_url = settings.http_url
-        self._client: httpx.AsyncClient | None = None
         self.runtime_version = "triton"
         self.data_endpoint = settings.grpc_address
         if settings.model_types:
@@ -60,21 +61,11 @@ class TritonServer(ModelServer):
             self._launched = await launch(
                 self._install, self._repository, self._settings.server_dir, self._settings.server_args, timeout
             )
-            self._http_url, self.data_endpoint = self._launched.http_url, self._launched.grpc_address
-        self._client = httpx.AsyncClient(base_url=self._http_url, timeout=30.0, trust_env=False)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if (await self._client.get("/v2/health/live")).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise Unavailable(f"Triton at {self._http_url} was not live within {timeout:.0f}s")
-            await asyncio.sleep(0.2)
+            self._base_url, self.data_endpoint = self._launched.http_url, self._launched.grpc_address
+        await self._connect("/v2/health/live", time.monotonic() + timeout)
         metadata = await self._call("GET", "/v2")
         self.runtime_version = f"triton/{metadata.json().get('version', '?')}"
-        log.info("Triton %s: HTTP %s, gRPC %s, repository %s", self.runtime_version, self._http_url,
+        log.info("Triton %s: HTTP %s, gRPC %s, repository %s", self.runtime_version, self._base_url,
                  self.data_endpoint, self._repository)  # fmt: skip
 
     def check_model_id(self, model_id: str) -> None:
@@ -111,8 +102,7 @@ class TritonServer(ModelServer):
         await asyncio.to_thread(layout.clear_repository, self._repository)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self._close_client()
         if self._launched is not None:
             await self._launched.process.stop()
 
@@ -152,37 +142,13 @@ class TritonServer(ModelServer):
             raise Unavailable(f"Triton's repository index failed: {_error_text(response)}")
         return list(response.json())
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        if self._client is None:
-            raise Unavailable("Triton is not connected yet")
-        try:
-            return await self._client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"Triton at {self._http_url} did not answer {method} {path}: {exc!r}") from exc
-
-    def _log_size(self) -> int:
-        path = self._log_path()
-        try:
-            return path.stat().st_size if path else 0
-        except OSError:
-            return 0
-
     def _log_lines(self, start: int, model_id: str, message: str) -> str:
         """Triton's log lines about the model since `start` (a launched server's log) that say more than `message`:
         a load response can be as terse as "failed to poll from model repository" while the log says why."""
-        path = self._log_path()
-        if path is None:
-            return ""
-        try:
-            with path.open("rb") as f:
-                f.seek(start)
-                text = f.read().decode(errors="replace")
-        except OSError:
-            return ""
         quoted = f"'{model_id}'"
         lines = [
             line
-            for line in text.splitlines()
+            for line in self._log_since(start)
             if line[:1] in "EW" and quoted in line and not _already_said(line, message)
         ]
         return "".join(f"\n  log: {line}" for line in lines[-LOG_LINES_QUOTED:])
