@@ -17,6 +17,7 @@ from adapters.common.errors import ModelNotLoaded, OutOfMemory
 from mesh.codec import inputs_to_numpy, numpy_to_response
 from mesh.errors import DeadlineExceeded, InvalidArgument, MeshError, ModelLoadFailed, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class BuiltinRuntime:
         self._model_types: dict[str, str] = {}  # model id → its modelType, the metrics' label
         # One task per model id being loaded: concurrent loadModel calls for the same id share it, and
         # unloadModel cancels it so a load the router gave up on never lands.
-        self._loading: dict[str, asyncio.Task[Model]] = {}
+        self._loading: SingleFlight[str, Model] = SingleFlight("load")
         self._load_slots = asyncio.Semaphore(settings.max_loading_concurrency)
 
     async def load(self, model_id: str, type_name: str, model_path: str) -> int:
@@ -53,24 +54,15 @@ class BuiltinRuntime:
         kind = model_type(type_name)
         if (model := self._models.get(model_id)) is not None:
             return model.size_bytes
-        task = self._loading.get(model_id)
-        if task is None:
-            task = asyncio.create_task(self._load(model_id, kind, model_path), name=f"load {model_id}")
-            self._loading[model_id] = task
-            task.add_done_callback(lambda done: self._forget_load(model_id, done))
         try:
-            # Shielded: a caller that goes away does not stop a load others may be waiting on; the router follows
-            # a cancelled loadModel with unloadModel, which cancels the task itself.
-            return (await asyncio.shield(task)).size_bytes
+            # A caller that goes away does not stop a load others may be waiting on; the router follows a cancelled
+            # loadModel with unloadModel, which cancels the load itself.
+            return (await self._loading.run(model_id, lambda: self._load(model_id, kind, model_path))).size_bytes
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if task.cancelled() and current is not None and not current.cancelling():
+            if current is not None and not current.cancelling():
                 raise Unavailable(f"loading model {model_id} was cancelled by unloadModel") from None
             raise
-
-    def _forget_load(self, model_id: str, task: asyncio.Task[Model]) -> None:
-        if self._loading.get(model_id) is task:
-            del self._loading[model_id]
 
     async def _load(self, model_id: str, kind: ModelType, model_path: str) -> Model:
         async with self._load_slots:
@@ -107,9 +99,8 @@ class BuiltinRuntime:
 
     def unload(self, model_id: str) -> None:
         """Drops the model, cancelling its load if one is in flight; an unknown id is not an error."""
-        task = self._loading.pop(model_id, None)
+        task = self._loading.cancel(model_id)
         if task is not None:
-            task.cancel()
             log.info("cancelled the load of model %s", model_id)
         model = self._models.pop(model_id, None)
         if model is not None:
@@ -124,7 +115,7 @@ class BuiltinRuntime:
 
     def purge(self) -> None:
         """Unloads everything: the router's view of this instance starts empty."""
-        ids = list(dict.fromkeys([*self._loading, *self._models]))
+        ids = list(dict.fromkeys([*self._loading.keys(), *self._models]))
         for model_id in ids:
             self.unload(model_id)
         if ids:

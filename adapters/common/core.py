@@ -19,6 +19,7 @@ from adapters.common.settings import AdapterSettings
 from adapters.puller import Puller
 from mesh.errors import DeadlineExceeded, InvalidArgument
 from mesh.gen import model_runtime_pb2 as rt
+from mesh.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class AdapterCore:
         self._server = server
         self._puller = puller
         self._sizes: dict[str, int] = {}
-        self._loading: dict[str, asyncio.Task[int]] = {}
+        self._loading: SingleFlight[str, int] = SingleFlight("load")
         self._load_slots = asyncio.Semaphore(settings.max_loading_concurrency)
 
     def estimate(self, disk_bytes: int) -> int:
@@ -57,12 +58,7 @@ class AdapterCore:
         self._server.check_model_id(model_id)
         if (size := self._sizes.get(model_id)) is not None:
             return size
-        task = self._loading.get(model_id)
-        if task is None:
-            task = asyncio.create_task(self._load(model_id, model_type, model_path, model_key), name=f"load {model_id}")
-            self._loading[model_id] = task
-            task.add_done_callback(lambda _: self._loading.pop(model_id, None))
-        return await asyncio.shield(task)
+        return await self._loading.run(model_id, lambda: self._load(model_id, model_type, model_path, model_key))
 
     async def _load(self, model_id: str, model_type: str, model_path: str, model_key: str) -> int:
         timeout_s = self._settings.load_timeout_ms / 1000
@@ -91,9 +87,8 @@ class AdapterCore:
 
     async def unload(self, model_id: str) -> None:
         """Unload (cancelling a load in flight); unknown models are fine: the router may unload twice."""
-        task = self._loading.get(model_id)
+        task = self._loading.cancel(model_id)
         if task is not None:
-            task.cancel()
             with contextlib.suppress(BaseException):
                 await task
         self._sizes.pop(model_id, None)
@@ -118,9 +113,7 @@ class AdapterCore:
 
     async def purge(self) -> None:
         """Nothing loaded, no files: what the router assumes once runtimeStatus says READY."""
-        for task in list(self._loading.values()):
-            task.cancel()
-        await asyncio.gather(*self._loading.values(), return_exceptions=True)
+        await self._loading.cancel_all()
         self._sizes.clear()
         await self._server.unload_all()
         await asyncio.to_thread(self._puller.purge)

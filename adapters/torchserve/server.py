@@ -27,6 +27,7 @@ from adapters.torchserve import layout
 from adapters.torchserve.launch import LaunchedTorchServe, find_launcher, launch
 from adapters.torchserve.settings import TorchServeSettings
 from mesh.errors import InvalidArgument, ModelLoadFailed, Unavailable
+from mesh.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class TorchServeServer(HttpModelServer):
         if settings.launch:
             find_launcher(settings.server_venv)  # fail at start, naming what is missing
         self._launched: LaunchedTorchServe | None = None
-        self._registering: dict[str, asyncio.Task[httpx.Response]] = {}
+        self._registering: SingleFlight[str, httpx.Response] = SingleFlight("register")
         self.runtime_version = "torchserve"
         self.data_endpoint = settings.grpc_address
         self.methods = {PREDICTIONS: (1,)}
@@ -121,15 +122,14 @@ class TorchServeServer(HttpModelServer):
         return measured or None
 
     async def unload_all(self) -> None:
-        for model_id in list(self._registering):
+        for model_id in self._registering.keys():
             await self._registered(model_id)
         for name in await self._model_names():
             await self._unregister(name)
         await asyncio.to_thread(layout.clear_store, self._store)
 
     async def close(self) -> None:
-        for task in list(self._registering.values()):
-            task.cancel()
+        await self._registering.cancel_all()
         await self._close_client()
         if self._launched is not None:
             await self._launched.process.stop()
@@ -141,23 +141,16 @@ class TorchServeServer(HttpModelServer):
             "initial_workers": str(self._settings.workers_per_model),
             "synchronous": "true",
         }
-        task = asyncio.create_task(self._call("POST", "/models", params=params, timeout=REGISTER_TIMEOUT_S))
-        self._registering[model_id] = task
-
-        def done(_: asyncio.Task[httpx.Response]) -> None:
-            if self._registering.get(model_id) is task:
-                del self._registering[model_id]
-            if not task.cancelled():
-                task.exception()  # retrieved: a load that gave up no longer awaits it
-
-        task.add_done_callback(done)
-        # Shielded: TorchServe goes on registering whatever we do, so the answer is kept for unload to wait on.
-        return await asyncio.shield(task)
+        # TorchServe goes on registering whatever we do: a load that gives up leaves the registration running, for
+        # unload to wait on.
+        return await self._registering.run(
+            model_id, lambda: self._call("POST", "/models", params=params, timeout=REGISTER_TIMEOUT_S)
+        )
 
     async def _registered(self, model_id: str) -> None:
         """Wait for a registration still in flight (its load was given up): unregistering before it ends would find
         nothing, and the registration would finish afterwards."""
-        pending = self._registering.get(model_id)
+        pending = self._registering.running(model_id)
         if pending is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(pending), REGISTER_TIMEOUT_S)

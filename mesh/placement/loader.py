@@ -30,6 +30,7 @@ from mesh.placement.records import CopyRecord, CopyState, Kind, LoadFailure, Mod
 from mesh.placement.store import RecordStore
 from mesh.placement.usage import Usage
 from mesh.placement.view import LocalView
+from mesh.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Loader:
         self._usage = usage
         self._metrics = metrics
         self._policy = settings.eviction_policy
-        self._loads: dict[str, asyncio.Task[str]] = {}
+        self._loads: SingleFlight[str, str] = SingleFlight("load")
         # Choosing an instance and claiming the load there is one decision per router: two loads deciding at once
         # would both count the same free bytes.
         self._decide = asyncio.Lock()
@@ -90,16 +91,11 @@ class Loader:
         holder = self._copies.loaded_holder(model_id)
         if holder is not None:
             return holder
-        task = self._loads.get(model_id)
-        if task is None:
-            task = asyncio.create_task(self._load_first_copy(model_id), name=f"load-{model_id}")
-            self._loads[model_id] = task
-            task.add_done_callback(lambda _t: self._loads.pop(model_id, None))
-        # Shielded: a caller that gives up (deadline, disconnect) must not cancel the load the others await.
-        return await asyncio.shield(task)
+        # Every caller awaits the one load; one that gives up (a deadline, a disconnect) does not cancel it.
+        return await self._loads.run(model_id, lambda: self._load_first_copy(model_id))
 
     def loading(self, model_id: str) -> bool:
-        return model_id in self._loads
+        return self._loads.running(model_id) is not None
 
     def placement_changed(self, model_id: str) -> None:
         """The view saw the model's placement record change: wake a load waiting for another router's."""
@@ -108,9 +104,7 @@ class Loader:
             event.set()
 
     async def stop(self) -> None:
-        for task in self._loads.values():
-            task.cancel()
-        await asyncio.gather(*self._loads.values(), return_exceptions=True)
+        await self._loads.cancel_all()
 
     # ---- the first copy ----------------------------------------------------------------------------------
 
