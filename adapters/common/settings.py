@@ -7,6 +7,7 @@ settings object of its own beside this one.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,3 +60,25 @@ def adapter_settings(args: argparse.Namespace, runtime: str) -> AdapterSettings:
         local_roots=tuple(p.resolve() for p in args.local_root),
         advertise_data=args.advertise_data,
     )
+
+
+def add_launch_flags(
+    group: argparse._ArgumentGroup, server: str, venv_holds: str, server_dir: Path, dir_holds: str
+) -> None:
+    """--launch, --server-venv and --server-dir: start the model server as a child from its venv, or connect."""
+    group.add_argument("--launch", action="store_true", help=f"start {server} as a child process")
+    group.add_argument("--server-venv", type=Path, help=f"venv with {venv_holds} (default: the envs one)")
+    group.add_argument("--server-dir", type=Path, default=server_dir, help=f"launched server's {dir_holds}")
+
+
+def model_types_flag(known: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    """argparse type for --model-types: comma-separated, each one of `known`."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        types = tuple(t.strip() for t in text.split(",") if t.strip())
+        unknown = [t for t in types if t not in known]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown model types {unknown}; known: {', '.join(known)}")
+        return types
+
+    return parse

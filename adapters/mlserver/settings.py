@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.common.envs import env_dir
+from adapters.common.settings import add_launch_flags, model_types_flag
 from adapters.mlserver.layout import MODEL_TYPES
 
 
@@ -36,14 +37,6 @@ class MLServerSettings:
     runtime package the launched server's venv holds (launching)."""
 
 
-def _types(text: str) -> tuple[str, ...]:
-    types = tuple(t.strip() for t in text.split(",") if t.strip())
-    unknown = [t for t in types if t not in MODEL_TYPES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown model types {unknown}; known: {', '.join(MODEL_TYPES)}")
-    return types
-
-
 def _workers(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -57,13 +50,13 @@ def add_mlserver_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model-repository", type=Path, default=d.model_repository, help="MLServer's model repository")
     group.add_argument("--mlserver-http", default=d.http_url, help="MLServer's REST URL (connecting)")
     group.add_argument("--mlserver-grpc", default=d.grpc_address, help="MLServer's gRPC host:port (connecting)")
-    group.add_argument("--launch", action="store_true", help="start MLServer as a child process")
-    group.add_argument("--server-venv", type=Path, help="venv with MLServer (default: the envs one)")
-    group.add_argument("--server-dir", type=Path, default=d.server_dir, help="launched server's working folder and log")
+    add_launch_flags(group, "MLServer", "MLServer", d.server_dir, "working folder and log")
     group.add_argument(
         "--parallel-workers", type=_workers, default=d.parallel_workers, help="MLServer's parallel_workers (launching)"
     )
-    group.add_argument("--model-types", type=_types, default=d.model_types, help="comma-separated model types")
+    group.add_argument(
+        "--model-types", type=model_types_flag(MODEL_TYPES), default=d.model_types, help="comma-separated model types"
+    )
 
 
 def mlserver_settings(args: argparse.Namespace) -> MLServerSettings:

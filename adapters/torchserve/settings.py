@@ -9,6 +9,7 @@ from pathlib import Path
 
 from adapters.common.envs import env_dir
 from adapters.common.process_settings import positive
+from adapters.common.settings import add_launch_flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +47,8 @@ def add_torchserve_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model-store", type=Path, default=d.model_store, help="TorchServe's model store")
     group.add_argument("--management-url", default=d.management_url, help="TorchServe's management URL (connecting)")
     group.add_argument("--torchserve-grpc", default=d.grpc_address, help="TorchServe's gRPC inference host:port")
-    group.add_argument("--launch", action="store_true", help="start TorchServe as a child process")
-    group.add_argument("--server-venv", type=Path, help="venv with torchserve (default: the envs one)")
+    add_launch_flags(group, "TorchServe", "torchserve", d.server_dir, "config and logs")
     group.add_argument("--archiver", type=Path, help="torch-model-archiver (default: the server venv's, else PATH's)")
-    group.add_argument("--server-dir", type=Path, default=d.server_dir, help="launched server's config and logs")
     group.add_argument("--workers-per-model", type=positive, default=d.workers_per_model)
     group.add_argument(
         "--open-inference-protocol", action="store_true", help="launch with TorchServe's KServe v2 gRPC service"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.common.envs import env_dir
+from adapters.common.settings import add_launch_flags, model_types_flag
 from adapters.triton.layout import MODEL_TYPES
 
 
@@ -33,27 +34,19 @@ class TritonSettings:
     the launched server has (launching; the pip build has only the python backend)."""
 
 
-def _types(text: str) -> tuple[str, ...]:
-    types = tuple(t.strip() for t in text.split(",") if t.strip())
-    unknown = [t for t in types if t not in MODEL_TYPES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown model types {unknown}; known: {', '.join(MODEL_TYPES)}")
-    return types
-
-
 def add_triton_flags(parser: argparse.ArgumentParser) -> None:
     d = TritonSettings()
     group = parser.add_argument_group("Triton")
     group.add_argument("--model-repository", type=Path, default=d.model_repository, help="Triton's model repository")
     group.add_argument("--triton-http", default=d.http_url, help="Triton's HTTP URL (connecting)")
     group.add_argument("--triton-grpc", default=d.grpc_address, help="Triton's gRPC host:port (connecting)")
-    group.add_argument("--launch", action="store_true", help="start tritonserver as a child process")
-    group.add_argument("--server-venv", type=Path, help="venv with nvidia-pytriton (default: the envs one)")
-    group.add_argument("--server-dir", type=Path, default=d.server_dir, help="launched server's backends and log")
+    add_launch_flags(group, "tritonserver", "nvidia-pytriton", d.server_dir, "backends and log")
     group.add_argument(
         "--server-arg", action="append", default=[], help="extra tritonserver flag when launching (repeatable)"
     )
-    group.add_argument("--model-types", type=_types, default=d.model_types, help="comma-separated model types")
+    group.add_argument(
+        "--model-types", type=model_types_flag(MODEL_TYPES), default=d.model_types, help="comma-separated model types"
+    )
 
 
 def triton_settings(args: argparse.Namespace) -> TritonSettings:
