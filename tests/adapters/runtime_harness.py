@@ -16,7 +16,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from mesh.config import Settings
+from mesh.gen import mesh_admin_pb2 as ma
+from mesh.gen import mesh_admin_pb2_grpc as ma_grpc
+from mesh.gen import model_mesh_pb2 as mm
+from mesh.gen import model_mesh_pb2_grpc as mm_grpc
 from mesh.processes import python_module_command
 from mesh.router import Ports, Router
 
@@ -88,3 +94,45 @@ async def router_over(
         yield router, ports
     finally:
         await router.stop()
+
+
+@dataclass
+class MeshOverAdapter:
+    """A router in front of adapters, as a runtime suite drives it: the management API over its gRPC door. Each
+    suite subclasses it with the clients of its own server (inference through the router, the server directly)."""
+
+    router: Router
+    address: str  # the router's gRPC host:port
+    channel: grpc.aio.Channel  # to it
+
+    @property
+    def admin(self) -> mm_grpc.ModelMeshStub:
+        return mm_grpc.ModelMeshStub(self.channel)
+
+    async def register(self, model_id: str, model_type: str, path: Path) -> None:
+        info = mm.ModelInfo(type=model_type, path=str(path))
+        await self.admin.registerModel(mm.RegisterModelRequest(modelId=model_id, modelInfo=info))
+
+    async def unregister(self, model_id: str) -> None:
+        await self.admin.unregisterModel(mm.UnregisterModelRequest(modelId=model_id))
+
+    async def status(self, model_id: str) -> mm.ModelStatusInfo:
+        return await self.admin.getModelStatus(mm.GetStatusRequest(modelId=model_id))
+
+    async def size(self, model_id: str) -> int:
+        """The size the router holds for the model (measured after a load)."""
+        listing = await ma_grpc.MeshAdminStub(self.channel).ListModels(ma.ListModelsRequest())
+        return next(m.sizeInBytes for m in listing.models if m.modelId == model_id)
+
+    def data_endpoint(self, adapter: AdapterProcess) -> str:
+        """Where the adapter's server takes inference itself (what the router forwards to)."""
+        return self.router.manager.view.instances[adapter.instance_id].record.data_endpoint
+
+
+@contextlib.asynccontextmanager
+async def mesh_over(workdir: Path, *adapters: AdapterProcess) -> AsyncIterator[MeshOverAdapter]:
+    """router_over, with a channel to the router's gRPC door."""
+    async with router_over(workdir, *adapters) as (router, ports):
+        address = f"127.0.0.1:{ports.grpc}"
+        async with grpc.aio.insecure_channel(address) as channel:
+            yield MeshOverAdapter(router, address, channel)

@@ -10,7 +10,7 @@ from pathlib import Path
 import joblib
 import pytest
 from fake_apiserver import FakeApiServer
-from k8s_harness import Cluster, crd_types
+from k8s_harness import KubeCluster, crd_types
 from kubernetes import client
 from mesh_helpers import ServeProcess, start_serve, stop_serve
 from sklearn.datasets import load_iris
@@ -35,8 +35,8 @@ def api(apiserver: FakeApiServer) -> Iterator[client.ApiClient]:
 
 
 @pytest.fixture
-def cluster(api: client.ApiClient) -> Cluster:
-    return Cluster(api)
+def cluster(api: client.ApiClient) -> KubeCluster:
+    return KubeCluster(api)
 
 
 @pytest.fixture(scope="module")

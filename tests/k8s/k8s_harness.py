@@ -102,7 +102,7 @@ def runtime_body(kind: str, name: str, formats: list[dict[str, Any]], **spec: An
     }
 
 
-class Cluster:
+class KubeCluster:
     """The test's side of the API: what a user applies with kubectl, through the real client."""
 
     def __init__(self, api: client.ApiClient) -> None:

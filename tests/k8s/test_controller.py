@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from fake_apiserver import FakeApiServer, ResourceType
-from k8s_harness import Cluster, running, settings_for, settings_for_address, wait_for
+from k8s_harness import KubeCluster, running, settings_for, settings_for_address, wait_for
 from kubernetes import client
 from mesh_helpers import REPO, ServeProcess
 from sklearn.datasets import load_iris
@@ -63,12 +63,12 @@ def infer(mesh: ServeProcess, name: str) -> list[int]:
     return next(o["data"] for o in response.json()["outputs"] if o["name"] == "predict")
 
 
-def loaded(cluster: Cluster, namespace: str, name: str) -> bool:
+def loaded(cluster: KubeCluster, namespace: str, name: str) -> bool:
     return cluster.model_state(namespace, name) == "Loaded"
 
 
 def test_cluster_runtime_and_annotated_isvc_load_and_answer(
-    cluster: Cluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
+    cluster: KubeCluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
 ) -> None:
     """The seed's flow: a ClusterServingRuntime and an annotated InferenceService → Deployment, Loaded, inference."""
     cluster.cluster_runtime("mlserver-1.x", SKLEARN)
@@ -100,7 +100,7 @@ def test_cluster_runtime_and_annotated_isvc_load_and_answer(
 
 
 def test_isvc_without_the_model_mesh_annotation_is_left_alone(
-    cluster: Cluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
+    cluster: KubeCluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
 ) -> None:
     cluster.cluster_runtime("mlserver-1.x", SKLEARN)
     raw = {"modelFormat": {"name": "sklearn"}, "storageUri": "s3://b/m"}
@@ -113,7 +113,7 @@ def test_isvc_without_the_model_mesh_annotation_is_left_alone(
 
 
 def test_namespace_runtime_named_by_the_predictor_wins_over_the_cluster_runtime(
-    cluster: Cluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
+    cluster: KubeCluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
 ) -> None:
     cluster.cluster_runtime("shared", SKLEARN)
     cluster.runtime("team-b", "shared", [{"name": "sklearn", "autoSelect": False}], replicas=3)
@@ -127,7 +127,7 @@ def test_namespace_runtime_named_by_the_predictor_wins_over_the_cluster_runtime(
 
 
 def test_no_supporting_runtime_is_a_condition_and_a_new_runtime_resolves_it(
-    cluster: Cluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
+    cluster: KubeCluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
 ) -> None:
     cluster.cluster_runtime("mlserver-1.x", SKLEARN)
     cluster.isvc("team-c", "iris-text", {"modelFormat": {"name": "text"}, "storage": {"path": "/models/upper"}})
@@ -164,7 +164,7 @@ def test_no_supporting_runtime_is_a_condition_and_a_new_runtime_resolves_it(
 
 
 def test_storage_change_moves_the_name_to_a_new_model_and_removes_the_old(
-    cluster: Cluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
+    cluster: KubeCluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
 ) -> None:
     cluster.cluster_runtime("mlserver-1.x", SKLEARN)
     cluster.isvc("team-d", "iris-swap", sklearn(models["logreg"]))
@@ -187,7 +187,7 @@ def test_storage_change_moves_the_name_to_a_new_model_and_removes_the_old(
 
 
 def test_deleting_the_isvc_unregisters_it_and_removes_the_unused_runtime(
-    cluster: Cluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
+    cluster: KubeCluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
 ) -> None:
     cluster.cluster_runtime("mlserver-1.x", SKLEARN)
     cluster.isvc("team-e", "iris-gone", sklearn(models["logreg"]))
@@ -202,7 +202,7 @@ def test_deleting_the_isvc_unregisters_it_and_removes_the_unused_runtime(
 
 
 def test_without_scale_to_zero_an_unused_runtime_keeps_running(
-    cluster: Cluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
+    cluster: KubeCluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
 ) -> None:
     cluster.cluster_runtime("mlserver-1.x", SKLEARN)
     cluster.isvc("team-f", "iris-kept", sklearn(models["logreg"]))
@@ -216,7 +216,7 @@ def test_without_scale_to_zero_an_unused_runtime_keeps_running(
 
 
 def test_a_restarted_controller_writes_nothing_that_is_right(
-    cluster: Cluster, api: client.ApiClient, apiserver: FakeApiServer, mesh: ServeProcess, models: dict[str, Path]
+    cluster: KubeCluster, api: client.ApiClient, apiserver: FakeApiServer, mesh: ServeProcess, models: dict[str, Path]
 ) -> None:
     cluster.cluster_runtime("mlserver-1.x", SKLEARN)
     cluster.isvc("team-g", "iris-restart", sklearn(models["logreg"]))
@@ -239,7 +239,7 @@ def test_a_restarted_controller_writes_nothing_that_is_right(
 
 
 def test_informers_list_again_when_their_watch_version_is_compacted(
-    cluster: Cluster,
+    cluster: KubeCluster,
     api: client.ApiClient,
     apiserver: FakeApiServer,
     mesh: ServeProcess,
@@ -260,7 +260,7 @@ def test_informers_list_again_when_their_watch_version_is_compacted(
 
 
 def test_mesh_controller_command_serves_until_sigterm(
-    cluster: Cluster, apiserver: FakeApiServer, mesh: ServeProcess, models: dict[str, Path], tmp_path: Path
+    cluster: KubeCluster, apiserver: FakeApiServer, mesh: ServeProcess, models: dict[str, Path], tmp_path: Path
 ) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
@@ -295,7 +295,7 @@ def test_mesh_controller_command_serves_until_sigterm(
 
 
 def test_an_unreachable_mesh_leaves_statuses_alone_but_runtimes_run(
-    cluster: Cluster, api: client.ApiClient, apiserver: FakeApiServer, models: dict[str, Path]
+    cluster: KubeCluster, api: client.ApiClient, apiserver: FakeApiServer, models: dict[str, Path]
 ) -> None:
     cluster.cluster_runtime("mlserver-1.x", SKLEARN)
     cluster.isvc("team-j", "iris-dark", sklearn(models["logreg"]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from fake_apiserver import FakeApiServer
-from k8s_harness import Cluster, runtime_body
+from k8s_harness import KubeCluster, runtime_body
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
@@ -19,7 +19,7 @@ def _model(path: str = "/models/a.joblib") -> dict:
     return {"modelFormat": {"name": "sklearn"}, "storage": {"path": path}}
 
 
-def test_watch_from_a_list_version_sees_every_later_change_in_order(cluster: Cluster) -> None:
+def test_watch_from_a_list_version_sees_every_later_change_in_order(cluster: KubeCluster) -> None:
     cluster.isvc(NS, "first", _model())
     listing = cluster.custom.list_cluster_custom_object(GROUP, ISVC_VERSION, ISVC_PLURAL)
     assert [i["metadata"]["name"] for i in listing["items"]] == ["first"]
@@ -39,7 +39,7 @@ def test_watch_from_a_list_version_sees_every_later_change_in_order(cluster: Clu
     assert events == [("ADDED", "second"), ("MODIFIED", "first"), ("DELETED", "second")]
 
 
-def test_watch_from_a_compacted_version_is_gone(cluster: Cluster, apiserver: FakeApiServer) -> None:
+def test_watch_from_a_compacted_version_is_gone(cluster: KubeCluster, apiserver: FakeApiServer) -> None:
     cluster.isvc(NS, "first", _model())
     version = cluster.custom.list_cluster_custom_object(GROUP, ISVC_VERSION, ISVC_PLURAL)["metadata"]["resourceVersion"]
     cluster.isvc(NS, "second", _model())
@@ -57,7 +57,7 @@ def test_watch_from_a_compacted_version_is_gone(cluster: Cluster, apiserver: Fak
     assert caught.value.status == 410
 
 
-def test_status_subresource_alone_changes_status_and_generation_counts_spec_changes(cluster: Cluster) -> None:
+def test_status_subresource_alone_changes_status_and_generation_counts_spec_changes(cluster: KubeCluster) -> None:
     created = cluster.isvc(NS, "iris", _model())
     assert created["metadata"]["generation"] == 1
     cluster.custom.patch_namespaced_custom_object_status(
@@ -76,7 +76,7 @@ def test_status_subresource_alone_changes_status_and_generation_counts_spec_chan
     assert current["metadata"]["generation"] == 2
 
 
-def test_replace_with_a_stale_resource_version_conflicts(cluster: Cluster) -> None:
+def test_replace_with_a_stale_resource_version_conflicts(cluster: KubeCluster) -> None:
     created = cluster.isvc(NS, "iris", _model())
     cluster.patch_isvc(NS, "iris", {"metadata": {"labels": {"a": "b"}}})
     with pytest.raises(ApiException) as caught:
@@ -84,7 +84,7 @@ def test_replace_with_a_stale_resource_version_conflicts(cluster: Cluster) -> No
     assert caught.value.status == 409
 
 
-def test_objects_the_crd_schema_refuses_are_invalid(cluster: Cluster) -> None:
+def test_objects_the_crd_schema_refuses_are_invalid(cluster: KubeCluster) -> None:
     body = runtime_body("ClusterServingRuntime", "broken", [{"name": "sklearn", "autoSelect": "yes"}])
     with pytest.raises(ApiException) as caught:
         cluster.custom.create_cluster_custom_object(GROUP, "v1alpha1", "clusterservingruntimes", body)
@@ -92,7 +92,7 @@ def test_objects_the_crd_schema_refuses_are_invalid(cluster: Cluster) -> None:
     assert "autoSelect" in caught.value.body
 
 
-def test_deployments_list_by_label_selector(cluster: Cluster, api: client.ApiClient) -> None:
+def test_deployments_list_by_label_selector(cluster: KubeCluster, api: client.ApiClient) -> None:
     for name, labels in (("a", {"app": "mesh", "tier": "x"}), ("b", {"app": "other"})):
         body = {
             "apiVersion": "apps/v1",

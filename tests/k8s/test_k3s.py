@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from crd_schema import CRD_DIR
-from k8s_harness import Cluster, docker_engine_reason, running, settings_for, wait_for
+from k8s_harness import KubeCluster, docker_engine_reason, running, settings_for, wait_for
 from kubernetes import client, config
 from mesh_helpers import ServeProcess
 
@@ -48,7 +48,7 @@ def _established(extensions: client.ApiextensionsV1Api, plural: str) -> bool:
 
 
 def test_seed_flow_on_k3s(k3s: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]) -> None:
-    cluster = Cluster(k3s)
+    cluster = KubeCluster(k3s)
     cluster.cluster_runtime("mlserver-1.x", [{"name": "sklearn", "autoSelect": True}])
     model = {"modelFormat": {"name": "sklearn"}, "storage": {"path": str(models["logreg"])}}
     cluster.isvc("team-k3s", "iris-k3s", model)

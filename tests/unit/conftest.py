@@ -6,16 +6,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from fakes import Cluster, FakeRuntime
+from fakes import FakeCluster, FakeRuntime
 
 
 @pytest.fixture
-async def make_cluster() -> AsyncIterator[Callable[..., Cluster]]:
-    """make_cluster(*runtimes, **settings): a Cluster closed when the test ends, however it ends."""
-    made: list[Cluster] = []
+async def make_cluster() -> AsyncIterator[Callable[..., FakeCluster]]:
+    """make_cluster(*runtimes, **settings): a FakeCluster closed when the test ends, however it ends."""
+    made: list[FakeCluster] = []
 
-    def make(*runtimes: FakeRuntime, **settings: object) -> Cluster:
-        cluster = Cluster(*runtimes, **settings)
+    def make(*runtimes: FakeRuntime, **settings: object) -> FakeCluster:
+        cluster = FakeCluster(*runtimes, **settings)
         made.append(cluster)
         return cluster
 

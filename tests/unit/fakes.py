@@ -147,7 +147,7 @@ class Placement:
         await self.manager.stop()
 
 
-class Cluster:
+class FakeCluster:
     """Fake runtimes, one embedded store, and as many routers over them as a test starts."""
 
     def __init__(self, *runtimes: FakeRuntime, **settings: object) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from fakes import Cluster, FakeRuntime, rpc_error
+from fakes import FakeCluster, FakeRuntime, rpc_error
 
 from mesh.errors import RuntimeFailure, Unavailable
 from mesh.health import Readiness
@@ -16,7 +16,7 @@ from mesh.registry import Naming
 CUSTOM = "/example.Custom/Mutate"  # any method routed by a header; not known to be safe to send twice
 
 
-async def dataplane(cluster: Cluster) -> tuple[DataPlane, object]:
+async def dataplane(cluster: FakeCluster) -> tuple[DataPlane, object]:
     router = await cluster.router()
     await router.register("m")
     readiness = Readiness(cluster.kv, router.manager, period_seconds=60)

@@ -24,16 +24,14 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import tritonclient.grpc.aio as triton_aio
-from runtime_harness import AdapterProcess, router_over, start_adapter
+from runtime_harness import AdapterProcess, MeshOverAdapter, mesh_over, start_adapter
 from tritonclient.utils import InferenceServerException
 
 from adapters.common.envs import ensure_env
 from adapters.mlserver.launch import LaunchedMLServer, MLServerInstall, launch
 from mesh.gen import model_mesh_pb2 as mm
-from mesh.gen import model_mesh_pb2_grpc as mm_grpc
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
-from mesh.router import Router
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -164,23 +162,14 @@ def adapter(mlserver_venv: Path, workdir: Path) -> Iterator[AdapterProcess]:
 
 
 @dataclass
-class Mesh:
-    router: Router
-    admin: mm_grpc.ModelMeshStub
+class Mesh(MeshOverAdapter):
     client: triton_aio.InferenceServerClient  # through the router
     direct: triton_aio.InferenceServerClient  # MLServer's own gRPC port, to see what it holds
     registered: list[str] = field(default_factory=list)
 
     async def register(self, model_id: str, model_type: str, path: Path) -> None:
-        info = mm.ModelInfo(type=model_type, path=str(path))
-        await self.admin.registerModel(mm.RegisterModelRequest(modelId=model_id, modelInfo=info))
+        await super().register(model_id, model_type, path)
         self.registered.append(model_id)
-
-    async def unregister(self, model_id: str) -> None:
-        await self.admin.unregisterModel(mm.UnregisterModelRequest(modelId=model_id))
-
-    async def status(self, model_id: str) -> mm.ModelStatusInfo:
-        return await self.admin.getModelStatus(mm.GetStatusRequest(modelId=model_id))
 
     async def infer(self, model_id: str, x: np.ndarray, *outputs: str) -> dict[str, np.ndarray]:
         tensor = triton_aio.InferInput("input-0", list(x.shape), "FP64")
@@ -197,18 +186,14 @@ class Mesh:
 
 @contextlib.asynccontextmanager
 async def _mesh(workdir: Path, adapter: AdapterProcess) -> AsyncIterator[Mesh]:
-    async with router_over(workdir, adapter) as (router, ports):
-        address = f"127.0.0.1:{ports.grpc}"
-        data_endpoint = router.manager.view.instances[adapter.instance_id].record.data_endpoint
-        channel = grpc.aio.insecure_channel(address)
-        through = triton_aio.InferenceServerClient(address)
-        direct = triton_aio.InferenceServerClient(data_endpoint)
+    async with mesh_over(workdir, adapter) as base:
+        through = triton_aio.InferenceServerClient(base.address)
+        direct = triton_aio.InferenceServerClient(base.data_endpoint(adapter))
         try:
-            yield Mesh(router, mm_grpc.ModelMeshStub(channel), through, direct)
+            yield Mesh(base.router, base.address, base.channel, through, direct)
         finally:
             await through.close()
             await direct.close()
-            await channel.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

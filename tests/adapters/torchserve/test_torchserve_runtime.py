@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import tritonclient.grpc.aio as triton_aio
-from runtime_harness import AdapterProcess, router_over, start_adapter
+from runtime_harness import AdapterProcess, MeshOverAdapter, mesh_over, start_adapter
 from tiny_torch import X, Y, _handler, archive, write_parts
 from tritonclient.utils import InferenceServerException
 
@@ -36,12 +36,10 @@ from adapters.common.envs import ensure_env
 from adapters.torchserve.launch import LaunchedTorchServe, launch
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import model_mesh_pb2 as mm
-from mesh.gen import model_mesh_pb2_grpc as mm_grpc
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
 from mesh.gen import torchserve_inference_pb2 as ts
 from mesh.gen import torchserve_inference_pb2_grpc as ts_grpc
-from mesh.router import Router
 
 pytestmark = pytest.mark.slow
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -137,24 +135,17 @@ def adapter(torchserve_venv: Path, workdir: Path) -> Iterator[AdapterProcess]:
         yield started
 
 
+MAR = "pytorch-mar"
+
+
 @dataclass
-class Mesh:
-    router: Router
-    address: str  # the router's gRPC port
-    channel: grpc.aio.Channel  # to it
-    admin: mm_grpc.ModelMeshStub
-    predictions: ts_grpc.InferenceAPIsServiceStub
+class Mesh(MeshOverAdapter):
     management: httpx.AsyncClient  # TorchServe's own management API, to see what it holds
 
-    async def register(self, model_id: str, path: Path) -> None:
-        info = mm.ModelInfo(type="pytorch-mar", path=str(path))
-        await self.admin.registerModel(mm.RegisterModelRequest(modelId=model_id, modelInfo=info))
-
-    async def unregister(self, model_id: str) -> None:
-        await self.admin.unregisterModel(mm.UnregisterModelRequest(modelId=model_id))
-
-    async def status(self, model_id: str) -> mm.ModelStatusInfo:
-        return await self.admin.getModelStatus(mm.GetStatusRequest(modelId=model_id))
+    @property
+    def predictions(self) -> ts_grpc.InferenceAPIsServiceStub:
+        """TorchServe's own inference API, through the router."""
+        return ts_grpc.InferenceAPIsServiceStub(self.channel)
 
     async def predict(self, header: str, name: str, data: bytes) -> object:
         request = ts.PredictionsRequest(input={"data": data})
@@ -170,14 +161,11 @@ class Mesh:
 
 @contextlib.asynccontextmanager
 async def _mesh(workdir: Path, adapter: AdapterProcess, management_url: str) -> AsyncIterator[Mesh]:
-    async with router_over(workdir, adapter) as (router, ports):
-        address = f"127.0.0.1:{ports.grpc}"
-        async with (
-            grpc.aio.insecure_channel(address) as channel,
-            httpx.AsyncClient(base_url=management_url, timeout=CALL_TIMEOUT_S, trust_env=False) as management,
-        ):
-            admin, predictions = mm_grpc.ModelMeshStub(channel), ts_grpc.InferenceAPIsServiceStub(channel)
-            yield Mesh(router, address, channel, admin, predictions, management)
+    async with (
+        mesh_over(workdir, adapter) as base,
+        httpx.AsyncClient(base_url=management_url, timeout=CALL_TIMEOUT_S, trust_env=False) as management,
+    ):
+        yield Mesh(base.router, base.address, base.channel, management)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -190,7 +178,7 @@ async def mesh(workdir: Path, adapter: AdapterProcess) -> AsyncIterator[Mesh]:
 async def test_a_mar_loads_on_first_request_and_answers_torchserves_own_predictions_api(
     mesh: Mesh, sources: Sources, workdir: Path
 ) -> None:
-    await mesh.register("tiny-mar", sources.mar)
+    await mesh.register("tiny-mar", MAR, sources.mar)
     assert (await mesh.status("tiny-mar")).status == mm.ModelStatusInfo.NOT_LOADED
 
     assert await mesh.predict("mm-model-id", "tiny-mar", json.dumps(X).encode()) == Y
@@ -205,7 +193,7 @@ async def test_a_mar_loads_on_first_request_and_answers_torchserves_own_predicti
 
 @in_module_loop
 async def test_a_vmodel_routes_predictions_to_its_model(mesh: Mesh, sources: Sources) -> None:
-    await mesh.register("tiny-v1", sources.mar)
+    await mesh.register("tiny-v1", MAR, sources.mar)
     request = mm.SetVModelRequest(vModelId="tiny", targetModelId="tiny-v1", sync=True)
     await mesh.admin.setVModel(request, timeout=CALL_TIMEOUT_S)
 
@@ -215,7 +203,7 @@ async def test_a_vmodel_routes_predictions_to_its_model(mesh: Mesh, sources: Sou
 @in_module_loop
 async def test_predictions_without_a_routing_header_are_routed_by_model_name(mesh: Mesh, sources: Sources) -> None:
     # As ModelMesh's dataplane config has it: Predictions' model_name is field 1, like ModelInfer's.
-    await mesh.register("tiny-by-name", sources.mar)
+    await mesh.register("tiny-by-name", MAR, sources.mar)
     request = ts.PredictionsRequest(model_name="tiny-by-name", input={"data": json.dumps(X).encode()})
     reply = await mesh.predictions.Predictions(request, timeout=CALL_TIMEOUT_S)
     assert json.loads(reply.prediction) == Y
@@ -223,7 +211,7 @@ async def test_predictions_without_a_routing_header_are_routed_by_model_name(mes
 
 @in_module_loop
 async def test_a_folder_of_parts_is_archived_by_the_adapter(mesh: Mesh, sources: Sources, workdir: Path) -> None:
-    await mesh.register("tiny-parts", sources.parts)
+    await mesh.register("tiny-parts", MAR, sources.parts)
 
     assert await mesh.predict("mm-model-id", "tiny-parts", json.dumps([0.0, 0.0, 0.0, 1.0]).encode()) == [3.5, 6, 13]
 
@@ -240,7 +228,7 @@ async def test_a_folder_of_parts_is_archived_by_the_adapter(mesh: Mesh, sources:
 
 @in_module_loop
 async def test_archive_json_names_the_parts(mesh: Mesh, sources: Sources, workdir: Path) -> None:
-    await mesh.register("tiny-described", sources.described)
+    await mesh.register("tiny-described", MAR, sources.described)
 
     assert await mesh.predict("mm-model-id", "tiny-described", json.dumps(X).encode()) == Y
 
@@ -252,7 +240,7 @@ async def test_archive_json_names_the_parts(mesh: Mesh, sources: Sources, workdi
 async def test_an_unloaded_model_is_gone_from_torchserve_and_its_store(
     mesh: Mesh, sources: Sources, workdir: Path
 ) -> None:
-    await mesh.register("to-unload", sources.mar)
+    await mesh.register("to-unload", MAR, sources.mar)
     assert await mesh.predict("mm-model-id", "to-unload", json.dumps(X).encode()) == Y
     assert "to-unload" in await mesh.torchserve_models()
 
@@ -265,7 +253,7 @@ async def test_an_unloaded_model_is_gone_from_torchserve_and_its_store(
 
 @in_module_loop
 async def test_v2_inference_goes_through_torchserves_open_inference_service(mesh: Mesh, sources: Sources) -> None:
-    await mesh.register("tiny-v2", sources.mar)
+    await mesh.register("tiny-v2", MAR, sources.mar)
     request = pb.ModelInferRequest(
         id="r1",
         inputs=[pb.ModelInferRequest.InferInputTensor(
@@ -292,7 +280,7 @@ async def test_v2_inference_goes_through_torchserves_open_inference_service(mesh
 
 @in_module_loop
 async def test_a_handlers_bad_input_error_reaches_the_client_and_the_copy_stays(mesh: Mesh, sources: Sources) -> None:
-    await mesh.register("tiny-strict", sources.mar)
+    await mesh.register("tiny-strict", MAR, sources.mar)
     assert await mesh.predict("mm-model-id", "tiny-strict", json.dumps(X).encode()) == Y
 
     with pytest.raises(grpc.aio.AioRpcError) as failure:
@@ -310,7 +298,7 @@ async def test_a_handlers_unhandled_error_is_unavailable_and_leaves_the_copy_and
 ) -> None:
     # TorchServe answers a handler's uncaught exception UNAVAILABLE ("Prediction failed"), which also means "the
     # runtime is gone" to a router. The router sees the server still accepting connections and keeps both.
-    await mesh.register("tiny-unhandled", sources.mar)
+    await mesh.register("tiny-unhandled", MAR, sources.mar)
     assert await mesh.predict("mm-model-id", "tiny-unhandled", json.dumps(X).encode()) == Y
 
     with pytest.raises(grpc.aio.AioRpcError) as failure:
@@ -326,7 +314,7 @@ async def test_a_handlers_unhandled_error_is_unavailable_and_leaves_the_copy_and
 async def test_a_handler_that_raises_in_initialize_fails_to_load_with_its_traceback(
     mesh: Mesh, sources: Sources, workdir: Path
 ) -> None:
-    await mesh.register("broken", sources.broken)
+    await mesh.register("broken", MAR, sources.broken)
 
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await mesh.predict("mm-model-id", "broken", json.dumps(X).encode())
@@ -390,7 +378,7 @@ async def test_connecting_to_a_running_torchserve_unregisters_what_it_held_then_
             async with _mesh(workdir, connected, running_torchserve.management_url) as mesh:
                 record = mesh.router.manager.view.instances["torchserve-c"].record
                 assert record.data_endpoint == running_torchserve.grpc_address
-                await mesh.register("tiny", sources.mar)
+                await mesh.register("tiny", MAR, sources.mar)
                 assert await mesh.predict("mm-model-id", "tiny", json.dumps(X).encode()) == Y
 
 

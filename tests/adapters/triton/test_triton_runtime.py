@@ -20,18 +20,14 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import tritonclient.grpc.aio as triton_aio
-from runtime_harness import AdapterProcess, router_over, start_adapter
+from runtime_harness import AdapterProcess, MeshOverAdapter, mesh_over, start_adapter
 from tritonclient.utils import InferenceServerException
 
 from adapters.common.envs import ensure_env
 from adapters.triton.launch import LaunchedTriton, TritonInstall, launch
-from mesh.gen import mesh_admin_pb2 as ma
-from mesh.gen import mesh_admin_pb2_grpc as ma_grpc
 from mesh.gen import model_mesh_pb2 as mm
-from mesh.gen import model_mesh_pb2_grpc as mm_grpc
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
-from mesh.router import Router
 
 pytestmark = pytest.mark.slow
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -153,27 +149,9 @@ def adapter(triton_venv: Path, workdir: Path) -> Iterator[AdapterProcess]:
 
 
 @dataclass
-class Mesh:
-    router: Router
-    address: str
-    admin: mm_grpc.ModelMeshStub
-    operator: ma_grpc.MeshAdminStub
+class Mesh(MeshOverAdapter):
     triton: triton_aio.InferenceServerClient  # through the router
     direct: triton_aio.InferenceServerClient  # Triton's own gRPC port, to see what it holds
-
-    async def register(self, model_id: str, model_type: str, path: Path) -> None:
-        info = mm.ModelInfo(type=model_type, path=str(path))
-        await self.admin.registerModel(mm.RegisterModelRequest(modelId=model_id, modelInfo=info))
-
-    async def unregister(self, model_id: str) -> None:
-        await self.admin.unregisterModel(mm.UnregisterModelRequest(modelId=model_id))
-
-    async def status(self, model_id: str) -> mm.ModelStatusInfo:
-        return await self.admin.getModelStatus(mm.GetStatusRequest(modelId=model_id))
-
-    async def size(self, model_id: str) -> int:
-        listing = await self.operator.ListModels(ma.ListModelsRequest())
-        return next(m.sizeInBytes for m in listing.models if m.modelId == model_id)
 
     async def infer(self, model_id: str, x: np.ndarray) -> np.ndarray:
         tensor = triton_aio.InferInput("x", list(x.shape), "FP32")
@@ -189,18 +167,14 @@ class Mesh:
 
 @contextlib.asynccontextmanager
 async def _mesh(workdir: Path, adapter: AdapterProcess) -> AsyncIterator[Mesh]:
-    async with router_over(workdir, adapter) as (router, ports):
-        address = f"127.0.0.1:{ports.grpc}"
-        data_endpoint = router.manager.view.instances[adapter.instance_id].record.data_endpoint
-        channel = grpc.aio.insecure_channel(address)
-        through = triton_aio.InferenceServerClient(address)
-        direct = triton_aio.InferenceServerClient(data_endpoint)
+    async with mesh_over(workdir, adapter) as base:
+        through = triton_aio.InferenceServerClient(base.address)
+        direct = triton_aio.InferenceServerClient(base.data_endpoint(adapter))
         try:
-            yield Mesh(router, address, mm_grpc.ModelMeshStub(channel), ma_grpc.MeshAdminStub(channel), through, direct)
+            yield Mesh(base.router, base.address, base.channel, through, direct)
         finally:
             await through.close()
             await direct.close()
-            await channel.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
