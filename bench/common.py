@@ -24,13 +24,16 @@ STOP_TIMEOUT_S = 30.0  # generous: a router under a profiler writes its profile 
 class Server:
     """A child process that announces its port in a JSON port file; stopped by pid, killed if it lingers."""
 
-    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], workdir: Path, cwd: Path = REPO, env: dict[str, str] | None = None
+    ) -> None:
+        """cwd and env: where the child runs and its environment (default: the repository, this environment)."""
         self.name = name
         self.port_file = workdir / f"{name}.port"
         self.log_path = workdir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [*argv, "--port-file", str(self.port_file)], cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT
+            [*argv, "--port-file", str(self.port_file)], cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
 
     def wait_ports(self) -> dict[str, Any]:

@@ -41,3 +41,21 @@ def test_quick_bench_writes_json_and_plots_for_every_scenario(tmp_path: Path) ->
         assert isinstance(record["targets"], list)
         for plot in plots:
             assert (tmp_path / plot).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_before_and_after_hop_comparison_runs_both_routers(tmp_path: Path) -> None:
+    """bench.ab against this very commit: both sides must serve, and every row have both sides (no timing asserted)."""
+    out = tmp_path / "ab.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ab", "--base", "HEAD", "--seconds", "1", "--rounds", "1", "--concurrency", "1"]
+        + ["--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["client"], r["target"]) for r in rows} >= {("python", "base"), ("python", "head")}
+    assert all(r["rps"] > 0 for r in rows)
