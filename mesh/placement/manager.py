@@ -45,6 +45,12 @@ log = logging.getLogger(__name__)
 
 
 class PlacementManager:
+    """One router's placement. Owns the parts (and so the per-router state: copies in flight and being evicted,
+    loads under way, instances set aside, usage not yet flushed) and the periodic maintenance; answers the data
+    plane (a lease on a loaded copy, or a wait for one), the registry (load now, unload, a copy's validity) and the
+    management API (instances and their copies). Shared state is in the store, reached through `view` and `store`.
+    """
+
     def __init__(
         self, kv: KV, settings: Settings, metrics: RouterMetrics, clients: RuntimeClients | None = None
     ) -> None:

@@ -60,6 +60,11 @@ class Target:
 
 
 class DataPlane:
+    """The inference core both front doors call: server-level answers (live, ready, metadata) and forwarding a
+    model's request bytes to a copy. Owns no state of its own: names are the registry's, copies placement's; it
+    owns the rules of a forward (which field names the model, the one retry when a copy turns out gone, how a
+    runtime's error reaches the client)."""
+
     def __init__(
         self, registry: ModelRegistry, manager: PlacementManager, readiness: Readiness, metrics: RouterMetrics
     ) -> None:

@@ -36,6 +36,10 @@ _WHAT_NAMES = {Naming.BODY: "model name", Naming.MODEL_HEADER: "model id", Namin
 
 
 class ModelRegistry:
+    """What is registered: models and vmodels (records in the store), what a request's name means, and each one's
+    status. Registration is idempotent for the same spec; a vmodel moves to a new target only once it has loaded.
+    Loading and unloading copies is placement's, asked through the façade."""
+
     def __init__(self, manager: PlacementManager) -> None:
         self._manager = manager
         self._view = manager.view
