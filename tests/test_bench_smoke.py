@@ -20,6 +20,7 @@ SCENARIOS = {
     "profile": [],
     "scale": [],
     "cache_sim": [],
+    "churn": [],
 }
 
 

@@ -3,7 +3,9 @@ makes it one load across routers, and what a failure means.
 
 `ensure_loaded(model_id)` is the whole miss: every caller for a model awaits the same load task. The task chooses
 an instance (policy.py, over the copy table's picture of the instances), claims the load (claims.py), evicts the
-victims the choice named (evictor.py), calls the runtime within its load slots, and records the LOADED copy. A
+victims the choice named (evictor.py), calls the runtime, and records the LOADED copy. It decides only when an
+instance that could take the model has a free load slot: a decision taken while the load must still queue would
+evict copies, and hold their room, that keep serving hits until the load can start (issue 19). A
 runtime that does not answer is set aside and the next instance tried; one that hangs or runs out of memory is
 tried elsewhere (MAX_LOAD_ATTEMPTS in all); a load the model itself fails is recorded against the instance and
 not retried there for load_failure_backoff_seconds.
@@ -12,6 +14,7 @@ not retried there for load_failure_backoff_seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 BUSY_WAIT_S = 3.0
 """How long a load waits for an instance whose evictable copies are all busy (loading, serving) to free one."""
 BUSY_RETRY_S = 0.05
+SLOT_RECHECK_S = 0.5
+"""A load waiting for a free load slot looks again at least this often (another router's loads end unannounced)."""
 MAX_LOAD_ATTEMPTS = 3
 """Instances one request tries a load on when a runtime, not the model, fails it (ModelMesh's MAX_LOAD_FAILURES)."""
 
@@ -84,6 +89,8 @@ class Loader:
         # would both count the same free bytes.
         self._decide = asyncio.Lock()
         self._slots: dict[str, asyncio.Semaphore] = {}
+        # Set (and replaced) each time one of this router's loads ends: loads waiting for a free slot decide then.
+        self._slot_freed = asyncio.Event()
         self._placement_waiters: dict[str, asyncio.Event] = {}
 
     async def ensure_loaded(self, model_id: str) -> str:
@@ -117,10 +124,12 @@ class Loader:
         while True:
             choice: policy.LoadPlan | None = None
             claimed = False
+            recheck_s = SLOT_RECHECK_S
             async with self._decide:
                 holder = self._copies.loaded_holder(model_id)
                 if holder is not None:
                     return holder
+                slot_freed = self._slot_freed
                 loading_on = self._copies.loading_on(model_id)
                 if loading_on is None:
                     try:
@@ -130,6 +139,7 @@ class Loader:
                         # milliseconds under churn, so look again for a while before saying "retry".
                         if time.monotonic() > busy_until:
                             raise
+                        recheck_s = BUSY_RETRY_S
                 if choice is not None:
                     incarnation = self._view.instances[choice.instance_id].record.started_ms
                     claimed = await self._claims.claim(model_id, choice.instance_id, size, incarnation)
@@ -143,7 +153,11 @@ class Loader:
                 await self._await_placement_change(model_id, timeout)
                 continue
             if choice is None:
-                await asyncio.sleep(BUSY_RETRY_S)
+                # Every instance that could take it is using all its load slots (or all it could evict is busy):
+                # decide when a load ends, not now. Deciding now would evict copies (and hold their room) that
+                # go on serving hits until this load could start.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(slot_freed.wait(), recheck_s)
                 continue
             if not claimed:
                 # The record changed under the claim (the store showed the view what won): look again, after
@@ -165,16 +179,19 @@ class Loader:
             self._copies.evicting(victim.model_id, choice.instance_id)
         self._copies.load_started(choice.instance_id)
 
-    def _choose(self, model: ModelRecord, size: int) -> policy.LoadPlan:
-        """Where the first copy goes and what it evicts; raises why when nowhere will do."""
+    def _choose(self, model: ModelRecord, size: int) -> policy.LoadPlan | None:
+        """Where the first copy goes and what it evicts, among instances with a free load slot; None when only an
+        instance whose slots are all taken could take it (wait for one); raises why when nowhere will do."""
         placement = self._view.placements.get(model.model_id)
         record = placement.record if placement else PlacementRecord()
         failed = self._recent_failures(record)
         excluded = frozenset(self._copies.live_copies(record)) | frozenset(failed)
         instances = self._copies.instance_views()
-        choice = policy.choose_instance(model.model_type, size, instances, excluded, self._policy)
+        choice = policy.choose_instance(model.model_type, size, _with_free_slot(instances), excluded, self._policy)
         if choice is not None:
             return choice
+        if policy.choose_instance(model.model_type, size, instances, excluded, self._policy) is not None:
+            return None
         if failed:
             instance_id, failure = max(failed.items(), key=lambda f: f[1].time_ms)
             retry_in = self._settings.load_failure_backoff_seconds - (now_ms() - failure.time_ms) / 1000
@@ -225,6 +242,8 @@ class Loader:
         finally:
             heartbeat.cancel()
             self._copies.load_ended(instance_id)
+            self._slot_freed.set()
+            self._slot_freed = asyncio.Event()
             if not done:
                 await self._evictor.drop_copy(model_id, instance_id, only_if=CopyState.LOADING)
         # Loaded for a request that is about to use it: it enters the cluster-wide LRU as the most recently used
@@ -312,7 +331,7 @@ class Loader:
                     return
                 size = record.size_bytes
                 excluded = frozenset(live) | frozenset(self._recent_failures(record))
-                instances = self._copies.instance_views()
+                instances = _with_free_slot(self._copies.instance_views())
                 choice = policy.choose_instance(model.model_type, size, instances, excluded, self._policy)
                 if choice is None or choice.victims:
                     return
@@ -354,3 +373,8 @@ class Loader:
         except grpc.aio.AioRpcError:
             predicted = 0
         return predicted or candidates[0].default_model_size
+
+
+def _with_free_slot(instances: list[policy.InstanceView]) -> list[policy.InstanceView]:
+    """The instances where this router may start a load now (fewer loads running than the runtime's slots)."""
+    return [v for v in instances if v.loads_in_flight < v.record.loading_slots]

@@ -35,6 +35,7 @@ class FakeRuntime:
     instance_id: str
     capacity_bytes: int = 10 * MB
     model_size: int = MB
+    loading_slots: int = 4
     loaded: dict[str, int] = field(default_factory=dict)
     loads: list[str] = field(default_factory=list)
     unloads: list[str] = field(default_factory=list)
@@ -58,7 +59,7 @@ class FakeRuntime:
             f"fake:{self.instance_id}",
             self.capacity_bytes,
             model_types,
-            loading_slots=4,
+            loading_slots=self.loading_slots,
             default_model_size=self.model_size,
             load_timeout_ms=5000,
             started_ms=self.started_ms,

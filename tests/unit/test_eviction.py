@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from fakes import MB, FakeRuntime
+from test_loading import eventually
 
 from mesh.errors import Unavailable
 from mesh.placement import loader
@@ -80,3 +81,24 @@ async def test_gdsf_keeps_a_small_popular_model_that_lru_would_evict(make_cluste
     await use_in_turn(router, "big")  # used last, but once, and twice the size
     await router.use("new")
     assert runtime.unloads == ["big"]
+
+
+async def test_a_miss_waiting_for_a_load_slot_evicts_nothing_until_its_load_can_start(make_cluster):
+    runtime = FakeRuntime("rt-a", capacity_bytes=2 * MB, loading_slots=1, gate=asyncio.Event())
+    router = await make_cluster(runtime).router()
+    await router.register("a", "b", "c", "d")
+    runtime.gate.set()
+    await use_in_turn(router, "a", "b")
+    runtime.gate.clear()
+    loading_c = asyncio.create_task(router.use("c"))
+    await eventually(lambda: runtime.loads[-1:] == ["c"], "c is loading")
+    waiting_d = asyncio.create_task(router.use("d"))
+    await asyncio.sleep(0.05)
+    # d waits for the one load slot; deciding now would already have evicted b, which keeps serving meanwhile.
+    assert runtime.unloads == ["a"] and "d" not in runtime.loads
+    lease = router.manager.loaded_copy("b")
+    assert lease is not None
+    lease.release(lease.model_id, lease.instance_id)
+    runtime.gate.set()
+    assert (await loading_c, await waiting_d) == ("rt-a", "rt-a")
+    assert len(runtime.unloads) == 2
