@@ -45,6 +45,9 @@ class Settings:
     """Requests in flight on a model's least busy copy above which it gets another copy."""
     idle_copy_seconds: float = 300.0
     """A model unused this long keeps one copy; its extra copies are unloaded."""
+    demand_publish_seconds: float = 0.25
+    """How often (at most) this router publishes the models it has requests in flight or waiting for, so that no
+    router sharing its store evicts their copies; 0: never (a router alone on its store needs none)."""
     eviction_policy: str = "lru"
     """Which copies make room for a load: lru (least recently used, cluster-wide) or gdsf (Greedy-Dual-Size-
     Frequency: large, rarely used models go first; the counts are this router's own)."""

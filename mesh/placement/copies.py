@@ -51,11 +51,20 @@ class CopyLease:
 
 
 class CopyTable:
-    def __init__(self, view: LocalView, health: InstanceHealth, clients: RuntimeClients, usage: Usage) -> None:
+    def __init__(
+        self,
+        view: LocalView,
+        health: InstanceHealth,
+        clients: RuntimeClients,
+        usage: Usage,
+        others_demand: Callable[[], frozenset[str]] = frozenset,
+    ) -> None:
+        """others_demand: the models other routers have requests in flight or waiting for (demand.py)."""
         self._view = view
         self._health = health
         self._clients = clients
         self._usage = usage
+        self._others_demand = others_demand
         self._in_flight: Counter[tuple[str, str]] = Counter()
         self._evicting: set[tuple[str, str]] = set()
         self._loads_on: Counter[str] = Counter()
@@ -94,6 +103,10 @@ class CopyTable:
     def in_flight(self, model_id: str, instance_id: str) -> int:
         """Requests this router has in flight to one copy."""
         return self._in_flight[(model_id, instance_id)]
+
+    def models_in_flight(self) -> set[str]:
+        """The models this router has requests in flight for."""
+        return {model_id for model_id, _ in self._in_flight}
 
     # ---- which copies count ------------------------------------------------------------------------------
 
@@ -170,8 +183,11 @@ class CopyTable:
 
     def instance_views(self, reachable_only: bool = True) -> list[policy.InstanceView]:
         """Every known instance (reachable_only: every reachable one) with the copies on its present incarnation,
-        as placement weighs them: capacity as capped, copies with their use, evictable or not."""
+        as placement weighs them: capacity as capped, copies with their use, evictable or not (a copy is not while
+        it loads, while this router evicts it or has requests on it, or while another router has demand for its
+        model)."""
         resident: dict[str, list[policy.ResidentCopy]] = {}
+        wanted_elsewhere = self._others_demand()
         instances = self._view.instances
         for model_id, placement in self._view.placements.items():
             for instance_id, copy in placement.record.copies.items():
@@ -179,7 +195,12 @@ class CopyTable:
                 if known is None or copy.incarnation != known.record.started_ms:
                     continue  # not on this instance any more: it restarted empty, or is gone
                 key = (model_id, instance_id)
-                evictable = copy.state is CopyState.LOADED and key not in self._evicting and not self._in_flight[key]
+                evictable = (
+                    copy.state is CopyState.LOADED
+                    and key not in self._evicting
+                    and not self._in_flight[key]
+                    and model_id not in wanted_elsewhere
+                )
                 resident.setdefault(instance_id, []).append(
                     self._usage.resident_copy(model_id, copy.size_bytes, evictable)
                 )

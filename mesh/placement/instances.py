@@ -18,7 +18,7 @@ import grpc
 from mesh.errors import Unavailable
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.kv.base import KV, KeyValue, LeaseNotFound
-from mesh.placement.records import InstanceRecord, Keys, Kind, now_ms
+from mesh.placement.records import InstanceRecord, Keys, Kind, Record, now_ms
 from mesh.placement.view import LocalView
 from mesh.runtime import RuntimeClient
 from mesh.tls import ClientTLS
@@ -77,43 +77,48 @@ async def probe_runtime(
 
 
 class InstancePublisher:
-    """Keeps instance records in the store under one lease: publish, keep alive, publish again after expiry."""
+    """Keeps records in the store under one lease (the publisher's life): instance records, and a router's demand
+    record. Publish, keep alive, publish everything again after the lease expired."""
 
     def __init__(self, kv: KV, keys: Keys, lease_seconds: float) -> None:
         self._kv = kv
         self._keys = keys
         self._lease_seconds = lease_seconds
-        self._records: dict[str, InstanceRecord] = {}
+        self._records: dict[tuple[Kind, str], Record] = {}
         self._lease = 0
         self._keepalive: asyncio.Task[None] | None = None
 
     async def publish(self, record: InstanceRecord) -> KeyValue:
-        """Write the record under the lease; returns what was written, for a view to apply at once."""
-        self._records[record.instance_id] = record
+        """Write an instance record under the lease; returns what was written, for a view to apply at once."""
+        return await self.put(Kind.INSTANCE, record.instance_id, record)
+
+    async def put(self, kind: Kind, record_id: str, record: Record) -> KeyValue:
+        """Write any record under the lease; returns what was written."""
+        self._records[(kind, record_id)] = record
         if not self._lease:
             self._lease = await self._kv.grant_lease(self._lease_seconds)
-            self._keepalive = asyncio.create_task(self._keep_alive(), name="instance-lease-keepalive")
+            self._keepalive = asyncio.create_task(self._keep_alive(), name="lease-keepalive")
         try:
-            return await self._put(record)
+            return await self._put(kind, record_id, record)
         except LeaseNotFound:
             await self._renew()
-            return await self._put(record)
+            return await self._put(kind, record_id, record)
 
     async def withdraw(self, instance_id: str) -> None:
-        if self._records.pop(instance_id, None) is not None:
+        if self._records.pop((Kind.INSTANCE, instance_id), None) is not None:
             await self._kv.delete(self._keys.key(Kind.INSTANCE, instance_id))
 
-    async def _put(self, record: InstanceRecord) -> KeyValue:
-        key, value = self._keys.key(Kind.INSTANCE, record.instance_id), record.to_bytes()
+    async def _put(self, kind: Kind, record_id: str, record: Record) -> KeyValue:
+        key, value = self._keys.key(kind, record_id), record.to_bytes()
         revision = await self._kv.put(key, value, self._lease)
         return KeyValue(key, value, create_revision=0, mod_revision=revision, version=0, lease=self._lease)
 
     async def _renew(self) -> None:
         """The lease expired (a stalled loop, a store outage): publish everything again under a new one."""
-        log.warning("instance lease expired; publishing %d instance record(s) again", len(self._records))
+        log.warning("lease expired; publishing %d record(s) again", len(self._records))
         self._lease = await self._kv.grant_lease(self._lease_seconds)
-        for record in self._records.values():
-            await self._put(record)
+        for (kind, record_id), record in self._records.items():
+            await self._put(kind, record_id, record)
 
     async def _keep_alive(self) -> None:
         while True:

@@ -104,6 +104,10 @@ class Loader:
     def loading(self, model_id: str) -> bool:
         return self._loads.running(model_id) is not None
 
+    def loading_models(self) -> list[str]:
+        """The models this router is loading, or waiting to load, for requests."""
+        return self._loads.keys()
+
     def placement_changed(self, model_id: str) -> None:
         """The view saw the model's placement record change: wake a load waiting for another router's."""
         event = self._placement_waiters.get(model_id)

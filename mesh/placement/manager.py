@@ -7,6 +7,7 @@ the management API, readiness) use only the methods here. The parts, each in its
     copies.py            the copy table: which copies can take a request, leases, what this router has in flight
     instance_health.py   instances set aside after not answering; capacity caps after running out of memory
     usage.py             last use (cluster-wide, flushed in batches) and GDSF counts
+    demand.py            what each router has requests in flight or waiting for: no router evicts those copies
     loader.py            the miss: single flight, choosing (policy.py), the claim (claims.py), load failures
     evictor.py           evictions, trims, unloads
     scaling.py           copies follow load: when a model gets another copy, and when extra copies go
@@ -30,6 +31,7 @@ from mesh.metrics import RouterMetrics
 from mesh.placement import policy
 from mesh.placement.claims import LoadClaims
 from mesh.placement.copies import CopyLease, CopyTable
+from mesh.placement.demand import DemandBoard
 from mesh.placement.evictor import Evictor
 from mesh.placement.instance_health import InstanceHealth
 from mesh.placement.instances import InstancePublisher, RuntimeClients, probe_runtime
@@ -73,7 +75,13 @@ class PlacementManager:
             self.view, self.clients, settings.unreachable_retry_seconds, settings.load_timeout_seconds
         )
         self.usage = Usage(self.view, self.store, settings.eviction_policy)
-        self.copies = CopyTable(self.view, self.health, self.clients, self.usage)
+        self.demand = DemandBoard(
+            self.view,
+            self.publisher,
+            lambda: self.copies.models_in_flight() | set(self._loader.loading_models()),
+            settings.demand_publish_seconds,
+        )
+        self.copies = CopyTable(self.view, self.health, self.clients, self.usage, self.demand.others)
         self._evictor = Evictor(
             self.view, self.store, self.copies, self.usage, self.clients, metrics, settings.eviction_policy
         )
@@ -105,6 +113,7 @@ class PlacementManager:
 
     async def start(self) -> None:
         await self.view.start()
+        self.demand.start()
         self._maintenance = asyncio.create_task(self._maintain_periodically(), name="placement-maintenance")
 
     async def stop(self) -> None:
@@ -118,6 +127,7 @@ class PlacementManager:
         await asyncio.gather(*self._janitor_tasks, return_exceptions=True)
         await self._claims.stop()
         await self._loader.stop()
+        await self.demand.stop()
         await self.usage.flush()
         await self.publisher.close()
         await self.clients.close()

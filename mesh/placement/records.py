@@ -5,6 +5,7 @@ Small JSON records, one key each, so every update is a compare-and-swap on that 
   <prefix>/placements/<id>  PlacementRecord  where copies are, their state, load failures, last use
   <prefix>/vmodels/<id>     VModelRecord     alias → concrete model
   <prefix>/instances/<id>   InstanceRecord   a runtime instance, bound to a lease
+  <prefix>/demand/<router>  DemandRecord     the models one router has requests in flight or waiting for (lease)
 Ids are percent-encoded in keys so any string (including '/') is a valid id.
 """
 
@@ -27,6 +28,7 @@ class Kind(enum.Enum):
     PLACEMENT = "placements"
     VMODEL = "vmodels"
     INSTANCE = "instances"
+    DEMAND = "demand"
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,9 @@ class Keys:
             return None
 
 
-class _Record:
+class Record:
+    """A record stored as JSON under one key."""
+
     def to_bytes(self) -> bytes:
         # vars(), not dataclasses.asdict: asdict deep-copies every field first, a quarter of a registration's cost.
         # Nested records (copies, failures) are dataclasses too and go through default=vars the same way.
@@ -72,7 +76,7 @@ class _Record:
 
 
 @dataclass(frozen=True)
-class ModelRecord(_Record):
+class ModelRecord(Record):
     model_id: str
     model_type: str
     path: str = ""
@@ -89,7 +93,7 @@ class CopyState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class CopyRecord(_Record):
+class CopyRecord(Record):
     state: CopyState
     since_ms: int
     size_bytes: int
@@ -98,13 +102,13 @@ class CopyRecord(_Record):
 
 
 @dataclass(frozen=True)
-class LoadFailure(_Record):
+class LoadFailure(Record):
     message: str
     time_ms: int
 
 
 @dataclass(frozen=True)
-class PlacementRecord(_Record):
+class PlacementRecord(Record):
     """Where a model's copies are. Keyed by instance id."""
 
     copies: dict[str, CopyRecord] = field(default_factory=dict)
@@ -143,7 +147,7 @@ class PlacementRecord(_Record):
 
 
 @dataclass(frozen=True)
-class InstanceRecord(_Record):
+class InstanceRecord(Record):
     """A runtime instance as the router sees it: where it is and how much it can hold."""
 
     instance_id: str
@@ -174,7 +178,7 @@ class InstanceRecord(_Record):
 
 
 @dataclass(frozen=True)
-class VModelRecord(_Record):
+class VModelRecord(Record):
     """An alias: requests for the vmodel go to active_model_id until target_model_id has loaded."""
 
     vmodel_id: str
@@ -183,3 +187,15 @@ class VModelRecord(_Record):
     owner: str = ""
     auto_delete: bool = False
     failed: bool = False
+
+
+@dataclass(frozen=True)
+class DemandRecord(Record):
+    """The models one router has requests in flight for or waiting for a load: no router evicts a copy of them."""
+
+    router_id: str
+    models: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Self:
+        return cls(raw["router_id"], tuple(raw.get("models", ())))

@@ -17,6 +17,7 @@ from cachetools import TTLCache
 
 from mesh.kv.base import KV, Compacted, EventType, KeyValue
 from mesh.placement.records import (
+    DemandRecord,
     InstanceRecord,
     Keys,
     Kind,
@@ -41,11 +42,12 @@ DECODERS: dict[Kind, Callable[[bytes], object]] = {
     Kind.PLACEMENT: PlacementRecord.from_bytes,
     Kind.VMODEL: VModelRecord.from_bytes,
     Kind.INSTANCE: InstanceRecord.from_bytes,
+    Kind.DEMAND: DemandRecord.from_bytes,
 }
 
 
 class LocalView:
-    """Models, placements, vmodels and instances by id, each with its mod revision."""
+    """Models, placements, vmodels, instances and routers' demand by id, each with its mod revision."""
 
     def __init__(self, kv: KV, keys: Keys) -> None:
         self._kv = kv
@@ -57,6 +59,7 @@ class LocalView:
         self.placements: dict[str, Versioned[PlacementRecord]] = self.tables[Kind.PLACEMENT]
         self.vmodels: dict[str, Versioned[VModelRecord]] = self.tables[Kind.VMODEL]
         self.instances: dict[str, Versioned[InstanceRecord]] = self.tables[Kind.INSTANCE]
+        self.demands: dict[str, Versioned[DemandRecord]] = self.tables[Kind.DEMAND]
         # Revision of recent deletions per key, so a stale put arriving after a delete is not resurrected.
         # Bounded: a late event is late by a watch round trip, not by minutes.
         self._deleted_at: TTLCache[tuple[Kind, str], int] = TTLCache(maxsize=100_000, ttl=300)

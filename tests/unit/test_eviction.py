@@ -102,3 +102,19 @@ async def test_a_miss_waiting_for_a_load_slot_evicts_nothing_until_its_load_can_
     runtime.gate.set()
     assert (await loading_c, await waiting_d) == ("rt-a", "rt-a")
     assert len(runtime.unloads) == 2
+
+
+async def test_a_copy_another_router_is_using_is_not_evicted(make_cluster):
+    runtime = FakeRuntime("rt-a", capacity_bytes=2 * MB)
+    cluster = make_cluster(runtime)
+    evicting, using = await cluster.router(), await cluster.router()
+    await evicting.register("a", "b", "c")
+    await use_in_turn(evicting, "a", "b")  # a is the least recently used
+    await eventually(lambda: using.manager.copies.loaded_holder("a") == "rt-a", "the other router sees a's copy")
+    with using.manager.loaded_copy("a"):  # a request on a, in flight on the other router
+        await using.manager.demand.publish()
+        await eventually(lambda: "a" in evicting.manager.demand.others(), "its demand reaches this router")
+        await evicting.use("c")
+    assert runtime.unloads == ["b"]
+    await using.manager.demand.publish()
+    await eventually(lambda: not evicting.manager.demand.others(), "a demand that ended is withdrawn")

@@ -1,0 +1,78 @@
+"""Demand across routers: which models each router has requests in flight for, or waiting for a load.
+
+A router knows its own demand (the copy table's leases, the loader's waiting loads) and never evicts a copy a
+request of its own is using. With several routers on one store, a copy busy on router B looks idle to router A;
+so each router publishes its demand, as one small record under its lease, at most every `period` seconds and
+only when it changed, and no router evicts a copy of a model in another router's demand. The record vanishes
+with its router (the lease), and a router alone on its store reads no one else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+
+from mesh.errors import MeshError
+from mesh.placement.instances import InstancePublisher
+from mesh.placement.records import DemandRecord, Kind
+from mesh.placement.view import LocalView
+
+log = logging.getLogger(__name__)
+
+MAX_MODELS = 1000
+"""At most this many models in one record (a router with more in flight publishes the first ones)."""
+
+
+class DemandBoard:
+    def __init__(
+        self, view: LocalView, publisher: InstancePublisher, local: Callable[[], set[str]], period: float
+    ) -> None:
+        """local: this router's demand now; period: how often it is published when it changed (0: never)."""
+        self.router_id = uuid.uuid4().hex
+        self._view = view
+        self._publisher = publisher
+        self._local = local
+        self._period = period
+        self._published: tuple[str, ...] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def others(self) -> frozenset[str]:
+        """The models every other router has demand for now (as its last published record says)."""
+        return frozenset(
+            model
+            for router_id, demand in self._view.demands.items()
+            if router_id != self.router_id
+            for model in demand.record.models
+        )
+
+    def start(self) -> None:
+        if self._period > 0:
+            self._task = asyncio.create_task(self._publish_periodically(), name="demand-publish")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def publish(self) -> None:
+        """Publish this router's demand if it changed since the last time."""
+        models = tuple(sorted(self._local()))[:MAX_MODELS]
+        if models == self._published:
+            return
+        written = await self._publisher.put(Kind.DEMAND, self.router_id, DemandRecord(self.router_id, models))
+        self._view.apply_put(written)
+        self._published = models
+
+    async def _publish_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._period)
+            try:
+                await self.publish()
+            except MeshError as exc:  # the store is down, say: the next period tries again
+                log.warning("publishing this router's demand failed: %s", exc.message)
+            except Exception:  # a failed round is retried next period; it must not stop
+                log.exception("publishing this router's demand failed")
