@@ -185,6 +185,28 @@ async def test_routers_sharing_a_store_load_a_model_once(make_mesh):
     assert second.router.registry.status("shared").state is ModelState.LOADED
 
 
+async def until(condition, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_copy_another_router_is_serving_is_not_evicted(make_mesh):
+    # Room for two ballast models; the least recently used one is in use on the other router.
+    first = await make_mesh([int(BALLAST * 2.5)])
+    second = await first.join()
+    for model_id in ("a", "b", "c"):
+        await first.register_echo(model_id, BALLAST)
+    await use(first, "a", "b")
+    await until(lambda: second.router.manager.copies.loaded_holder("a") is not None, "the second router sees a")
+    with second.router.manager.loaded_copy("a"):  # a request on a, still running on the second router
+        await second.router.manager.demand.publish()
+        await until(lambda: "a" in first.router.manager.demand.others(), "its demand reaches the first router")
+        await use(first, "c")
+    assert await loaded(first, "a", "b", "c") == {"a": True, "b": False, "c": True}
+
+
 async def copies_on(mesh: Mesh, model_id: str) -> int:
     return sum([await r.is_loaded(model_id) for r in mesh.runtimes])
 
