@@ -9,8 +9,8 @@ task's exception is retrieved then, so a task every caller gave up on does not w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -22,11 +22,11 @@ class SingleFlight(Generic[K, V]):
         self._name = name
         self._tasks: dict[K, asyncio.Task[V]] = {}
 
-    async def run(self, key: K, start: Callable[[], Awaitable[V]]) -> V:
-        """The result of the key's task, starting it with start() when none is running."""
+    async def run(self, key: K, start: Callable[..., Coroutine[Any, Any, V]], *args: Any) -> V:
+        """The result of the key's task, starting it as start(*args) when none is running."""
         task = self._tasks.get(key)
         if task is None:
-            task = asyncio.ensure_future(start())
+            task = asyncio.ensure_future(start(*args))
             task.set_name(f"{self._name} {key}")
             self._tasks[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))

@@ -57,7 +57,7 @@ class BuiltinRuntime:
         try:
             # A caller that goes away does not stop a load others may be waiting on; the router follows a cancelled
             # loadModel with unloadModel, which cancels the load itself.
-            return (await self._loading.run(model_id, lambda: self._load(model_id, kind, model_path))).size_bytes
+            return (await self._loading.run(model_id, self._load, model_id, kind, model_path)).size_bytes
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and not current.cancelling():

@@ -58,7 +58,7 @@ class AdapterCore:
         self._server.check_model_id(model_id)
         if (size := self._sizes.get(model_id)) is not None:
             return size
-        return await self._loading.run(model_id, lambda: self._load(model_id, model_type, model_path, model_key))
+        return await self._loading.run(model_id, self._load, model_id, model_type, model_path, model_key)
 
     async def _load(self, model_id: str, model_type: str, model_path: str, model_key: str) -> int:
         timeout_s = self._settings.load_timeout_ms / 1000

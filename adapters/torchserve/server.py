@@ -143,9 +143,10 @@ class TorchServeServer(HttpModelServer):
         }
         # TorchServe goes on registering whatever we do: a load that gives up leaves the registration running, for
         # unload to wait on.
-        return await self._registering.run(
-            model_id, lambda: self._call("POST", "/models", params=params, timeout=REGISTER_TIMEOUT_S)
-        )
+        return await self._registering.run(model_id, self._post_model, params)
+
+    async def _post_model(self, params: dict[str, str]) -> httpx.Response:
+        return await self._call("POST", "/models", params=params, timeout=REGISTER_TIMEOUT_S)
 
     async def _registered(self, model_id: str) -> None:
         """Wait for a registration still in flight (its load was given up): unregistering before it ends would find

@@ -75,7 +75,8 @@ class Evictor:
             victims = tuple(v for v in policy.over_capacity(view, self._policy) if v.model_id != keep)
             for victim in victims:
                 self._copies.evicting(victim.model_id, instance_id)
-            await self.evict(instance_id, victims, for_model=keep)
+            if victims:
+                await self.evict(instance_id, victims, for_model=keep)
 
     async def unload_copy(self, model_id: str, instance_id: str) -> None:
         """Stop routing to a copy, then unload it from its runtime."""

@@ -99,7 +99,7 @@ class Loader:
         if holder is not None:
             return holder
         # Every caller awaits the one load; one that gives up (a deadline, a disconnect) does not cancel it.
-        return await self._loads.run(model_id, lambda: self._load_first_copy(model_id))
+        return await self._loads.run(model_id, self._load_first_copy, model_id)
 
     def loading(self, model_id: str) -> bool:
         return self._loads.running(model_id) is not None
@@ -238,7 +238,8 @@ class Loader:
         done = False
         heartbeat = self._claims.renew_while_loading(model_id, instance_id, incarnation)
         try:
-            await self._evictor.evict(instance_id, choice.victims, for_model=model_id)
+            if choice.victims:
+                await self._evictor.evict(instance_id, choice.victims, for_model=model_id)
             size = await self._call_load(instance_id, model)
             done = True
         except grpc.aio.AioRpcError as exc:

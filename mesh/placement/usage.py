@@ -33,8 +33,9 @@ class Usage:
         self._gdsf_clock = 0.0
 
     def used(self, model_id: str) -> None:
-        """A request was routed to the model now. No I/O: on the data path."""
-        self.touched(model_id)
+        """A request was routed to the model now. No I/O: on the data path (so touched() is not called here)."""
+        self._last_used[model_id] = now_ms()
+        self._used_since_flush.add(model_id)
         self._requests[model_id] += 1
         if self._count_uses:
             self._uses[model_id] += 1
