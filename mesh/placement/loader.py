@@ -124,7 +124,7 @@ class Loader:
         model = self._model(model_id)
         size = await self._size_estimate(model)
         attempts = 0
-        busy_until = time.monotonic() + BUSY_WAIT_S
+        busy_until: float | None = None  # set when it first finds every copy it could evict busy
         while True:
             choice: policy.LoadPlan | None = None
             claimed = False
@@ -141,6 +141,7 @@ class Loader:
                     except Unavailable:
                         # Everything it could evict is loading or serving right now: that changes within
                         # milliseconds under churn, so look again for a while before saying "retry".
+                        busy_until = busy_until or time.monotonic() + BUSY_WAIT_S
                         if time.monotonic() > busy_until:
                             raise
                         recheck_s = BUSY_RETRY_S
