@@ -1,11 +1,11 @@
-"""Fixtures shared across test folders: a real etcd (tests/etcd_server.py)."""
+"""Fixtures shared across test folders: a real etcd (tests/harness/etcd.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-from etcd_server import EtcdServer, etcd_binary
+from harness.etcd import EtcdServer, etcd_binary
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mesh_helpers import REPO, ServeProcess, serving
+from harness.serve import REPO, ServeProcess, serving
 
 from mesh import bulk
 from mesh.cli import ProgressBar

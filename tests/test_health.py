@@ -17,9 +17,9 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from etcd_server import EtcdServer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mesh_helpers import BUILTIN_TYPES, InProcessRuntime, serving, start_runtime
+from harness.etcd import EtcdServer
+from harness.serve import BUILTIN_TYPES, InProcessRuntime, serving, start_runtime
 
 from mesh.config import Settings
 from mesh.gen import grpc_predict_v2_pb2 as pb

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from mesh_helpers import REPO, serving
+from harness.serve import REPO, serving
 
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from mesh_helpers import serving
+from harness.serve import serving
 
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from mesh_helpers import BUILTIN_TYPES, REPO, InProcessRuntime, start_runtime
+from harness.serve import BUILTIN_TYPES, REPO, InProcessRuntime, start_runtime
 
 from mesh import status
 from mesh.config import Settings

@@ -1,5 +1,6 @@
-"""Makes this folder importable for the runtime suites below it (`from runtime_harness import ...`): pytest puts
-the folder of a conftest.py on sys.path. Also: a real S3-compatible server, for the puller and the walkthrough."""
+"""Makes this folder importable for the runtime suites below it (`from tiny_torch import ...`): pytest puts the
+folder of a conftest.py on sys.path. Also: a real S3-compatible server (tests/harness/s3.py), for the puller and
+the walkthrough."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a moto S3 server on 127.0.0.1; the process is stopped (by pid) however the session ends."""
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("moto_s3_server.py"))],
+        [sys.executable, str(Path(__file__).parents[1] / "harness" / "s3.py")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log,

@@ -16,8 +16,8 @@ from pathlib import Path
 import boto3
 import grpc
 import pytest
-from mesh_helpers import REPO, ServeProcess, serving
-from runtime_harness import AdapterProcess, start_adapter
+from harness.model_servers import AdapterProcess, start_adapter
+from harness.serve import REPO, ServeProcess, serving
 from tiny_torch import X, Y, archive, write_parts
 
 from adapters.common.envs import ensure_env

@@ -10,8 +10,8 @@ import asyncio
 import time
 
 import pytest
-from cluster_harness import LEASE_SECONDS, ClusterFactory, describe, wait_until
-from etcd_server import EtcdServer
+from harness.cluster import LEASE_SECONDS, ClusterFactory, describe, wait_until
+from harness.etcd import EtcdServer
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from cluster_harness import FLUSH_SECONDS, ClusterFactory, Router, describe, wait_until
+from harness.cluster import FLUSH_SECONDS, ClusterFactory, Router, describe, wait_until
 
 from mesh.placement.records import now_ms
 

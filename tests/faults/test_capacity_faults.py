@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from cluster_harness import ClusterFactory
+from harness.cluster import ClusterFactory
 from workload import Workload, consistent
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import asyncio
 import time
 
 import pytest
-from cluster_harness import ClusterFactory, describe, wait_until
-from etcd_server import EtcdServer
+from harness.cluster import ClusterFactory, describe, wait_until
+from harness.etcd import EtcdServer
 from workload import Workload, consistent
 
 pytestmark = pytest.mark.slow

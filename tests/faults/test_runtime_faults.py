@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from cluster_harness import ClusterFactory, describe, wait_until
+from harness.cluster import ClusterFactory, describe, wait_until
 from workload import Workload, consistent
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster_harness import Cluster, ClusterFactory
+from harness.cluster import Cluster, ClusterFactory
 from workload import Workload, consistent
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from cluster_harness import CALL_TIMEOUT_S, Cluster, echo_request
+from harness.cluster import CALL_TIMEOUT_S, Cluster, echo_request
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 MAX_SECONDS = 120.0

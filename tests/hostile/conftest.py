@@ -1,5 +1,5 @@
-"""The hostile-input suites' fixture: one real router per module (hostile_harness.py, which tests import from)."""
+"""The hostile-input suites' fixture: one real router per module (tests/harness/hostile.py, which tests import from)."""
 
-from hostile_harness import mesh
+from harness.hostile import mesh
 
 __all__ = ["mesh"]

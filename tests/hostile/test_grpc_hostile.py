@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from hostile_harness import MAX_MESSAGE_BYTES, MODEL, HostileMesh
+from harness.hostile import MAX_MESSAGE_BYTES, MODEL, HostileMesh
 from hostile_strategies import bounded, infer_requests
 from hypothesis import given
 from hypothesis import strategies as st

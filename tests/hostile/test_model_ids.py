@@ -11,7 +11,7 @@ import unicodedata
 
 import grpc
 import pytest
-from hostile_harness import MODEL, HostileMesh
+from harness.hostile import MODEL, HostileMesh
 from hostile_strategies import bounded
 from hypothesis import given
 from hypothesis import strategies as st

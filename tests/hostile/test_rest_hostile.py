@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from hostile_harness import MAX_MESSAGE_BYTES, MODEL, HostileMesh
+from harness.hostile import MAX_MESSAGE_BYTES, MODEL, HostileMesh
 from hostile_strategies import bounded, hostile_json_bodies, rest_bodies
 from hypothesis import given
 from hypothesis import strategies as st

@@ -10,9 +10,9 @@ from pathlib import Path
 import joblib
 import pytest
 from fake_apiserver import FakeApiServer
+from harness.serve import ServeProcess, start_serve, stop_serve
 from k8s_harness import KubeCluster, crd_types
 from kubernetes import client
-from mesh_helpers import ServeProcess, start_serve, stop_serve
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier

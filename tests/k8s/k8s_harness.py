@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 from crd_schema import custom_kinds, validator
 from fake_apiserver import ResourceType
+from harness.serve import ServeProcess
 from kubernetes import client
-from mesh_helpers import ServeProcess
 
 from mesh.controller.controller import Controller
 from mesh.controller.resources import GROUP, ISVC_PLURAL, ISVC_VERSION

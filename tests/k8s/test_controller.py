@@ -17,9 +17,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from fake_apiserver import FakeApiServer, ResourceType
+from harness.serve import REPO, ServeProcess
 from k8s_harness import KubeCluster, running, settings_for, settings_for_address, wait_for
 from kubernetes import client
-from mesh_helpers import REPO, ServeProcess
 from sklearn.datasets import load_iris
 
 from mesh.controller.controller import ConfigError, own_image

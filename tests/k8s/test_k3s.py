@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 from crd_schema import CRD_DIR
+from harness.serve import ServeProcess
 from k8s_harness import KubeCluster, docker_engine_reason, running, settings_for, wait_for
 from kubernetes import client, config
-from mesh_helpers import ServeProcess
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from contextlib import aclosing
 
 import grpc
 import pytest
-from etcd_server import EtcdServer
+from harness.etcd import EtcdServer
 
 from mesh.gen import etcd_rpc_pb2 as pb
 from mesh.gen import etcd_rpc_pb2_grpc as pb_grpc

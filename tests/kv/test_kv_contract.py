@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from etcd_server import EtcdServer
+from harness.etcd import EtcdServer
 
 from mesh.kv.base import (
     KV,

@@ -1,4 +1,4 @@
-"""Fixtures for the placement tests (helpers live in router_harness.py).
+"""Fixtures for the placement tests (helpers live in tests/harness/router.py).
 
 Every test runs twice: on the embedded store and on a real etcd (one server per session, a key prefix per
 test), since placement must behave the same on both.
@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from router_harness import Mesh, start_runtime
+from harness.router import Mesh, start_runtime
 
 from mesh.config import Settings
 from mesh.router import Router

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from router_harness import LOAD, UNLOAD, Mesh
+from harness.router import LOAD, UNLOAD, Mesh
 
 from mesh.placement.records import ModelRecord
 from mesh.registry import ModelState

@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from etcd_server import EtcdServer, etcd_binary
-from tls_certs import CertificateAuthority, Issued, common_name
+from harness.etcd import EtcdServer, etcd_binary
+from harness.tls_certs import CertificateAuthority, Issued, common_name
 
 from mesh.config import Settings
 from mesh.errors import Unavailable

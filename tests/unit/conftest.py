@@ -1,12 +1,12 @@
 """The unit tier: placement, the data plane and the registry in the test's event loop, over fake runtimes and the
-real embedded store (fakes.py). No processes, no sockets: each test runs in milliseconds."""
+real embedded store (tests/harness/fakes.py). No processes, no sockets: each test runs in milliseconds."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from fakes import FakeCluster, FakeRuntime
+from harness.fakes import FakeCluster, FakeRuntime
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from fakes import MB, FakeRuntime
+from harness.fakes import MB, FakeRuntime
 
 WAIT_S = 5.0
 

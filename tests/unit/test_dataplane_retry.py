@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from fakes import FakeCluster, FakeRuntime, rpc_error
+from harness.fakes import FakeCluster, FakeRuntime, rpc_error
 
 from mesh.errors import RuntimeFailure, Unavailable
 from mesh.health import Readiness

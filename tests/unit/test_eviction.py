@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fakes import MB, FakeRuntime
+from harness.fakes import MB, FakeRuntime
 from test_loading import eventually
 
 from mesh.errors import Unavailable

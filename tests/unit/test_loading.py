@@ -8,7 +8,7 @@ import time
 
 import grpc
 import pytest
-from fakes import MB, FakeRuntime
+from harness.fakes import MB, FakeRuntime
 
 from mesh.errors import ModelLoadFailed, NoCapacity, Unavailable
 from mesh.placement.records import CopyRecord, CopyState, Kind, PlacementRecord, now_ms

@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 import pytest
-from fakes import FakeRuntime
+from harness.fakes import FakeRuntime
 
 from mesh.errors import AlreadyExists, Conflict, InvalidArgument, ModelNotFound
 from mesh.placement.records import ModelRecord

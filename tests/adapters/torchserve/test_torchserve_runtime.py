@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import tritonclient.grpc.aio as triton_aio
-from runtime_harness import AdapterProcess, MeshOverAdapter, mesh_over, start_adapter
+from harness.model_servers import AdapterProcess, MeshOverAdapter, mesh_over, start_adapter
 from tiny_torch import X, Y, _handler, archive, write_parts
 from tritonclient.utils import InferenceServerException
 

@@ -26,8 +26,8 @@ from typing import TypeVar
 
 import grpc
 import pytest
-from etcd_server import EtcdServer
 
+from harness.etcd import EtcdServer
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import mesh_admin_pb2 as admin
@@ -38,7 +38,7 @@ from mesh.kv.etcd import EtcdKV
 from mesh.placement.records import Keys, Kind, PlacementRecord
 from mesh.processes import python_module_command
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 45.0  # six Python processes importing grpc and numpy at once on two cores
 STOP_TIMEOUT_S = 8.0
 CALL_TIMEOUT_S = 20.0
