@@ -77,7 +77,7 @@ def test_mesh_serve_and_its_runtimes_log_json_lines(tmp_path: Path) -> None:
             request = mm.RegisterModelRequest(modelId="echo-j", modelInfo=info, loadNow=True, sync=True)
             assert management.registerModel(request, timeout=30).status == mm.ModelStatusInfo.LOADED
             management.unregisterModel(mm.UnregisterModelRequest(modelId="echo-j"), timeout=30)
-    records = _parse_lines(serve.stderr.read_text())
+    records = _parse_lines(serve.output())
 
     [loaded] = [r for r in records if r["message"].startswith("loaded model echo-j on runtime-0 in ")]  # the router's
     assert loaded["logger"] == "mesh.placement.loader" and loaded["level"] == "INFO"

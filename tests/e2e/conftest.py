@@ -8,16 +8,8 @@ no runtime process it started outlives it.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import time
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import grpc
 import httpx
@@ -25,8 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-
-from mesh.processes import python_module_command
+from harness.serve import ServeProcess, start_serve, stop_serve
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIMES = 2
@@ -36,188 +27,30 @@ STOP_TIMEOUT_S = 20.0
 CLIENT_TIMEOUT_S = 30.0
 LOG_SECTION_CHARS = 30_000
 
-EXAMPLE_MODELS = (
-    "iris-logreg",
-    "iris-tree",
-    "iris-knn",
-    "iris-forest",
-    "iris-extra-trees",
-    "iris-mlp",
-    "text-upper",
-    "text-reverse",
-    "echo",
-)
 
-
-@dataclass(frozen=True)
-class ProcessId:
-    """A pid plus its start time, so that a recycled pid is never mistaken for the process it named."""
-
-    pid: int
-    start_ticks: int
-
-    def alive(self) -> bool:
-        """True while this very process exists and has not exited (a zombie has exited)."""
-        stat = _read_stat(self.pid)
-        return stat is not None and stat.start_ticks == self.start_ticks and stat.state != "Z"
-
-
-@dataclass(frozen=True)
-class _Stat:
-    state: str
-    ppid: int
-    start_ticks: int
-
-
-def _read_stat(pid: int) -> _Stat | None:
-    """State, parent and start time from /proc/<pid>/stat; None when the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces; the fields after it are plain.
-    rest = text[text.rindex(")") + 2 :].split()
-    return _Stat(state=rest[0], ppid=int(rest[1]), start_ticks=int(rest[19]))
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-
-
-def runtime_children(parent: int) -> list[ProcessId]:
-    """The built-in runtime processes (`python -m adapters.builtin`) whose parent is `parent`."""
-    found: list[ProcessId] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _read_stat(int(entry.name))
-        if stat is None or stat.ppid != parent or stat.state == "Z":
-            continue
-        if "adapters.builtin" in _cmdline(int(entry.name)):
-            found.append(ProcessId(int(entry.name), stat.start_ticks))
-    return found
-
-
-@dataclass
-class MeshServer:
-    """A running `mesh serve`: its process, the ports it bound, its output, and the runtimes it started."""
-
-    EXAMPLE_MODELS: ClassVar[tuple[str, ...]] = EXAMPLE_MODELS
-
-    process: subprocess.Popen[bytes]
-    grpc_port: int
-    rest_port: int
-    log_file: Path
-    runtimes: list[ProcessId]
-
-    @property
-    def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def rest_address(self) -> str:
-        """host:port, the form tritonclient.http takes."""
-        return f"127.0.0.1:{self.rest_port}"
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://{self.rest_address}"
-
-    def runtime(self, instance_id: str) -> ProcessId | None:
-        """The live runtime process serving `instance_id` (e.g. "runtime-0") right now, if there is one."""
-        for child in runtime_children(self.process.pid):
-            command = _cmdline(child.pid)
-            if "--instance-id" in command and command[command.index("--instance-id") + 1] == instance_id:
-                return child
-        return None
-
-    def log_size(self) -> int:
-        return self.log_file.stat().st_size
-
-    def log(self, since: int = 0) -> str:
-        with self.log_file.open("rb") as file:
-            file.seek(since)
-            return file.read().decode(errors="replace")
-
-
-SERVER_KEY = pytest.StashKey[MeshServer]()
+SERVER_KEY = pytest.StashKey[ServeProcess]()
 LOG_OFFSET_KEY = pytest.StashKey[int]()
 
 
-def _start(directory: Path, kv: str, kv_prefix: str) -> MeshServer:
-    """Starts `python -m mesh serve` and waits (bounded) for its port file; on failure, the output says why."""
-    port_file, log_file, data_dir = directory / "ports.json", directory / "mesh.log", directory / "data"
-    command = [
-        *python_module_command("mesh"),
-        "serve",
-        *("--grpc-port", "0", "--rest-port", "0", "--port-file", str(port_file)),
-        *("--data-dir", str(data_dir), "--kv", kv),
-        *("--runtimes", str(RUNTIMES), "--capacity-mb", str(CAPACITY_MB)),
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MESH_KV_PREFIX": kv_prefix, "MESH_METRICS_PORT": "0"}
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_file.exists():
-            if process.poll() is not None:
-                raise RuntimeError(f"mesh serve exited with {process.returncode} on start:\n{log_file.read_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mesh serve wrote no port file in {START_TIMEOUT_S:.0f} s:\n{log_file.read_text()}")
-            time.sleep(0.05)
-        ports = json.loads(port_file.read_text())
-        assert ports["pid"] == process.pid, ports
-        runtimes = runtime_children(process.pid)
-        assert len(runtimes) == RUNTIMES, f"expected {RUNTIMES} runtime children, found {runtimes}"
-    except BaseException:
-        _kill_all([*runtime_children(process.pid)], process)
-        raise
-    return MeshServer(process, ports["grpc"], ports["rest"], log_file, runtimes)
+def _start(directory: Path, kv: str, kv_prefix: str) -> ServeProcess:
+    """`mesh serve` with both doors on free ports, this store and the example models; its runtimes all up."""
+    args = ("--rest-port", "0", "--kv", kv, "--runtimes", str(RUNTIMES), "--capacity-mb", str(CAPACITY_MB))
+    server = start_serve(directory, *args, env={"MESH_KV_PREFIX": kv_prefix})
+    if len(server.runtimes) != RUNTIMES:
+        stop_serve(server)
+        raise RuntimeError(f"expected {RUNTIMES} runtime children, found {server.runtimes}")
+    return server
 
 
-def _kill_all(runtimes: list[ProcessId], process: subprocess.Popen[bytes]) -> None:
-    """Last resort, by pid: SIGKILL the server and any runtime still alive, and wait (bounded) until they are gone."""
-    for runtime in runtimes:
-        if runtime.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(runtime.pid, signal.SIGKILL)
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=10)
-    deadline = time.monotonic() + 10.0
-    while any(r.alive() for r in runtimes) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _stop(server: MeshServer) -> None:
-    """SIGTERM, bounded waits, SIGKILL if needed; fails when the server or a runtime did not stop by itself."""
-    process = server.process
-    # A runtime the supervisor restarted has a new pid: check the current children as well as the first ones.
-    runtimes = list(dict.fromkeys([*server.runtimes, *runtime_children(process.pid)]))
-    problems: list[str] = []
-    process.send_signal(signal.SIGTERM)
-    try:
-        code = process.wait(timeout=STOP_TIMEOUT_S)
-        if code != 0:
-            problems.append(f"mesh serve exited with {code} after SIGTERM")
-    except subprocess.TimeoutExpired:
-        problems.append(f"mesh serve did not exit within {STOP_TIMEOUT_S:.0f} s of SIGTERM")
-    deadline = time.monotonic() + 10.0
-    while any(r.alive() for r in runtimes) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    survivors = [r.pid for r in runtimes if r.alive()]
-    if survivors:
-        problems.append(f"runtime processes {survivors} outlived mesh serve")
-    _kill_all(runtimes, process)
+def _stop(server: ServeProcess) -> None:
+    """Stop it; the test fails when the server or a runtime did not stop by itself."""
+    problems = stop_serve(server)
     if problems:
         pytest.fail("; ".join(problems) + f"\n--- mesh serve output ---\n{server.log()[-LOG_SECTION_CHARS:]}")
 
 
 @pytest.fixture(scope="session", params=["memory", "etcd"])
-def mesh_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[MeshServer]:
+def mesh_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ServeProcess]:
     """The running mesh: a router, two built-in runtimes and the example models, shared by every e2e test.
 
     Once on the embedded store and once on a real etcd: every e2e test runs against both.
@@ -252,7 +85,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture(scope="session")
-def triton_grpc(mesh_server: MeshServer) -> Iterator[grpcclient.InferenceServerClient]:
+def triton_grpc(mesh_server: ServeProcess) -> Iterator[grpcclient.InferenceServerClient]:
     client = grpcclient.InferenceServerClient(mesh_server.grpc_address)
     try:
         yield client
@@ -261,7 +94,7 @@ def triton_grpc(mesh_server: MeshServer) -> Iterator[grpcclient.InferenceServerC
 
 
 @pytest.fixture(scope="session")
-def triton_http(mesh_server: MeshServer) -> Iterator[httpclient.InferenceServerClient]:
+def triton_http(mesh_server: ServeProcess) -> Iterator[httpclient.InferenceServerClient]:
     client = httpclient.InferenceServerClient(
         mesh_server.rest_address, connection_timeout=CLIENT_TIMEOUT_S, network_timeout=CLIENT_TIMEOUT_S
     )
@@ -272,13 +105,13 @@ def triton_http(mesh_server: MeshServer) -> Iterator[httpclient.InferenceServerC
 
 
 @pytest.fixture(scope="session")
-def rest(mesh_server: MeshServer) -> Iterator[httpx.Client]:
+def rest(mesh_server: ServeProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=mesh_server.rest_url, timeout=CLIENT_TIMEOUT_S) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
-def channel(mesh_server: MeshServer) -> Iterator[grpc.Channel]:
+def channel(mesh_server: ServeProcess) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(mesh_server.grpc_address) as opened:
         yield opened
 

@@ -6,20 +6,17 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from harness.serve import EXAMPLE_MODELS, ServeProcess
 from tritonclient.utils import InferenceServerException
 
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
 from mesh.processes import python_module_command
-
-if TYPE_CHECKING:
-    from conftest import MeshServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -159,7 +156,7 @@ def test_unregistered_model_is_gone(
 def test_corrupt_model_fails_with_its_reason_and_is_not_reloaded_at_once(
     management: mm_grpc.ModelMeshStub,
     triton_grpc: grpcclient.InferenceServerClient,
-    mesh_server: MeshServer,
+    mesh_server: ServeProcess,
     registered: list[str],
     tmp_path: Path,
 ) -> None:
@@ -229,7 +226,7 @@ def test_vmodel_routes_by_header_and_by_name(
     assert raised.value.status() == "StatusCode.NOT_FOUND"
 
 
-def _cli(mesh_server: MeshServer, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(mesh_server: ServeProcess, *args: str) -> subprocess.CompletedProcess[str]:
     command = [*python_module_command("mesh"), "models", *args, "--address", mesh_server.grpc_address]
     return subprocess.run(
         [*command, "--timeout", str(TIMEOUT_S)], cwd=REPO, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
@@ -237,14 +234,14 @@ def _cli(mesh_server: MeshServer, *args: str) -> subprocess.CompletedProcess[str
 
 
 def test_cli_lists_every_model_with_its_type_and_status(
-    mesh_server: MeshServer, management: mm_grpc.ModelMeshStub
+    mesh_server: ServeProcess, management: mm_grpc.ModelMeshStub
 ) -> None:
     management.ensureLoaded(mm.EnsureLoadedRequest(modelId="text-upper", sync=True), timeout=TIMEOUT_S)
 
     listed = _cli(mesh_server, "list")
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
-    assert set(mesh_server.EXAMPLE_MODELS) <= set(rows)
+    assert set(EXAMPLE_MODELS) <= set(rows)
     assert rows["iris-forest"][1] == "sklearn"
     assert rows["echo"][1] == "echo"
     assert rows["text-upper"][1] == "text"
@@ -253,11 +250,11 @@ def test_cli_lists_every_model_with_its_type_and_status(
     as_json = _cli(mesh_server, "list", "--json")
     assert as_json.returncode == 0, as_json.stderr
     models = {m["modelId"]: m for m in json.loads(as_json.stdout)["models"]}
-    assert set(mesh_server.EXAMPLE_MODELS) <= set(models)
+    assert set(EXAMPLE_MODELS) <= set(models)
     assert models["text-upper"]["status"]["status"] == "LOADED"
 
 
-def test_cli_status_shows_state_and_copies(mesh_server: MeshServer, management: mm_grpc.ModelMeshStub) -> None:
+def test_cli_status_shows_state_and_copies(mesh_server: ServeProcess, management: mm_grpc.ModelMeshStub) -> None:
     status = management.ensureLoaded(mm.EnsureLoadedRequest(modelId="text-reverse", sync=True), timeout=TIMEOUT_S)
     [location] = _loaded_copies(status)
 

@@ -6,18 +6,15 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from harness.serve import ServeProcess
 
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_mesh_pb2_grpc as mm_grpc
-
-if TYPE_CHECKING:
-    from conftest import MeshServer
 
 TIMEOUT_S = 30.0
 RESTART_TIMEOUT_S = 20.0
@@ -36,7 +33,7 @@ def _predict(address: str, model: str) -> list[int]:
         client.close()
 
 
-def test_concurrent_first_requests_share_one_load(mesh_server: MeshServer) -> None:
+def test_concurrent_first_requests_share_one_load(mesh_server: ServeProcess) -> None:
     # iris-forest is used by no other test, so its first load happens here.
     with ThreadPoolExecutor(max_workers=12) as pool:
         results = list(pool.map(lambda _: _predict(mesh_server.grpc_address, "iris-forest"), range(24)))
@@ -44,7 +41,7 @@ def test_concurrent_first_requests_share_one_load(mesh_server: MeshServer) -> No
     assert mesh_server.log().count("loaded model iris-forest on ") == 1
 
 
-def test_requests_survive_a_runtime_killed_under_them(mesh_server: MeshServer, channel: grpc.Channel) -> None:
+def test_requests_survive_a_runtime_killed_under_them(mesh_server: ServeProcess, channel: grpc.Channel) -> None:
     management = mm_grpc.ModelMeshStub(channel)
     status = management.ensureLoaded(mm.EnsureLoadedRequest(modelId="iris-tree", sync=True), timeout=TIMEOUT_S)
     [instance_id] = [c.location for c in status.modelCopyInfos if c.copyStatus == mm.ModelStatusInfo.LOADED]
