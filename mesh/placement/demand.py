@@ -15,7 +15,7 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from mesh.errors import MeshError
+from mesh.periodic import every
 from mesh.placement.instances import InstancePublisher
 from mesh.placement.records import DemandRecord, Kind
 from mesh.placement.view import LocalView
@@ -50,7 +50,8 @@ class DemandBoard:
 
     def start(self) -> None:
         if self._period > 0:
-            self._task = asyncio.create_task(self._publish_periodically(), name="demand-publish")
+            publishing = every(self._period, self.publish, "publishing this router's demand", log)
+            self._task = asyncio.create_task(publishing, name="demand-publish")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -66,13 +67,3 @@ class DemandBoard:
         written = await self._publisher.put(Kind.DEMAND, self.router_id, DemandRecord(self.router_id, models))
         self._view.apply_put(written)
         self._published = models
-
-    async def _publish_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self._period)
-            try:
-                await self.publish()
-            except MeshError as exc:  # the store is down, say: the next period tries again
-                log.warning("publishing this router's demand failed: %s", exc.message)
-            except Exception:  # a failed round is retried next period; it must not stop
-                log.exception("publishing this router's demand failed")

@@ -25,9 +25,9 @@ import logging
 import time
 
 from mesh.config import Settings
-from mesh.errors import MeshError
 from mesh.kv.base import KV
 from mesh.metrics import RouterMetrics
+from mesh.periodic import every
 from mesh.placement import policy
 from mesh.placement.claims import LoadClaims
 from mesh.placement.copies import CopyLease, CopyTable
@@ -114,7 +114,8 @@ class PlacementManager:
     async def start(self) -> None:
         await self.view.start()
         self.demand.start()
-        self._maintenance = asyncio.create_task(self._maintain_periodically(), name="placement-maintenance")
+        maintaining = every(self.settings.last_used_flush_seconds, self.maintain, "placement maintenance", log)
+        self._maintenance = asyncio.create_task(maintaining, name="placement-maintenance")
 
     async def stop(self) -> None:
         if self._maintenance:
@@ -244,13 +245,3 @@ class PlacementManager:
         await self.usage.flush()
         self._scaler.review_rates()
         await self._scaler.retire_idle_copies()
-
-    async def _maintain_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.last_used_flush_seconds)
-            try:
-                await self.maintain()
-            except MeshError as exc:  # the store is down, say: the next round tries again
-                log.warning("periodic placement maintenance deferred: %s", exc.message)
-            except Exception:  # a failed round is retried next period; it must not stop
-                log.exception("periodic placement maintenance failed")

@@ -22,6 +22,7 @@ import joblib
 import numpy as np
 import pytest
 import yaml
+from harness.serve import EXAMPLE_MODELS
 from sklearn.datasets import load_iris
 
 from mesh.codec import numpy_to_response, outputs_to_numpy
@@ -258,17 +259,7 @@ def test_the_runtime_stops_when_its_parent_pid_is_gone(start_runtime: Callable[.
 # The SPI: load, size, unload
 
 
-EXAMPLE_IDS = [
-    "iris-logreg",
-    "iris-tree",
-    "iris-knn",
-    "iris-forest",
-    "iris-extra-trees",
-    "iris-mlp",
-    "text-upper",
-    "text-reverse",
-    "echo",
-]
+EXAMPLE_IDS = list(EXAMPLE_MODELS)
 
 
 def test_models_yaml_lists_what_build_examples_writes(examples: dict[str, ExampleModel]) -> None:
