@@ -21,7 +21,7 @@ from adapters.common.process_settings import ProcessSettings
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.kv import open_kv
 from mesh.metrics import start_metrics_server
-from mesh.placement.instances import InstancePublisher, record_from_status
+from mesh.placement.instances import LeasePublisher, record_from_status
 from mesh.placement.records import Keys
 from mesh.tls import client_tls, server_tls
 
@@ -62,14 +62,12 @@ async def _stop_when_gone(parent_pid: int, stopping: asyncio.Event) -> None:
     stopping.set()
 
 
-async def _publish(
-    settings: ProcessSettings, port: int, status: rt.RuntimeStatusResponse, tls: bool
-) -> InstancePublisher:
+async def _publish(settings: ProcessSettings, port: int, status: rt.RuntimeStatusResponse, tls: bool) -> LeasePublisher:
     """Join the mesh on our own: publish this instance's record in its store, under a lease kept alive here."""
     endpoint = settings.advertise or f"{settings.host}:{port}"
     record = record_from_status(settings.instance_id, endpoint, status, tls=tls)
     etcd_tls = client_tls(settings.etcd_tls_ca, settings.etcd_tls_cert, settings.etcd_tls_key)
-    publisher = InstancePublisher(open_kv(settings.kv, etcd_tls), Keys(settings.kv_prefix), settings.lease_seconds)
+    publisher = LeasePublisher(open_kv(settings.kv, etcd_tls), Keys(settings.kv_prefix), settings.lease_seconds)
     await publisher.publish(record)
     log.info("published instance %s at %s in %s", settings.instance_id, endpoint, settings.kv)
     return publisher

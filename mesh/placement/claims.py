@@ -17,6 +17,7 @@ import logging
 import grpc
 
 from mesh.errors import MeshError
+from mesh.periodic import every
 from mesh.placement.copies import LOAD_HEARTBEAT_S, CopyTable
 from mesh.placement.instance_health import InstanceHealth
 from mesh.placement.instances import RuntimeClients
@@ -85,12 +86,11 @@ class LoadClaims:
                 return UNCHANGED
             return current.with_copy(instance_id, dataclasses.replace(copy, since_ms=now_ms()))
 
-        while True:
-            await asyncio.sleep(LOAD_HEARTBEAT_S)
-            try:
-                await self._store.update(Kind.PLACEMENT, model_id, renew)
-            except MeshError as exc:  # a store outage: the next beat tries again; others stop waiting meanwhile
-                log.warning("renewing the load claim of %s failed: %s", model_id, exc.message)
+        async def beat() -> None:
+            await self._store.update(Kind.PLACEMENT, model_id, renew)
+
+        # A store outage skips a beat (the next one tries again); other routers stop waiting meanwhile.
+        await every(LOAD_HEARTBEAT_S, beat, f"renewing the load claim of {model_id}", log)
 
     def abandon(self, model_id: str, instance_id: str) -> None:
         """A load that timed out (or whose router died) may still finish on a runtime that is only slow: unload it

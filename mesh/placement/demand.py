@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 
 from mesh.periodic import every
-from mesh.placement.instances import InstancePublisher
+from mesh.placement.instances import LeasePublisher
 from mesh.placement.records import DemandRecord, Kind
 from mesh.placement.view import LocalView
 
@@ -28,7 +28,7 @@ MAX_MODELS = 1000
 
 class DemandBoard:
     def __init__(
-        self, view: LocalView, publisher: InstancePublisher, local: Callable[[], set[str]], period: float
+        self, view: LocalView, publisher: LeasePublisher, local: Callable[[], set[str]], period: float
     ) -> None:
         """local: this router's demand now; period: how often it is published when it changed (0: never)."""
         self.router_id = uuid.uuid4().hex

@@ -76,7 +76,7 @@ async def probe_runtime(
         await client.close()
 
 
-class InstancePublisher:
+class LeasePublisher:
     """Keeps records in the store under one lease (the publisher's life): instance records, and a router's demand
     record. Publish, keep alive, publish everything again after the lease expired."""
 

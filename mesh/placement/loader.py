@@ -88,7 +88,6 @@ class Loader:
         # Choosing an instance and claiming the load there is one decision per router: two loads deciding at once
         # would both count the same free bytes.
         self._decide = asyncio.Lock()
-        self._slots: dict[str, asyncio.Semaphore] = {}
         # Set (and replaced) each time one of this router's loads ends: loads waiting for a free slot decide then.
         self._slot_freed = asyncio.Event()
         self._placement_waiters: dict[str, asyncio.Event] = {}
@@ -276,18 +275,16 @@ class Loader:
         return instance_id
 
     async def _call_load(self, instance_id: str, model: ModelRecord) -> int:
-        """loadModel on the runtime, within its loading slots; the size it measured."""
-        record = self._view.instances[instance_id].record
-        slots = self._slots.setdefault(instance_id, asyncio.Semaphore(record.loading_slots))
-        async with slots:
-            started = time.perf_counter()
-            try:
-                size = await self._clients.get(instance_id).load(model, self._health.load_timeout(instance_id))
-            except grpc.aio.AioRpcError:
-                self._metrics.load_failed()
-                raise
-            self._metrics.loaded(started, size)
-            return size
+        """loadModel on the runtime; the size it measured. No slot to wait for: the decision to load here was taken
+        only with one of the instance's load slots free (_with_free_slot), and counted against it since."""
+        started = time.perf_counter()
+        try:
+            size = await self._clients.get(instance_id).load(model, self._health.load_timeout(instance_id))
+        except grpc.aio.AioRpcError:
+            self._metrics.load_failed()
+            raise
+        self._metrics.loaded(started, size)
+        return size
 
     async def _load_failed(
         self, model_id: str, instance_id: str, exc: grpc.aio.AioRpcError, started: float

@@ -34,7 +34,7 @@ from mesh.placement.copies import CopyLease, CopyTable
 from mesh.placement.demand import DemandBoard
 from mesh.placement.evictor import Evictor
 from mesh.placement.instance_health import InstanceHealth
-from mesh.placement.instances import InstancePublisher, RuntimeClients, probe_runtime
+from mesh.placement.instances import LeasePublisher, RuntimeClients, probe_runtime
 from mesh.placement.loader import Loader
 from mesh.placement.records import CopyRecord, InstanceRecord, Keys, Kind
 from mesh.placement.scaling import CopyScaler
@@ -70,7 +70,7 @@ class PlacementManager:
         self.view = LocalView(kv, self.keys)
         self.store = RecordStore(kv, self.view)
         self.clients = clients or RuntimeClients(self.view, settings.max_message_bytes, settings.runtime_tls())
-        self.publisher = InstancePublisher(kv, self.keys, settings.instance_lease_seconds)
+        self.publisher = LeasePublisher(kv, self.keys, settings.instance_lease_seconds)
         self.health = InstanceHealth(
             self.view, self.clients, settings.unreachable_retry_seconds, settings.load_timeout_seconds
         )
