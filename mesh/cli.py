@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import ssl
 import sys
 import time
@@ -34,6 +35,7 @@ class UsageError(Exception):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from mesh.engine.frontdoor import engine_binary
     from mesh.serve import ServeOptions, event_loop_factory, run
 
     settings = Settings.from_env(
@@ -46,6 +48,8 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
         tls_client_ca_file=args.tls_client_ca,
+        # `mesh serve` runs the native engine where it is installed, unless told otherwise (flag or MESH_DATAPLANE).
+        dataplane=args.dataplane or (None if "MESH_DATAPLANE" in os.environ else "auto"),
     )
     options = ServeOptions(
         runtimes=args.runtimes,
@@ -58,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         event_loop_factory(settings.event_loop)  # a MESH_EVENT_LOOP that names no loop, or uvloop not installed
+        engine_binary(settings)  # haproxy asked for and not installed, or a configuration it cannot serve
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     run(settings, options)
@@ -333,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", default=None, help="serve both front doors over TLS with this PEM certificate")
     serve.add_argument("--tls-key", default=None, help="the certificate's PEM key")
     serve.add_argument("--tls-client-ca", default=None, help="mTLS: require client certificates signed by this CA")
+    serve.add_argument(
+        "--dataplane",
+        choices=("auto", "haproxy", "python"),
+        default=None,
+        help="what serves the public ports: haproxy (native), python (mesh's doors), auto (haproxy if installed)",
+    )
     serve.set_defaults(func=_serve)
 
     ctl = sub.add_parser("controller", help="run the Kubernetes controller (KServe, ModelMesh mode)")

@@ -60,6 +60,17 @@ class Settings:
     health_check_seconds: float = 2.0
     """How often readiness (store answers, a runtime instance reachable) is re-evaluated besides on instance
     changes; the store probe gets at most 1 s of it."""
+    dataplane: str = "python"
+    """What serves the public ports: haproxy (a native engine that forwards requests for loaded models itself,
+    with mesh as its control plane: docs/architecture.md), python (mesh's own doors), or auto (haproxy where its
+    binary is installed and the configuration is one it serves, else python). `mesh serve` defaults to auto."""
+    haproxy_binary: str = "haproxy"
+    """The HAProxy binary (a name looked up on PATH, or a path)."""
+    dataplane_threads: int = 1
+    """Threads of the native engine; one serves tens of thousands of requests a second."""
+    dataplane_slots: int = 64
+    """Runtime instances the native engine can forward to (each is a backend of the engine); instances beyond
+    this many are served through mesh's door."""
     event_loop: str = "auto"
     """The event loop `mesh serve` runs on: uvloop, asyncio, or auto (uvloop where it is installed, else asyncio).
     uvloop takes less CPU per forwarded request (docs/benchmarks.md, scenario 1)."""

@@ -11,6 +11,7 @@ from aiohttp import web
 from grpc_health.v1 import health
 
 from mesh.config import Settings
+from mesh.engine.frontdoor import INTERNAL_HOST, NativeFrontDoor, engine_binary, start_front_door
 from mesh.health import Readiness
 from mesh.kv import open_kv
 from mesh.kv.base import KV
@@ -52,6 +53,7 @@ class Router:
         self._rest: web.AppRunner | None = None
         self._health: health.aio.HealthServicer | None = None
         self.readiness: Readiness
+        self.engine: NativeFrontDoor | None = None
 
     async def start(self, hold_ready: str | None = None) -> Ports:
         """Open the store and both front doors. hold_ready: readiness stays false, saying this, until
@@ -74,21 +76,28 @@ class Router:
         self.readiness = Readiness(self._kv, self.manager, settings.health_check_seconds)
         tls = settings.front_door_tls()
         self.dataplane = DataPlane(self.registry, self.manager, self.readiness, self.metrics)
+        engine = engine_binary(settings)
+        # Behind an engine, mesh's doors are internal: any free loopback port, called by the engine only.
+        host = INTERNAL_HOST if engine else settings.host
         self._grpc, grpc_port, self._health = await start_grpc_server(
             self.dataplane,
             self.registry,
             self.manager,
             self.metrics,
-            settings.host,
-            settings.grpc_port,
+            host,
+            0 if engine else settings.grpc_port,
             settings.max_message_bytes,
             tls,
         )
         rest_port = None
         if settings.rest_port >= 0:
             self._rest, rest_port = await start_rest_server(
-                self.dataplane, self.metrics, settings.host, settings.rest_port, settings.max_message_bytes, tls
+                self.dataplane, self.metrics, host, 0 if engine else settings.rest_port, settings.max_message_bytes, tls
             )
+        if engine:
+            self.engine = await start_front_door(engine, settings, self.manager, grpc_port, rest_port)
+            log.info("data plane: haproxy in front of mesh's doors (gRPC %d, REST %s)", grpc_port, rest_port)
+            grpc_port, rest_port = self.engine.grpc_port, self.engine.rest_port
         self.readiness.on_change.append(self._publish_health)
         self.manager.view.on_change.append(self._on_change)
         if hold_ready is not None:
@@ -134,6 +143,9 @@ class Router:
         rest, self._rest = self._rest, None
         server, self._grpc = self._grpc, None
         metrics, self._metrics_server = self._metrics_server, None
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            await engine.stop()
         if rest is not None:
             await rest.cleanup()
         if metrics is not None:

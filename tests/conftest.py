@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from harness.engine import ensure_haproxy
 from harness.etcd import EtcdServer, etcd_binary
 
 
@@ -33,6 +34,15 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def haproxy_binary() -> str:
+    """HAProxy for the native data plane's suites, installed with apt-get where it is missing and that can."""
+    binary, reason = ensure_haproxy()
+    if binary is None:
+        pytest.skip(reason)
+    return binary
 
 
 ETCD_IMAGE = "quay.io/coreos/etcd:v3.5.17"

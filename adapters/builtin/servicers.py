@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "mesh-builtin-runtime"
 RUNTIME_VERSION = f"{SERVER_NAME}/{mesh.__version__}"
 # The methods the router may forward here, each with the field path of its model name (field 1 in both).
+MODEL_ID_HEADER = "mm-model-id"
 FORWARDED_METHODS = ("inference.GRPCInferenceService/ModelInfer", "inference.GRPCInferenceService/ModelMetadata")
 
 
@@ -75,11 +76,21 @@ def status_response(settings: RuntimeSettings) -> rt.RuntimeStatusResponse:
         runtimeVersion=RUNTIME_VERSION,
         methodInfos={method: rt.RuntimeStatusResponse.MethodInfo(idInjectionPath=[1]) for method in FORWARDED_METHODS},
         meshModelTypes=sorted(MODEL_TYPES),
+        meshReadsModelIdHeader=True,
     )
 
 
 def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
     return [pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape) for s in specs]
+
+
+def model_id_header(context: grpc.aio.ServicerContext) -> str:
+    """The model id a proxy put in the mm-model-id header ("" when none): it names the model before the body does
+    (the body may name a vmodel; the native data plane forwards bodies unchanged)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == MODEL_ID_HEADER:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return ""
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -116,9 +127,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        model = self._core.model(request.name)
+        name = model_id_header(context) or request.name
+        model = self._core.model(name)
         return pb.ModelMetadataResponse(
-            name=request.name,
+            name=name,
             platform=model.platform,
             inputs=_tensor_metadata(model.inputs),
             outputs=_tensor_metadata(model.outputs),
@@ -128,4 +140,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        model_id = model_id_header(context)
+        if model_id and model_id != request.model_name:
+            request.model_name = model_id
         return await self._core.infer(request)

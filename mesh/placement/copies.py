@@ -173,6 +173,9 @@ class CopyTable:
     def evicted(self, model_id: str, instance_id: str) -> None:
         self._evicting.discard((model_id, instance_id))
 
+    def is_evicting(self, model_id: str, instance_id: str) -> bool:
+        return (model_id, instance_id) in self._evicting
+
     def load_started(self, instance_id: str) -> None:
         self._loads_on[instance_id] += 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -19,6 +20,13 @@ from mesh.placement.usage import Usage
 from mesh.placement.view import LocalView
 
 log = logging.getLogger(__name__)
+
+Drain = Callable[[str, str], Awaitable[None]]
+"""drain(model_id, instance_id): returns once nothing outside this router's leases sends requests to the copy."""
+
+
+async def nothing_to_drain(model_id: str, instance_id: str) -> None:
+    """Without a native data plane every request holds a lease, and a copy with leases is never chosen to go."""
 
 
 class Evictor:
@@ -39,6 +47,7 @@ class Evictor:
         self._clients = clients
         self._metrics = metrics
         self._policy = eviction_policy
+        self.drain: Drain = nothing_to_drain
 
     async def evict(self, instance_id: str, victims: tuple[policy.ResidentCopy, ...], for_model: str) -> None:
         """Unload victims from an instance to make room for for_model. The caller marked them evicting (in the same
@@ -79,8 +88,9 @@ class Evictor:
                 await self.evict(instance_id, victims, for_model=keep)
 
     async def unload_copy(self, model_id: str, instance_id: str) -> None:
-        """Stop routing to a copy, then unload it from its runtime."""
+        """Stop routing to a copy, let the requests on it finish, then unload it from its runtime."""
         await self.drop_copy(model_id, instance_id)
+        await self.drain(model_id, instance_id)
         started = time.perf_counter()
         try:
             await self._clients.get(instance_id).unload(model_id)

@@ -46,6 +46,7 @@ def record_from_status(
         load_timeout_ms=status.modelLoadingTimeoutMs,
         methods={name: tuple(info.idInjectionPath) for name, info in status.methodInfos.items()},
         started_ms=now_ms(),
+        reads_model_header=status.meshReadsModelIdHeader,
     )
 
 

@@ -32,7 +32,7 @@ from mesh.placement import policy
 from mesh.placement.claims import LoadClaims
 from mesh.placement.copies import CopyLease, CopyTable
 from mesh.placement.demand import DemandBoard
-from mesh.placement.evictor import Evictor
+from mesh.placement.evictor import Drain, Evictor
 from mesh.placement.instance_health import InstanceHealth
 from mesh.placement.instances import LeasePublisher, RuntimeClients, probe_runtime
 from mesh.placement.loader import Loader
@@ -168,6 +168,10 @@ class PlacementManager:
         """The instance holding a loaded copy, starting the one load for this model if there is none."""
         return await self._loader.ensure_loaded(model_id)
 
+    async def add_copy(self, model_id: str) -> None:
+        """Load one more copy of a loaded model on another instance, into free space only (never evicting)."""
+        await self._loader.add_copy(model_id)
+
     def loading(self, model_id: str) -> bool:
         """This router is loading the model's first copy now."""
         return self._loader.loading(model_id)
@@ -188,6 +192,11 @@ class PlacementManager:
     async def unload_copy(self, model_id: str, instance_id: str) -> None:
         """Stop routing to a copy, then unload it from its runtime."""
         await self._evictor.unload_copy(model_id, instance_id)
+
+    def drain_before_unload(self, drain: Drain) -> None:
+        """Before a copy is unloaded, await drain(model_id, instance_id): a native data plane withdraws the copy's
+        route there and waits for its requests in flight."""
+        self._evictor.drain = drain
 
     def counts(self, instance_id: str, copy: CopyRecord) -> bool:
         """The copy was made on the instance's present incarnation, which is known and reachable."""

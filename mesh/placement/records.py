@@ -165,6 +165,9 @@ class InstanceRecord(Record):
     data_endpoint: str = ""
     # Both endpoints serve TLS: routers dial them with their runtime TLS settings.
     tls: bool = False
+    # The runtime takes the model id from an mm-model-id request header (meshReadsModelIdHeader): the native data
+    # plane may send it requests whose body names a vmodel or another name, as they are.
+    reads_model_header: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:

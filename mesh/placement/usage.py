@@ -41,6 +41,17 @@ class Usage:
             self._uses[model_id] += 1
             self._clock_at_use[model_id] = self._gdsf_clock
 
+    def served_natively(self, model_id: str, requests: int, last_used_ms: int) -> None:
+        """A native data-plane engine served `requests` for the model, the last at `last_used_ms`: they count as if
+        they had been routed here."""
+        if last_used_ms > self._last_used.get(model_id, 0):
+            self._last_used[model_id] = last_used_ms
+        self._used_since_flush.add(model_id)
+        self._requests[model_id] += requests
+        if self._count_uses:
+            self._uses[model_id] += requests
+            self._clock_at_use[model_id] = self._gdsf_clock
+
     def touched(self, model_id: str) -> None:
         """Note the model as used now without counting a request (a copy just loaded for one about to come)."""
         self._last_used[model_id] = now_ms()

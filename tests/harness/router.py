@@ -6,17 +6,20 @@ the calls each receives, so tests can prove what the router asked of them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from adapters.builtin.core import BuiltinRuntime
 from adapters.builtin.servicers import InferenceServicer, RuntimeServicer
 from adapters.builtin.settings import RuntimeSettings
+from mesh.config import Settings
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
@@ -103,4 +106,34 @@ def echo_request(model_name: str, value: int) -> pb.ModelInferRequest:
     return request
 
 
-MeshFactory = Callable[..., "AsyncIterator[Mesh]"]
+MakeMesh = Callable[..., Awaitable[Mesh]]
+
+
+@contextlib.asynccontextmanager
+async def meshes(tmp_path: Path, store: dict[str, str], **defaults: Any) -> AsyncIterator[MakeMesh]:
+    """make(capacities=[...], durable=False, shared_kv=None, **settings): a router (settings: `defaults`, then the
+    call's) plus in-process runtimes of those capacities; all stopped when the block ends. store: "kv" (ephemeral),
+    "durable_kv" (outlives a router) and "kv_prefix"."""
+    started: list[Mesh] = []
+
+    async def make(capacities: list[int], durable: bool = False, shared_kv=None, **overrides) -> Mesh:  # type: ignore[no-untyped-def]
+        kv = store["durable_kv"] if durable else store["kv"]
+        ports = {"grpc_port": 0, "rest_port": -1, "metrics_port": 0}
+        settings = Settings(**{**ports, "kv": kv, "kv_prefix": store["kv_prefix"], **defaults, **overrides})
+        router = Router(settings, kv=shared_kv)
+        ports = await router.start()
+        runtimes = [await start_runtime(f"rt-{chr(97 + i)}", cap) for i, cap in enumerate(capacities)]
+        for runtime in runtimes:
+            await router.add_instance(runtime.instance_id, runtime.endpoint, ("echo", "text", "sklearn"))
+        mesh = Mesh(router, runtimes, ports.grpc, tmp_path, make)
+        started.append(mesh)
+        return mesh
+
+    try:
+        yield make
+    finally:
+        for mesh in reversed(started):  # routers that share a store stop before the one that owns it
+            await mesh.channel.close()
+            await mesh.router.stop(grace=0)
+            for runtime in mesh.runtimes:
+                await runtime.server.stop(0)

@@ -10,10 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from harness.router import Mesh, start_runtime
-
-from mesh.config import Settings
-from mesh.router import Router
+from harness.router import meshes
 
 
 @pytest.fixture(params=["memory", "etcd"])
@@ -29,24 +26,5 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 async def make_mesh(tmp_path: Path, store: dict[str, str]):  # type: ignore[no-untyped-def]
     """Start a router plus runtimes: make_mesh(capacities=[...], durable=False, **settings)."""
-    started: list[Mesh] = []
-
-    async def make(capacities: list[int], durable: bool = False, shared_kv=None, **overrides) -> Mesh:  # type: ignore[no-untyped-def]
-        kv = store["durable_kv"] if durable else store["kv"]
-        ports = {"grpc_port": 0, "rest_port": -1, "metrics_port": 0}
-        settings = Settings(**{**ports, "kv": kv, "kv_prefix": store["kv_prefix"], **overrides})
-        router = Router(settings, kv=shared_kv)
-        ports = await router.start()
-        runtimes = [await start_runtime(f"rt-{chr(97 + i)}", cap) for i, cap in enumerate(capacities)]
-        for runtime in runtimes:
-            await router.add_instance(runtime.instance_id, runtime.endpoint, ("echo", "text", "sklearn"))
-        mesh = Mesh(router, runtimes, ports.grpc, tmp_path, make)
-        started.append(mesh)
-        return mesh
-
-    yield make
-    for mesh in reversed(started):  # routers that share a store stop before the one that owns it
-        await mesh.channel.close()
-        await mesh.router.stop(grace=0)
-        for runtime in mesh.runtimes:
-            await runtime.server.stop(0)
+    async with meshes(tmp_path, store) as make:
+        yield make

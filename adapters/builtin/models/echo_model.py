@@ -4,6 +4,8 @@ modelPath is a JSON file (or a directory holding `model.json`) holding an object
 `ballast_bytes` makes the model hold that many bytes of real memory: a model of a chosen size, which is how
 capacity and eviction are exercised without large model files. `load_seconds` makes loading take that long (in
 the load's worker thread), as a large model's does: what fault tests kill a runtime in the middle of.
+`predict_seconds` makes each request take that long (in a worker thread), as a large model's inference does:
+requests that are still in flight when their copy is evicted.
 
 I/O: any number (at least one) of inputs of any datatype and shape; each input `<name>` comes back as output
 `<name>` with the same datatype, shape and data. A request that names outputs gets only those (each must be an
@@ -49,6 +51,20 @@ class EchoModel(Model):
         return {name: inputs[name] for name in select_outputs(list(inputs), requested)}
 
 
+class SlowEchoModel(EchoModel):
+    """An echo model whose every prediction takes `seconds`, off the event loop."""
+
+    offload_predict = True
+
+    def __init__(self, size_bytes: int, seconds: float) -> None:
+        super().__init__(size_bytes)
+        self._seconds = seconds
+
+    def predict(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str]) -> dict[str, np.ndarray]:
+        time.sleep(self._seconds)
+        return super().predict(inputs, requested)
+
+
 class BallastEchoModel(EchoModel):
     def __init__(self, config_size: int, ballast_bytes: int) -> None:
         self._ballast = np.ones(ballast_bytes, dtype=np.uint8)  # ones: zero pages would not be resident
@@ -62,10 +78,10 @@ def _ballast_bytes(config: Mapping[str, object]) -> int:
     return ballast
 
 
-def _load_seconds(config: Mapping[str, object]) -> float:
-    seconds = config.get("load_seconds", 0)
+def _seconds(config: Mapping[str, object], key: str) -> float:
+    seconds = config.get(key, 0)
     if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 <= seconds <= 3600:
-        raise ValueError(f"load_seconds must be a number of seconds from 0 to 3600, got {seconds!r}")
+        raise ValueError(f"{key} must be a number of seconds from 0 to 3600, got {seconds!r}")
     return float(seconds)
 
 
@@ -73,9 +89,12 @@ def load(model_path: str) -> EchoModel:
     """Checks the config is a JSON object; the model holds nothing but its optional ballast."""
     config = read_json_config(model_path)
     ballast = _ballast_bytes(config)
-    time.sleep(_load_seconds(config))  # a worker thread's: loads run off the event loop
+    predict_seconds = _seconds(config, "predict_seconds")
+    time.sleep(_seconds(config, "load_seconds"))  # a worker thread's: loads run off the event loop
     if ballast:
         return BallastEchoModel(measured_size(config), ballast)
+    if predict_seconds:
+        return SlowEchoModel(measured_size(config), predict_seconds)
     return EchoModel(measured_size(config))
 
 

@@ -1,0 +1,165 @@
+"""The control loop of a native data plane: routes follow placement, usage flows back, copies drain before unload.
+
+- Routes: every placement change (the view's callback) marks the routes stale; a task recomputes them
+  (routes.plan_routes) and hands the engine the difference, at once and also every `resync_s` (instance health
+  changes, which are not placement records, reach the routes that way).
+- Usage: every `usage_s` the engine's per-model counters are read; what it served since the last read counts as
+  requests and last use in placement's usage (usage.py), exactly as requests mesh served itself do: the
+  cluster-wide LRU, copies following load and the GDSF counts see both.
+- Drain: before a copy is unloaded (evictor.py), its route is withdrawn and the engine's requests in flight to it
+  are waited for, up to `drain_timeout_s`.
+- Supervision: an engine that exits while mesh runs is started again with the routes it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from mesh.engine.driver import EngineDriver, ModelTraffic
+from mesh.engine.routes import plan_routes
+from mesh.periodic import every
+from mesh.placement.manager import PlacementManager
+from mesh.placement.records import InstanceRecord, Kind
+
+log = logging.getLogger(__name__)
+
+RESTART_DELAY_S = 0.5
+
+
+def engine_reachable(record: InstanceRecord) -> bool:
+    """The engine forwards plaintext h2 only: a runtime serving TLS is left to mesh's door."""
+    return not record.tls
+
+
+class EngineControl:
+    def __init__(
+        self,
+        driver: EngineDriver,
+        manager: PlacementManager,
+        resync_s: float = 1.0,
+        usage_s: float = 0.5,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        self.driver = driver
+        self._manager = manager
+        self._resync_s = resync_s
+        self._usage_s = usage_s
+        self._drain_timeout_s = drain_timeout_s
+        self._stale = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
+        self._seen: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self) -> None:
+        await self.driver.start()
+        await self.sync()
+        self._manager.view.on_change.append(self._on_view_change)
+        self._manager.drain_before_unload(self.drain)
+        self._tasks = [
+            asyncio.create_task(self._follow_placement(), name="engine-routes"),
+            asyncio.create_task(every(self._usage_s, self.collect_usage, "engine usage", log), name="engine-usage"),
+            asyncio.create_task(self._supervise(), name="engine-supervisor"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(ValueError):
+            self._manager.view.on_change.remove(self._on_view_change)
+        with contextlib.suppress(Exception):  # the last counts, so usage the engine saw is not lost
+            await self.collect_usage()
+        await self.driver.stop()
+
+    # ---- routes ------------------------------------------------------------------------------------------
+
+    def _on_view_change(self, kind: Kind, record_id: str) -> None:
+        if kind in (Kind.PLACEMENT, Kind.INSTANCE, Kind.VMODEL):
+            self._stale.set()
+
+    async def _follow_placement(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stale.wait(), self._resync_s)
+            self._stale.clear()
+            try:
+                await self.sync()
+            except Exception:  # noqa: BLE001 - the next round tries again; requests meanwhile go through mesh
+                log.exception("data plane: routes not updated")
+
+    async def sync(self) -> None:
+        """Give the engine the instances and routes placement allows now."""
+        async with self._sync_lock:
+            if not self.driver.running():
+                return
+            manager = self._manager
+            instances = manager.view.instances
+            endpoints = {
+                instance_id: known.record.data_endpoint or known.record.endpoint
+                for instance_id, known in instances.items()
+                if engine_reachable(known.record)
+            }
+            await self.driver.set_instances(endpoints)
+            await self.driver.set_routes(plan_routes(manager.view, manager.copies, engine_reachable))
+
+    # ---- usage -------------------------------------------------------------------------------------------
+
+    async def collect_usage(self) -> None:
+        """What the engine served since the last call, into placement's usage."""
+        if not self.driver.running():
+            return
+        traffic = await self.driver.traffic()
+        usage = self._manager.usage
+        for model_id, seen in traffic.items():
+            served = self._served_since(model_id, seen)
+            if served:
+                usage.served_natively(model_id, served, seen.last_used_ms)
+        self._seen = {model_id: seen.requests for model_id, seen in traffic.items()}
+
+    def _served_since(self, model_id: str, seen: ModelTraffic) -> int:
+        before = self._seen.get(model_id, 0)
+        # A count lower than before: the engine restarted and counts from 0 again.
+        return seen.requests - before if seen.requests >= before else seen.requests
+
+    # ---- draining ----------------------------------------------------------------------------------------
+
+    async def drain(self, model_id: str, instance_id: str) -> None:
+        """Withdraw the copy's route (placement no longer lists it, or lists it as evicting) and wait until the
+        engine has no request in flight on it, up to the drain timeout."""
+        await self.sync()
+        deadline = time.monotonic() + self._drain_timeout_s
+        delay = 0.005
+        while self.driver.running() and await self.driver.copy_in_flight(model_id, instance_id):
+            if time.monotonic() > deadline:
+                log.warning(
+                    "data plane: requests to model %s on %s still in flight after %.0fs; unloading anyway",
+                    model_id,
+                    instance_id,
+                    self._drain_timeout_s,
+                    extra={"event": "drain_timeout", "model": model_id, "instance": instance_id},
+                )
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    # ---- supervision -------------------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while True:
+            code = await self.driver.wait_exit()
+            if self._stopping:
+                return
+            log.error("data-plane engine exited with %s; starting it again", code)
+            await asyncio.sleep(RESTART_DELAY_S)
+            try:
+                await self.driver.restart()
+            except Exception:  # noqa: BLE001 - nothing serves the public ports now: say so loudly, retry
+                log.exception("data-plane engine did not start again")
+                continue
+            self._seen = {}
+            await self.sync()

@@ -1,0 +1,51 @@
+"""What mesh asks of a native data-plane engine. HAProxy implements it (haproxy.py); another engine (Envoy driven
+over xDS, say) would implement the same few calls."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from mesh.engine.routes import RouteSet
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTraffic:
+    """What the engine counted for one model since it started: requests served, requests in flight now, and
+    when it last served one (epoch ms)."""
+
+    requests: int
+    in_flight: int
+    last_used_ms: int
+
+
+class EngineDriver(Protocol):
+    async def start(self) -> None:
+        """Start the engine, serving the public ports; every request goes to mesh's doors until routes exist."""
+
+    async def stop(self) -> None: ...
+
+    def running(self) -> bool:
+        """The engine's process is up."""
+
+    def pid(self) -> int | None:
+        """The engine's process id while it runs."""
+
+    async def restart(self) -> None:
+        """Start the engine again after it exited, with the instances and routes it had."""
+
+    async def wait_exit(self) -> int:
+        """Wait until the engine's process exits; its exit code."""
+
+    async def set_instances(self, endpoints: Mapping[str, str]) -> None:
+        """The runtime instances the engine may forward to: instance id → endpoint (HOST:PORT or unix:PATH)."""
+
+    async def set_routes(self, routes: RouteSet) -> None:
+        """Serve exactly these routes from now on (instances named must have been set)."""
+
+    async def traffic(self) -> Mapping[str, ModelTraffic]:
+        """Per model id, what the engine served natively."""
+
+    async def copy_in_flight(self, model_id: str, instance_id: str) -> int:
+        """Requests the engine has in flight to one copy now."""

@@ -1,0 +1,115 @@
+"""The engine in front of mesh: which data plane serves the public ports, and starting it there.
+
+With a native engine the public ports (8033, 8008) are the engine's: mesh opens their listening sockets itself (so
+port 0 works, and an engine restart serves the same ports at once) and hands them to the engine, while its own
+doors listen on internal loopback ports that only the engine calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mesh.config import Settings
+from mesh.engine.control import EngineControl
+from mesh.engine.haproxy import HAProxyEngine, find_haproxy
+from mesh.engine.haproxy_config import EngineFiles, HAProxyLayout, Listener
+from mesh.placement.manager import PlacementManager
+
+log = logging.getLogger(__name__)
+
+DATAPLANES = ("auto", "haproxy", "python")
+INTERNAL_HOST = "127.0.0.1"
+
+
+def engine_binary(settings: Settings) -> str | None:
+    """The engine binary the settings ask for: None for the Python data plane (asked for, or `auto` without an
+    engine that can serve this configuration)."""
+    choice = settings.dataplane
+    if choice not in DATAPLANES:
+        raise ValueError(f"dataplane {choice!r} is not one of {', '.join(DATAPLANES)}")
+    if choice == "python":
+        return None
+    binary = find_haproxy(settings.haproxy_binary)
+    unsupported = _unsupported(settings)
+    if choice == "haproxy":
+        if binary is None:
+            raise ValueError(f"dataplane 'haproxy' asked for, but {settings.haproxy_binary!r} is not installed")
+        if unsupported:
+            raise ValueError(f"dataplane 'haproxy' cannot serve this configuration yet: {unsupported}")
+        return binary
+    if binary is not None and unsupported:
+        log.info("data plane: python (%s)", unsupported)
+        return None
+    return binary
+
+
+def _unsupported(settings: Settings) -> str:
+    """Why the engine cannot serve these settings ("" when it can)."""
+    if settings.tls_cert_file:
+        return "TLS on the front doors is served by mesh's own doors for now"
+    return ""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket the engine inherits (port 0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+@dataclass
+class NativeFrontDoor:
+    """The engine serving the public ports, with its control loop."""
+
+    control: EngineControl
+    directory: Path
+    sockets: list[socket.socket] = field(default_factory=list)
+
+    @property
+    def grpc_port(self) -> int:
+        return self.sockets[0].getsockname()[1]
+
+    @property
+    def rest_port(self) -> int | None:
+        return self.sockets[1].getsockname()[1] if len(self.sockets) > 1 else None
+
+    async def stop(self) -> None:
+        await self.control.stop()
+        for sock in self.sockets:
+            sock.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+async def start_front_door(
+    binary: str, settings: Settings, manager: PlacementManager, mesh_grpc_port: int, mesh_rest_port: int | None
+) -> NativeFrontDoor:
+    """Open the public ports and start the engine on them, in front of mesh's doors on their internal ports."""
+    sockets = [listening_socket(settings.host, settings.grpc_port)]
+    if mesh_rest_port is not None:
+        sockets.append(listening_socket(settings.host, settings.rest_port))
+    directory = Path(tempfile.mkdtemp(prefix="mesh-engine-"))
+    try:
+        layout = HAProxyLayout(
+            files=EngineFiles(directory),
+            grpc=Listener(fd=sockets[0].fileno()),
+            rest=Listener(fd=sockets[1].fileno()) if mesh_rest_port is not None else None,
+            mesh_grpc=f"{INTERNAL_HOST}:{mesh_grpc_port}",
+            mesh_rest=f"{INTERNAL_HOST}:{mesh_rest_port}" if mesh_rest_port is not None else None,
+            slots=settings.dataplane_slots,
+            threads=settings.dataplane_threads,
+        )
+        engine = HAProxyEngine(binary, layout, tuple(s.fileno() for s in sockets))
+        control = EngineControl(engine, manager)
+        await control.start()
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return NativeFrontDoor(control, directory, sockets)

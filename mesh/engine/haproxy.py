@@ -1,0 +1,214 @@
+"""The HAProxy engine: one haproxy process, its instance backends and route maps, changed over the runtime API.
+
+The process is started with the listening sockets of the public ports (inherited descriptors), so a restart after
+a crash serves the same ports at once. What it routes lives in mesh: each start writes the config with the
+instance servers and the map files with the routes it had, so the new process starts where the old one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import time
+from collections.abc import Mapping
+
+from mesh.engine.driver import ModelTraffic
+from mesh.engine.haproxy_api import RuntimeAPI, RuntimeAPIError
+from mesh.engine.haproxy_config import (
+    BACKEND_PREFIX,
+    COPIES_TABLE,
+    MAPS,
+    PICK_LUA,
+    USAGE_TABLE,
+    HAProxyLayout,
+    render,
+    server_arguments,
+)
+from mesh.engine.routes import RouteSet, map_changes
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 15.0
+STOP_GRACE_S = 5.0
+USAGE_EXPIRE_MS = 24 * 3600 * 1000
+"""The usage table's `expire`: an entry's remaining time says how long ago it was last tracked."""
+
+
+class EngineError(RuntimeError):
+    """The engine could not be started or changed."""
+
+
+def find_haproxy(name: str = "haproxy") -> str | None:
+    """The haproxy binary's path, or None when it is not installed."""
+    return shutil.which(name)
+
+
+async def relay_output(stream: asyncio.StreamReader) -> None:
+    """HAProxy's messages, into mesh's log: alerts as errors, servers going down as warnings, the rest (servers
+    added, proxies stopping on a soft stop) at debug level."""
+    async for raw in stream:
+        line = raw.decode(errors="replace").rstrip()
+        if "[ALERT]" in line or "[EMERG]" in line:
+            log.error("haproxy: %s", line)
+        elif " is DOWN" in line:
+            log.warning("haproxy: %s", line)
+        elif line:
+            log.debug("haproxy: %s", line)
+
+
+class HAProxyEngine:
+    def __init__(self, binary: str, layout: HAProxyLayout, inherited_fds: tuple[int, ...] = ()) -> None:
+        self._binary = binary
+        self._layout = layout
+        self._files = layout.files
+        self._inherited = inherited_fds
+        self._api = RuntimeAPI(layout.files.admin_socket)
+        self._process: asyncio.subprocess.Process | None = None
+        self._slots: dict[str, int] = {}
+        self._endpoints: dict[str, str] = {}
+        self._maps: dict[str, dict[str, str]] = {name: {} for name in MAPS}
+        self._output: asyncio.Task[None] | None = None
+
+    # ---- the process -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        files = self._files
+        files.directory.mkdir(parents=True, exist_ok=True)
+        files.lua.write_text(PICK_LUA)
+        for name, entries in self._maps.items():
+            files.map(name).write_text("".join(f"{k} {v}\n" for k, v in entries.items()))
+        servers = tuple((slot, server_arguments(self._endpoints[i])) for i, slot in self._slots.items())
+        layout = HAProxyLayout(**{**self._layout.__dict__, "servers": servers})
+        files.config.write_text(render(layout))
+        files.admin_socket.unlink(missing_ok=True)
+        self._process = await asyncio.create_subprocess_exec(
+            self._binary,
+            "-db",
+            "-f",
+            str(files.config),
+            pass_fds=self._inherited,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        assert self._process.stdout is not None
+        self._output = asyncio.create_task(relay_output(self._process.stdout), name="engine-output")
+        await self._wait_answering()
+        log.info("data-plane engine haproxy started (pid %d)", self._process.pid)
+
+    async def _wait_answering(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if self._process.returncode is not None:
+                code = self._process.returncode
+                raise EngineError(f"haproxy exited with {code} on start (config {self._files.config})")
+            if self._files.admin_socket.exists():
+                with contextlib.suppress(OSError):
+                    await self._api.run("show info")
+                    return
+            if time.monotonic() > deadline:
+                raise EngineError(f"haproxy did not answer on {self._files.admin_socket} within {START_TIMEOUT_S:.0f}s")
+            await asyncio.sleep(0.02)
+
+    async def restart(self) -> None:
+        await self.start()
+
+    def pid(self) -> int | None:
+        return self._process.pid if self.running() else None  # type: ignore[union-attr]
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    async def wait_exit(self) -> int:
+        assert self._process is not None
+        return await self._process.wait()
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGUSR1)  # soft stop: requests in flight finish
+            try:
+                await asyncio.wait_for(process.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._output is not None:
+            await self._output
+
+    # ---- instances and routes ----------------------------------------------------------------------------
+
+    async def set_instances(self, endpoints: Mapping[str, str]) -> None:
+        gone = [i for i, e in self._endpoints.items() if endpoints.get(i) != e]
+        new = [i for i, e in endpoints.items() if self._endpoints.get(i) != e]
+        commands: list[str] = []
+        for instance_id in gone:
+            slot = self._slots.pop(instance_id)
+            del self._endpoints[instance_id]
+            server = f"{BACKEND_PREFIX}{slot}/rt"
+            commands += [f"disable server {server}", f"shutdown sessions server {server}", f"del server {server}"]
+        free = sorted(set(range(self._layout.slots)) - set(self._slots.values()))
+        for instance_id in new:
+            if not free:
+                log.warning("data plane: no backend slot left for instance %s; mesh's door serves it", instance_id)
+                continue
+            slot = free.pop(0)
+            self._slots[instance_id] = slot
+            self._endpoints[instance_id] = endpoints[instance_id]
+            server = f"{BACKEND_PREFIX}{slot}/rt"
+            commands += [
+                f"add server {server} {server_arguments(endpoints[instance_id])}",
+                f"enable health {server}",
+                f"enable server {server}",
+            ]
+        if commands:
+            await self._api.run_all(commands)
+
+    async def set_routes(self, routes: RouteSet) -> None:
+        wanted = {
+            "by_name": self._backends(routes.by_name),
+            "by_header": self._backends(routes.by_header),
+        }
+        wanted["vmodels"] = {v: m for v, m in routes.vmodels.items() if m in wanted["by_header"]}
+        commands: list[str] = []
+        for name in MAPS:
+            path = self._files.map(name)
+            changes = map_changes(self._maps[name], wanted[name])
+            commands += [f"del map {path} {key}" for key in changes.deleted]
+            commands += [f"set map {path} {key} {value}" for key, value in changes.changed.items()]
+            commands += [f"add map {path} {key} {value}" for key, value in changes.added.items()]
+        if not commands:
+            return
+        try:
+            await self._api.run_all(commands)
+        except RuntimeAPIError as exc:
+            raise EngineError(str(exc)) from exc
+        self._maps = wanted
+
+    def _backends(self, copies: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+        """model id → its copies' backends joined by ',' (copies on instances without a slot left out)."""
+        table = {}
+        for model_id, instances in copies.items():
+            backends = [f"{BACKEND_PREFIX}{self._slots[i]}" for i in instances if i in self._slots]
+            if backends:
+                table[model_id] = ",".join(backends)
+        return table
+
+    # ---- what the engine saw -----------------------------------------------------------------------------
+
+    async def traffic(self) -> dict[str, ModelTraffic]:
+        now = int(time.time() * 1000)
+        return {
+            e.key: ModelTraffic(e.data.get("http_req_cnt", 0), e.in_use, now - (USAGE_EXPIRE_MS - e.expires_in_ms))
+            for e in await self._api.table(USAGE_TABLE)
+        }
+
+    async def copy_in_flight(self, model_id: str, instance_id: str) -> int:
+        slot = self._slots.get(instance_id)
+        if slot is None:
+            return 0
+        entries = await self._api.table(COPIES_TABLE, f"{model_id}@{BACKEND_PREFIX}{slot}")
+        return sum(e.in_use for e in entries)

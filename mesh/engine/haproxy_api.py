@@ -1,0 +1,98 @@
+"""HAProxy's runtime API: commands over its admin socket, and the stick-table listing parsed.
+
+One connection per batch: HAProxy runs the commands of one line, separated by ';', in order, and closes the
+connection after answering (non-interactive mode). Batches are bounded so that a line stays well under HAProxy's
+command buffer (tune.bufsize).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+BATCH_BYTES = 8192
+API_TIMEOUT_S = 10.0
+
+_ENTRY = re.compile(r"^0x[0-9a-f]+: key=(\S+) use=(\d+) exp=(\d+)(.*)$")
+_DATA = re.compile(r"(\w+(?:\(\d+\))?)=(\d+)")
+
+
+class RuntimeAPIError(RuntimeError):
+    """HAProxy refused a command."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableEntry:
+    key: str
+    in_use: int
+    """Streams tracking the entry now: requests in flight."""
+    expires_in_ms: int
+    data: dict[str, int]
+
+
+def parse_table(text: str) -> list[TableEntry]:
+    """The entries of a `show table NAME` answer."""
+    entries = []
+    for line in text.splitlines():
+        match = _ENTRY.match(line)
+        if match is None:
+            continue
+        key, use, exp, rest = match.groups()
+        entries.append(TableEntry(key, int(use), int(exp), {k: int(v) for k, v in _DATA.findall(rest)}))
+    return entries
+
+
+def batches(commands: Iterable[str], limit: int = BATCH_BYTES) -> Iterator[list[str]]:
+    """Commands grouped into lines of at most `limit` bytes (one command longer than that is a batch alone)."""
+    batch: list[str] = []
+    size = 0
+    for command in commands:
+        if batch and size + len(command) + 1 > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(command)
+        size += len(command) + 1
+    if batch:
+        yield batch
+
+
+class RuntimeAPI:
+    def __init__(self, socket_path: Path) -> None:
+        self._path = socket_path
+
+    async def run(self, command: str) -> str:
+        """One command line (commands separated by ';'); HAProxy's answer."""
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(self._path)), API_TIMEOUT_S)
+        try:
+            writer.write(command.encode() + b"\n")
+            await writer.drain()
+            return (await asyncio.wait_for(reader.read(), API_TIMEOUT_S)).decode(errors="replace")
+        finally:
+            writer.close()
+
+    async def run_all(self, commands: Iterable[str]) -> None:
+        """Every command, in order, in batches; raises on the first that HAProxy refused."""
+        for batch in batches(commands):
+            answer = await self.run(";".join(batch))
+            refused = _refusal(answer)
+            if refused:
+                raise RuntimeAPIError(f"HAProxy refused a command of {batch[0]!r}...: {refused}")
+
+    async def table(self, name: str, key: str | None = None) -> list[TableEntry]:
+        command = f"show table {name}" + (f" key {key}" if key is not None else "")
+        return parse_table(await self.run(command))
+
+
+_REFUSALS = ("unknown", "not found", "invalid", "error", "require", "cannot", "can't", "failed", "no such", "denied")
+
+
+def _refusal(answer: str) -> str:
+    """The first line of an answer that reports a refusal ("" when every command succeeded)."""
+    for line in answer.splitlines():
+        lowered = line.lower()
+        if any(word in lowered for word in _REFUSALS):
+            return line.strip()
+    return ""

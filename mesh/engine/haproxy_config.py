@@ -1,0 +1,186 @@
+"""HAProxy's configuration for mesh's data plane, rendered from settings. No I/O.
+
+The gRPC front door decides per request, in HAProxy's rules, with no Python:
+
+1. The model: the mm-model-id header; else the mm-vmodel-id header through the vmodels map; else, for
+   ModelInfer and ModelMetadata, field 1 of the body (`ungrpc`), itself through the vmodels map when it names one.
+2. Its copies: a body naming the model itself looks in `by_name` (every copy); anything else in `by_header`
+   (copies on runtimes that read the mm-model-id header, which the engine sets to the model id).
+3. One copy: the map's value is one backend, or several joined by ',' (a Lua fetch picks one at random).
+4. With a copy, the request is counted in two stick tables (per model: requests, in flight and last use for the
+   cluster's LRU; per copy: in flight, for draining before an unload) and sent to the copy's backend. Without
+   one, it goes to mesh's own gRPC door, which loads the model and forwards as on the Python path.
+
+Each runtime instance is a backend (`rt_N`, one of a fixed number of slots) whose server is added and removed
+over the runtime API as instances come and go; each also has mesh's door as a backup server, so a copy whose
+runtime went down is served through mesh. REST goes to mesh's REST door (JSON needs the codec).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.proxy.dataplane import MODEL_INFER, MODEL_METADATA
+
+BACKEND_PREFIX = "rt_"
+USAGE_TABLE = "usage"
+COPIES_TABLE = "copies"
+STICK_KEY_BYTES = 256
+"""Stick-table keys: model ids (engine-safe ids are at most 200 bytes) and model@backend."""
+
+
+@dataclass(frozen=True)
+class EngineFiles:
+    """Where the engine's files live (one directory per engine)."""
+
+    directory: Path
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "haproxy.cfg"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.directory / "admin.sock"
+
+    @property
+    def lua(self) -> Path:
+        return self.directory / "mesh.lua"
+
+    def map(self, name: str) -> Path:
+        return self.directory / f"{name}.map"
+
+
+MAPS = ("by_name", "by_header", "vmodels")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """Where a front door listens: an inherited socket (fd) or an address."""
+
+    fd: int | None = None
+    address: str = ""
+
+    def bind(self) -> str:
+        return f"fd@{self.fd}" if self.fd is not None else self.address
+
+
+@dataclass(frozen=True)
+class HAProxyLayout:
+    files: EngineFiles
+    grpc: Listener
+    rest: Listener | None
+    mesh_grpc: str
+    """mesh's own gRPC door (HOST:PORT), where misses go."""
+    mesh_rest: str | None
+    slots: int = 64
+    threads: int = 1
+    timeout_s: float = 3600.0
+    """Client and server inactivity limits: gRPC connections stay open, and a model may think for long."""
+    servers: tuple[tuple[int, str], ...] = ()
+    """(slot, server line arguments) of instances known when the config is written (a restart)."""
+
+
+PICK_LUA = """\
+-- One copy out of several: txn.copies holds backends joined by ','.
+core.register_fetches("mesh_pick", function(txn)
+  local copies = {}
+  for backend in string.gmatch(txn:get_var("txn.copies"), "[^,]+") do
+    copies[#copies + 1] = backend
+  end
+  return copies[math.random(#copies)]
+end)
+"""
+
+
+def server_arguments(endpoint: str) -> str:
+    """The address and options of a runtime's server line: h2 to the runtime, marked down on its first
+    connection error (so that the request's retry, and the requests after it, go to the backup: mesh's door),
+    and checked every few seconds (a connect) so that it comes back up once the runtime answers again."""
+    address = f"unix@{endpoint.removeprefix('unix:')}" if endpoint.startswith("unix:") else endpoint
+    return f"{address} proto h2 check inter 2s fall 1 rise 1 observe layer4 error-limit 1 on-error mark-down"
+
+
+def render(layout: HAProxyLayout) -> str:
+    files = layout.files
+    maps = {name: files.map(name) for name in MAPS}
+    timeout = f"{int(layout.timeout_s * 1000)}ms"
+    body_routed = f"{MODEL_INFER} {MODEL_METADATA}"
+    lines = [
+        "global",
+        f"  stats socket {files.admin_socket} mode 600 level admin",
+        f"  nbthread {layout.threads}",
+        f"  lua-load {files.lua}",
+        "",
+        "defaults",
+        "  mode http",
+        "  timeout connect 5s",
+        f"  timeout client {timeout}",
+        f"  timeout server {timeout}",
+        "  timeout http-request 30s",
+        "",
+        "frontend grpc",
+        f"  bind {layout.grpc.bind()} proto h2",
+        "  acl model_header req.hdr(mm-model-id) -m found",
+        "  acl vmodel_header req.hdr(mm-vmodel-id) -m found",
+        f"  acl body_routed path {body_routed}",
+        # ACLs on variables are evaluated where a rule uses them, after the rules above it set the variables.
+        "  acl named var(txn.name) -m found",
+        "  acl has_model var(txn.model) -m found",
+        "  acl has_copies var(txn.copies) -m found",
+        "  acl several_copies var(txn.copies) -m sub ,",
+        "  acl routed var(txn.backend) -m found",
+        "  http-request set-var(txn.model) req.hdr(mm-model-id) if model_header !vmodel_header",
+        f"  http-request set-var(txn.model) req.hdr(mm-vmodel-id),map({maps['vmodels']}) "
+        "if vmodel_header !model_header",
+        "  http-request wait-for-body time 1s at-least 1k if body_routed !model_header !vmodel_header",
+        "  http-request set-var(txn.name) req.body,ungrpc(1) if body_routed !model_header !vmodel_header",
+        f"  http-request set-var(txn.model) var(txn.name),map({maps['vmodels']}) if named",
+        f"  http-request set-var(txn.copies) var(txn.name),map({maps['by_name']}) if named !has_model",
+        "  http-request set-var(txn.model) var(txn.name) if has_copies",
+        f"  http-request set-var(txn.copies) var(txn.model),map({maps['by_header']}) if !has_copies has_model",
+        "  http-request set-var(txn.backend) var(txn.copies) if has_copies !several_copies",
+        "  http-request set-var(txn.backend) lua.mesh_pick if several_copies",
+        "  http-request set-header mm-model-id %[var(txn.model)] if routed",
+        "  http-request del-header mm-vmodel-id if routed",
+        f"  http-request track-sc0 var(txn.model) table {USAGE_TABLE} if routed",
+        "  http-request set-var(txn.copy) var(txn.model),concat(@,txn.backend,) if routed",
+        f"  http-request track-sc1 var(txn.copy) table {COPIES_TABLE} if routed",
+        "  use_backend %[var(txn.backend)] if routed",
+        "  default_backend mesh_grpc",
+        "",
+        "backend mesh_grpc",
+        f"  server mesh {layout.mesh_grpc} proto h2",
+        "",
+        f"backend {USAGE_TABLE}",
+        f"  stick-table type string len {STICK_KEY_BYTES} size 1m expire 24h store http_req_cnt",
+        "",
+        f"backend {COPIES_TABLE}",
+        f"  stick-table type string len {STICK_KEY_BYTES} size 1m expire 10m store http_req_cnt",
+    ]
+    if layout.rest is not None and layout.mesh_rest is not None:
+        lines += [
+            "",
+            "frontend rest",
+            f"  bind {layout.rest.bind()}",
+            "  default_backend mesh_rest",
+            "",
+            "backend mesh_rest",
+            f"  server mesh {layout.mesh_rest}",
+        ]
+    servers = dict(layout.servers)
+    for slot in range(layout.slots):
+        lines += [
+            "",
+            f"backend {BACKEND_PREFIX}{slot}",
+            # A runtime that refused the connection or closed it unanswered: the request is sent again, to the
+            # backup (mesh) once the runtime is marked down.
+            "  retry-on conn-failure empty-response",
+            "  option redispatch 1",
+            "  retries 1",
+            f"  server mesh {layout.mesh_grpc} proto h2 backup",
+        ]
+        if slot in servers:
+            lines.append(f"  server rt {servers[slot]}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,215 @@
+"""A real HAProxy in front of a router: loaded models are served by the engine, misses by mesh.
+
+Each test proves where requests went by two counts that cannot agree by accident: the runtime's own count of the
+calls it received, and the engine's count of the requests it routed natively (its stick table, read over its
+runtime API); a request through mesh's door reaches the runtime without the engine counting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+from harness.engine import engine_api, engine_maps
+from harness.router import Mesh
+
+from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.placement.records import ModelRecord, now_ms
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+WAIT_S = 15.0
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+async def native_count(mesh: Mesh, model_id: str) -> int:
+    """Requests the engine routed natively for the model."""
+    assert mesh.router.engine is not None
+    traffic = await mesh.router.engine.control.driver.traffic()
+    return traffic[model_id].requests if model_id in traffic else 0
+
+
+async def routed(mesh: Mesh, model_id: str, table: str = "by_name") -> bool:
+    """The engine's map holds a route for the model (False while the engine is not answering)."""
+    try:
+        return model_id in (await engine_maps(mesh.router))[table]
+    except OSError:
+        return False
+
+
+def value(reply: pb.ModelInferResponse) -> int:
+    """The INT32 the echo model sent back."""
+    return int.from_bytes(reply.raw_output_contents[0], "little", signed=True)
+
+
+def runtime_infers(mesh: Mesh) -> int:
+    return sum(r.calls[INFER] for r in mesh.runtimes)
+
+
+async def test_a_loaded_model_is_served_by_the_engine(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = await make_mesh([64 * 1024 * 1024])
+    await mesh.register_echo("m")
+    assert not await routed(mesh, "m")
+    reply = await mesh.infer("m", 1)  # a miss: mesh's door loads the model and forwards
+    assert value(reply) == 1
+    await eventually(lambda: routed(mesh, "m"), "the route to m published")
+    for n in range(10):
+        assert value(await mesh.infer("m", n)) == n
+    assert await native_count(mesh, "m") == 10
+    assert runtime_infers(mesh) == 11  # the miss through mesh, and the 10 the engine counted
+
+
+async def test_header_and_vmodel_requests_are_native(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = await make_mesh([64 * 1024 * 1024])
+    await mesh.register_echo("m")
+    await mesh.router.registry.set_vmodel("v", "m")
+    await mesh.infer("m", 1)
+    await eventually(lambda: routed(mesh, "v", "vmodels"), "the vmodel v published")
+    # The body names something else: the runtime takes the model id from the header the engine sets.
+    by_model = await mesh.infer("anything", 2, metadata=(("mm-model-id", "m"),))
+    by_vmodel = await mesh.infer("v", 3, metadata=(("mm-vmodel-id", "v"),))
+    by_body = await mesh.infer("v", 4)  # the body names the vmodel
+    assert [r.model_name for r in (by_model, by_vmodel, by_body)] == ["m", "m", "m"]
+    assert [value(r) for r in (by_model, by_vmodel, by_body)] == [2, 3, 4]
+    assert await native_count(mesh, "m") == 3
+    assert runtime_infers(mesh) == 4
+
+
+async def test_unknown_models_and_bad_requests_get_mesh_answers(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = await make_mesh([64 * 1024 * 1024])
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await mesh.infer("nobody")
+    assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+    assert "nobody" in (unknown.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as both:
+        await mesh.infer("m", metadata=(("mm-model-id", "m"), ("mm-vmodel-id", "v")))
+    assert both.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_several_copies_are_balanced(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = await make_mesh([64 * 1024 * 1024, 64 * 1024 * 1024])
+    await mesh.register_echo("m")
+    await mesh.infer("m")
+    await mesh.router.manager.add_copy("m")
+    await eventually(lambda: _has_two_copies(mesh), "a second copy of m routed", timeout=WAIT_S)
+    before = [r.calls[INFER] for r in mesh.runtimes]
+    for n in range(40):
+        await mesh.infer("m", n)
+    served = [r.calls[INFER] - b for r, b in zip(mesh.runtimes, before, strict=True)]
+    assert sum(served) == 40
+    assert min(served) >= 5, f"one copy got almost everything: {served}"
+
+
+async def _has_two_copies(mesh: Mesh) -> bool:
+    return len((await engine_maps(mesh.router))["by_name"].get("m", "").split(",")) == 2
+
+
+async def test_eviction_order_is_the_lru_order_of_engine_traffic(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    """Three models fill the runtime, loaded a, b, c. Traffic through the engine then uses them c, a, b: the next
+    load must evict c, the least recently used in that traffic (by load order alone it would be a)."""
+    mesh = await make_mesh([3 * 1024 * 1024 + 512 * 1024])
+    for model_id in ("a", "b", "c", "d"):
+        await mesh.register_echo(model_id, ballast_bytes=1024 * 1024)
+    for model_id in ("a", "b", "c"):
+        await mesh.infer(model_id)
+    for model_id in ("a", "b", "c"):
+        await eventually(lambda m=model_id: routed(mesh, m), f"the route to {model_id} published")
+    # The engine's last-use times are read off its stick table's expiry, to within a couple of milliseconds:
+    # uses are spaced wider than that, and the loads' own marks are well before the engine's traffic.
+    await eventually(_clock_past(now_ms() + 10), "the clock to move on")
+    engine_traffic_from = now_ms()
+    for model_id in ("c", "a", "b"):
+        await mesh.infer(model_id)
+        await eventually(_clock_past(now_ms() + 5), "the clock to move on")
+    usage = mesh.router.manager.usage
+    await eventually(
+        _async(lambda: all(usage.last_used_ms(m) >= engine_traffic_from - 3 for m in "abc")), "the engine's usage read"
+    )
+    assert {m: await native_count(mesh, m) for m in "abc"} == {"a": 1, "b": 1, "c": 1}
+    await mesh.infer("d")  # a miss: room is made by evicting the least recently used
+    loaded = {m for m in "abcd" if await mesh.runtimes[0].is_loaded(m)}
+    assert loaded == {"a", "b", "d"}
+
+
+def _clock_past(ms: int) -> Callable[[], Awaitable[bool]]:
+    return _async(lambda: now_ms() > ms)
+
+
+def _async(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def run() -> bool:
+        return check()
+
+    return run
+
+
+async def test_a_copy_drains_before_it_is_unloaded(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    """Requests the engine has in flight on a copy finish before the copy is unloaded: none fails."""
+    mesh = await make_mesh([64 * 1024 * 1024])
+    path = mesh.tmp / "slow.json"
+    path.write_text('{"predict_seconds": 0.5}')
+    await mesh.router.registry.register(ModelRecord("slow", "echo", str(path)))
+    await mesh.infer("slow")
+    await eventually(lambda: routed(mesh, "slow"), "the route to slow published")
+    in_flight = [asyncio.create_task(mesh.infer("slow", v)) for v in range(4)]
+    await eventually(lambda: _engine_in_flight(mesh, "slow"), "requests in flight in the engine")
+    await mesh.router.manager.unload_copy("slow", "rt-a")
+    replies = await asyncio.gather(*in_flight)
+    assert [value(r) for r in replies] == [0, 1, 2, 3]
+    assert not await mesh.runtimes[0].is_loaded("slow")
+    assert not await routed(mesh, "slow")
+
+
+async def _engine_in_flight(mesh: Mesh, model_id: str) -> bool:
+    assert mesh.router.engine is not None
+    traffic = await mesh.router.engine.control.driver.traffic()
+    return model_id in traffic and traffic[model_id].in_flight > 0
+
+
+async def test_the_engine_is_started_again_when_it_dies(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = await make_mesh([64 * 1024 * 1024])
+    await mesh.register_echo("m")
+    await mesh.infer("m")
+    await eventually(lambda: routed(mesh, "m"), "the route to m published")
+    engine = mesh.router.engine
+    assert engine is not None
+    old_pid = _engine_pid(mesh)
+    os.kill(old_pid, signal.SIGKILL)
+    await eventually(_async(lambda: _engine_pid(mesh) not in (None, old_pid)), "a new engine process")
+    await eventually(lambda: routed(mesh, "m"), "the route to m published again")
+    before = await native_count(mesh, "m")
+    assert value(await mesh.infer("m", 5)) == 5
+    assert await native_count(mesh, "m") == before + 1
+
+
+def _engine_pid(mesh: Mesh) -> int | None:
+    assert mesh.router.engine is not None
+    return mesh.router.engine.control.driver.pid()
+
+
+async def test_a_dead_runtime_is_answered_through_mesh(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    """The engine's copy is on a runtime that died: the request is sent again through mesh's door (the runtime's
+    server is marked down on the refused connection), which loads the model on the other runtime."""
+    mesh = await make_mesh([64 * 1024 * 1024, 64 * 1024 * 1024])
+    await mesh.register_echo("m")
+    await mesh.infer("m")
+    await eventually(lambda: routed(mesh, "m"), "the route to m published")
+    holder = [r for r in mesh.runtimes if await r.is_loaded("m")][0]
+    await holder.server.stop(0)
+    reply = await mesh.infer("m", 9)
+    assert value(reply) == 9
+
+
+async def test_engine_api_answers(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = await make_mesh([64 * 1024 * 1024])
+    assert "Name: HAProxy" in await engine_api(mesh.router).run("show info")

@@ -1,0 +1,48 @@
+"""The native data plane in tests: HAProxy found, or installed from Debian's packages where apt and root are
+available (the README's test command needs nothing else on a Debian machine), and a look into a running engine
+over its runtime API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from mesh.engine.haproxy_api import RuntimeAPI
+from mesh.engine.haproxy_config import MAPS
+from mesh.router import Router
+
+APT_TIMEOUT_S = 600
+
+
+def ensure_haproxy() -> tuple[str | None, str]:
+    """(path of haproxy, "") — installing it with apt-get when it is missing and that is possible — or (None, why)."""
+    found = shutil.which("haproxy")
+    if found:
+        return found, ""
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        return None, "haproxy is not installed, and apt-get as root is not available here to install it"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "haproxy"]
+    for attempt in (install, ["apt-get", "update", "-q"], install):
+        done = subprocess.run(attempt, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
+        if done.returncode == 0 and shutil.which("haproxy"):
+            return shutil.which("haproxy"), ""
+    return None, f"haproxy is not installed and apt-get could not install it: {done.stderr.strip()[-300:]}"
+
+
+def engine_api(router: Router) -> RuntimeAPI:
+    assert router.engine is not None, "the router runs no native engine"
+    return RuntimeAPI(router.engine.directory / "admin.sock")
+
+
+async def engine_maps(router: Router) -> dict[str, dict[str, str]]:
+    """What the running engine's route maps hold (read from HAProxy, not from mesh's memory)."""
+    api = engine_api(router)
+    assert router.engine is not None
+    maps = {}
+    for name in MAPS:
+        answer = await api.run(f"show map {router.engine.directory / f'{name}.map'}")
+        entries = (line.split(" ", 2)[1:] for line in answer.splitlines() if line.startswith("0x"))
+        maps[name] = {key: value for key, value in entries}
+    return maps
