@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from mesh.kv.base import KV
+from mesh.periodic import woken_or_after
 from mesh.placement.manager import PlacementManager
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,7 @@ class Readiness:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._period)
+            await woken_or_after(self._wake, self._period)
             self._wake.clear()
             try:
                 await self.check()

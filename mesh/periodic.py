@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -20,3 +21,14 @@ async def every(period: float, action: Callable[[], Awaitable[None]], what: str,
             log.warning("%s deferred: %s", what, exc.message)
         except Exception:
             log.exception("%s failed", what)
+
+
+async def woken_or_after(event: asyncio.Event, timeout: float) -> None:
+    """Return when the event is set, or after `timeout` seconds, whichever comes first; the event is left set.
+
+    asyncio.timeout rather than wait_for: Python 3.11's wait_for loses a cancellation that arrives just as the
+    event is set, and a loop around it then never stops.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()

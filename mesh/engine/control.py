@@ -20,7 +20,7 @@ import time
 
 from mesh.engine.driver import EngineDriver, ModelTraffic
 from mesh.engine.routes import plan_routes
-from mesh.periodic import every
+from mesh.periodic import every, woken_or_after
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import InstanceRecord, Kind
 
@@ -84,8 +84,7 @@ class EngineControl:
 
     async def _follow_placement(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stale.wait(), self._resync_s)
+            await woken_or_after(self._stale, self._resync_s)
             self._stale.clear()
             try:
                 await self.sync()

@@ -21,8 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.proxy.dataplane import MODEL_INFER, MODEL_METADATA
+from mesh.proxy.dataplane import INFERENCE_SERVICE, MODEL_INFER, MODEL_METADATA
 
+# Answered by mesh itself whatever the request names (a model is ready when it is servable, loaded or not).
+MESH_ANSWERS = tuple(f"/{INFERENCE_SERVICE}/{m}" for m in ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady"))
 BACKEND_PREFIX = "rt_"
 USAGE_TABLE = "usage"
 COPIES_TABLE = "copies"
@@ -122,6 +124,7 @@ def render(layout: HAProxyLayout) -> str:
         "",
         "frontend grpc",
         f"  bind {layout.grpc.bind()} proto h2",
+        f"  acl mesh_answers path {' '.join(MESH_ANSWERS)}",
         "  acl model_header req.hdr(mm-model-id) -m found",
         "  acl vmodel_header req.hdr(mm-vmodel-id) -m found",
         f"  acl body_routed path {body_routed}",
@@ -131,9 +134,9 @@ def render(layout: HAProxyLayout) -> str:
         "  acl has_copies var(txn.copies) -m found",
         "  acl several_copies var(txn.copies) -m sub ,",
         "  acl routed var(txn.backend) -m found",
-        "  http-request set-var(txn.model) req.hdr(mm-model-id) if model_header !vmodel_header",
+        "  http-request set-var(txn.model) req.hdr(mm-model-id) if model_header !vmodel_header !mesh_answers",
         f"  http-request set-var(txn.model) req.hdr(mm-vmodel-id),map({maps['vmodels']}) "
-        "if vmodel_header !model_header",
+        "if vmodel_header !model_header !mesh_answers",
         "  http-request wait-for-body time 1s at-least 1k if body_routed !model_header !vmodel_header",
         "  http-request set-var(txn.name) req.body,ungrpc(1) if body_routed !model_header !vmodel_header",
         f"  http-request set-var(txn.model) var(txn.name),map({maps['vmodels']}) if named",
@@ -175,10 +178,11 @@ def render(layout: HAProxyLayout) -> str:
             "",
             f"backend {BACKEND_PREFIX}{slot}",
             # A runtime that refused the connection or closed it unanswered: the request is sent again, to the
-            # backup (mesh) once the runtime is marked down.
+            # backup (mesh) once the runtime is marked down. The mark takes effect a moment after the error, so
+            # the first retry may meet the same server: three leave room for it.
             "  retry-on conn-failure empty-response",
             "  option redispatch 1",
-            "  retries 1",
+            "  retries 3",
             f"  server mesh {layout.mesh_grpc} proto h2 backup",
         ]
         if slot in servers:

@@ -32,10 +32,11 @@ SERVER_KEY = pytest.StashKey[ServeProcess]()
 LOG_OFFSET_KEY = pytest.StashKey[int]()
 
 
-def _start(directory: Path, kv: str, kv_prefix: str) -> ServeProcess:
-    """`mesh serve` with both doors on free ports, this store and the example models; its runtimes all up."""
+def _start(directory: Path, kv: str, kv_prefix: str, dataplane: str) -> ServeProcess:
+    """`mesh serve` with both doors on free ports, this store, data plane and the example models; its runtimes
+    all up."""
     args = ("--rest-port", "0", "--kv", kv, "--runtimes", str(RUNTIMES), "--capacity-mb", str(CAPACITY_MB))
-    server = start_serve(directory, *args, env={"MESH_KV_PREFIX": kv_prefix})
+    server = start_serve(directory, *args, "--dataplane", dataplane, env={"MESH_KV_PREFIX": kv_prefix})
     if len(server.runtimes) != RUNTIMES:
         stop_serve(server)
         raise RuntimeError(f"expected {RUNTIMES} runtime children, found {server.runtimes}")
@@ -49,17 +50,21 @@ def _stop(server: ServeProcess) -> None:
         pytest.fail("; ".join(problems) + f"\n--- mesh serve output ---\n{server.log()[-LOG_SECTION_CHARS:]}")
 
 
-@pytest.fixture(scope="session", params=["memory", "etcd"])
+@pytest.fixture(scope="session", params=["haproxy-memory", "haproxy-etcd", "python-memory"])
 def mesh_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ServeProcess]:
     """The running mesh: a router, two built-in runtimes and the example models, shared by every e2e test.
 
-    Once on the embedded store and once on a real etcd: every e2e test runs against both.
+    With the native engine (HAProxy) on the embedded store and on a real etcd, and with mesh's own Python doors:
+    every e2e test runs against all three.
     """
-    if request.param == "etcd":
+    dataplane, store = request.param.split("-")
+    if dataplane == "haproxy":
+        request.getfixturevalue("haproxy_binary")
+    if store == "etcd":
         kv, kv_prefix = f"etcd://{request.getfixturevalue('etcd_server').endpoint}", "e2e"
     else:
         kv, kv_prefix = "memory://", "mesh"
-    server = _start(tmp_path_factory.mktemp("mesh"), kv, kv_prefix)
+    server = _start(tmp_path_factory.mktemp("mesh"), kv, kv_prefix, dataplane)
     request.config.stash[SERVER_KEY] = server
     try:
         yield server

@@ -52,6 +52,8 @@ class FakeRuntime:
     forwarded: list[tuple[str, bytes]] = field(default_factory=list)
     alive: bool = True
     started_ms: int = field(default_factory=now_ms)
+    # Takes the model id from an mm-model-id header (meshReadsModelIdHeader), as the built-in runtime does.
+    reads_model_header: bool = False
 
     def record(self, model_types: tuple[str, ...] = ("echo",)) -> InstanceRecord:
         return InstanceRecord(
@@ -63,6 +65,7 @@ class FakeRuntime:
             default_model_size=self.model_size,
             load_timeout_ms=5000,
             started_ms=self.started_ms,
+            reads_model_header=self.reads_model_header,
         )
 
     # ---- the SPI, as RuntimeClient offers it -----------------------------------------------------------------

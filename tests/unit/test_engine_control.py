@@ -1,0 +1,186 @@
+"""The native data plane's control side (mesh/engine/): routes from placement, usage back, draining, and the
+HAProxy runtime API's parsing; over fake runtimes and a fake engine that records what it was told."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from harness.fakes import FakeRuntime
+from test_loading import eventually
+
+from mesh.engine.control import EngineControl
+from mesh.engine.driver import ModelTraffic
+from mesh.engine.haproxy_api import batches, parse_table
+from mesh.engine.routes import RouteSet, engine_safe, map_changes, plan_routes
+from mesh.placement.records import now_ms
+
+
+class FakeEngine:
+    """An engine in memory: the instances and routes it was given, traffic and in-flight counts a test sets."""
+
+    def __init__(self) -> None:
+        self.endpoints: dict[str, str] = {}
+        self.routes = RouteSet()
+        self.served: dict[str, ModelTraffic] = {}
+        self.in_flight: dict[tuple[str, str], int] = {}
+        self.exited = asyncio.Event()
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None:
+        self.exited.set()
+
+    def running(self) -> bool:
+        return not self.exited.is_set()
+
+    def pid(self) -> int | None:
+        return None
+
+    async def restart(self) -> None: ...
+
+    async def wait_exit(self) -> int:
+        await self.exited.wait()
+        return 0
+
+    async def set_instances(self, endpoints: Mapping[str, str]) -> None:
+        self.endpoints = dict(endpoints)
+
+    async def set_routes(self, routes: RouteSet) -> None:
+        self.routes = routes
+
+    async def traffic(self) -> Mapping[str, ModelTraffic]:
+        return dict(self.served)
+
+    async def copy_in_flight(self, model_id: str, instance_id: str) -> int:
+        return self.in_flight.get((model_id, instance_id), 0)
+
+
+async def started(router, engine: FakeEngine) -> EngineControl:  # type: ignore[no-untyped-def]
+    control = EngineControl(engine, router.manager, resync_s=3600, usage_s=3600, drain_timeout_s=5)
+    await control.start()
+    return control
+
+
+async def test_loaded_copies_are_routed_and_header_routes_only_to_runtimes_that_read_the_header(make_cluster):
+    plain, reader = FakeRuntime("rt-a", capacity_bytes=1), FakeRuntime("rt-b", reads_model_header=True)
+    router = await make_cluster(plain, reader).router()
+    await router.register("m")
+    await router.use("m")
+    routes = plan_routes(router.manager.view, router.manager.copies)
+    assert routes.by_name == {"m": ("rt-b",)}
+    assert routes.by_header == {"m": ("rt-b",)}
+    plain.capacity_bytes = 10_000_000
+    await router.manager.publish_instance(plain.record())
+    await router.manager.add_copy("m")
+    routes = plan_routes(router.manager.view, router.manager.copies)
+    assert routes.by_name == {"m": ("rt-a", "rt-b")}
+    assert routes.by_header == {"m": ("rt-b",)}
+
+
+async def test_copies_being_evicted_unreachable_or_unloaded_have_no_route(make_cluster):
+    runtime = FakeRuntime("rt-a", reads_model_header=True)
+    router = await make_cluster(runtime).router()
+    await router.register("a", "b", "with space")
+    for model_id in ("a", "b", "with space"):
+        await router.use(model_id)
+    manager = router.manager
+    manager.copies.evicting("a", "rt-a")
+    assert set(plan_routes(manager.view, manager.copies).by_name) == {"b"}
+    manager.health.mark_unreachable("rt-a", "test")
+    assert plan_routes(manager.view, manager.copies).by_name == {}
+    assert not engine_safe("with space") and engine_safe("team/model-1.v2")
+
+
+async def test_a_vmodel_is_routed_only_while_not_in_transition(make_cluster):
+    router = await make_cluster(FakeRuntime("rt-a", reads_model_header=True)).router()
+    await router.register("m1", "m2")
+    await router.registry.set_vmodel("v", "m1")
+    await router.use("m1")
+    routes = plan_routes(router.manager.view, router.manager.copies)
+    assert routes.vmodels == {"v": "m1"}
+    await router.registry.set_vmodel("v", "m2", load_now=False)  # m2 not loaded: v is in transition
+    assert router.manager.view.vmodels["v"].record.target_model_id == "m2"
+    assert plan_routes(router.manager.view, router.manager.copies).vmodels == {}
+
+
+async def test_routes_follow_placement_changes(make_cluster):
+    runtime = FakeRuntime("rt-a")
+    router = await make_cluster(runtime).router()
+    engine = FakeEngine()
+    control = await started(router, engine)
+    try:
+        assert engine.endpoints == {"rt-a": "fake:rt-a"}
+        await router.register("m")
+        await router.use("m")
+        await eventually(lambda: "m" in engine.routes.by_name, "m routed")
+        await router.manager.unload_copy("m", "rt-a")
+        await eventually(lambda: "m" not in engine.routes.by_name, "m withdrawn")
+    finally:
+        await control.stop()
+
+
+async def test_engine_traffic_counts_as_use(make_cluster):
+    router = await make_cluster(FakeRuntime("rt-a")).router()
+    await router.register("m")
+    await router.use("m")
+    usage = router.manager.usage
+    usage.take_request_counts()
+    engine = FakeEngine()
+    control = await started(router, engine)
+    try:
+        later = now_ms() + 60_000
+        engine.served["m"] = ModelTraffic(requests=5, in_flight=0, last_used_ms=later)
+        await control.collect_usage()
+        assert usage.last_used_ms("m") == later
+        engine.served["m"] = ModelTraffic(requests=7, in_flight=0, last_used_ms=later)
+        await control.collect_usage()
+        engine.served["m"] = ModelTraffic(requests=3, in_flight=0, last_used_ms=later)  # the engine restarted
+        await control.collect_usage()
+        assert usage.take_request_counts() == {"m": 5 + 2 + 3}
+    finally:
+        await control.stop()
+
+
+async def test_a_copy_is_unloaded_only_after_the_engine_drained_it(make_cluster):
+    runtime = FakeRuntime("rt-a")
+    router = await make_cluster(runtime).router()
+    await router.register("m")
+    await router.use("m")
+    engine = FakeEngine()
+    control = await started(router, engine)
+    try:
+        engine.in_flight[("m", "rt-a")] = 2
+        unloading = asyncio.create_task(router.manager.unload_copy("m", "rt-a"))
+        await eventually(lambda: "m" not in engine.routes.by_name, "m withdrawn")  # before the unload
+        assert runtime.unloads == [] and not unloading.done()
+        engine.in_flight[("m", "rt-a")] = 0
+        await unloading
+        assert runtime.unloads == ["m"]
+    finally:
+        await control.stop()
+
+
+def test_stick_table_listing_is_parsed() -> None:
+    text = (
+        "# table: usage, type: string, size:1048576, used:2\n"
+        "0x55a1b73ff808: key=echo use=0 exp=86399808 http_req_cnt=1\n"
+        "0x55a1b73f9a78: key=team/iris@rt_3 use=2 exp=5 http_req_cnt=40 http_req_rate(10000)=3\n"
+    )
+    first, second = parse_table(text)
+    assert (first.key, first.in_use, first.expires_in_ms, first.data) == ("echo", 0, 86399808, {"http_req_cnt": 1})
+    assert (second.key, second.in_use) == ("team/iris@rt_3", 2)
+    assert second.data == {"http_req_cnt": 40, "http_req_rate(10000)": 3}
+
+
+def test_commands_are_batched_under_the_limit_in_order() -> None:
+    commands = [f"add map /m key{i} value" for i in range(100)]
+    grouped = list(batches(commands, limit=200))
+    assert [c for batch in grouped for c in batch] == commands
+    assert all(len(";".join(batch)) <= 200 for batch in grouped)
+
+
+def test_map_changes() -> None:
+    changes = map_changes({"a": "1", "b": "2", "c": "3"}, {"a": "1", "b": "9", "d": "4"})
+    assert (changes.added, changes.changed, changes.deleted) == ({"d": "4"}, {"b": "9"}, ["c"])
+    assert not map_changes({"a": "1"}, {"a": "1"})
