@@ -21,11 +21,12 @@ SCENARIOS = {
     "scale": [],
     "cache_sim": [],
     "churn": [],
+    "native": [],
 }
 
 
 @pytest.mark.slow
-def test_quick_bench_writes_json_and_plots_for_every_scenario(tmp_path: Path) -> None:
+def test_quick_bench_writes_json_and_plots_for_every_scenario(tmp_path: Path, haproxy_binary: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
         cwd=REPO,

@@ -1,8 +1,9 @@
 """The control loop of a native data plane: routes follow placement, usage flows back, copies drain before unload.
 
-- Routes: every placement change (the view's callback) marks the routes stale; a task recomputes them
-  (routes.plan_routes) and hands the engine the difference, at once and also every `resync_s` (instance health
-  changes, which are not placement records, reach the routes that way).
+- Routes: a placement or vmodel change (the view's callback) marks that model's or vmodel's route stale; a task
+  recomputes the stale ones and hands the engine the difference at once, so one change costs one model's work
+  however many models there are. Instance changes, and every `resync_s` (instance health changes, which are not
+  records, reach the routes that way), recompute them all (routes.plan_routes).
 - Usage: every `usage_s` the engine's per-model counters are read; what it served since the last read counts as
   requests and last use in placement's usage (usage.py), exactly as requests mesh served itself do: the
   cluster-wide LRU, copies following load and the GDSF counts see both.
@@ -19,7 +20,7 @@ import logging
 import time
 
 from mesh.engine.driver import EngineDriver, ModelTraffic
-from mesh.engine.routes import plan_routes
+from mesh.engine.routes import RouteUpdate, model_copies, plan_routes, vmodel_target
 from mesh.periodic import every, woken_or_after
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import InstanceRecord, Kind
@@ -39,7 +40,7 @@ class EngineControl:
         self,
         driver: EngineDriver,
         manager: PlacementManager,
-        resync_s: float = 1.0,
+        resync_s: float = 2.0,
         usage_s: float = 0.5,
         drain_timeout_s: float = 30.0,
     ) -> None:
@@ -49,6 +50,9 @@ class EngineControl:
         self._usage_s = usage_s
         self._drain_timeout_s = drain_timeout_s
         self._stale = asyncio.Event()
+        self._stale_models: set[str] = set()
+        self._stale_vmodels: set[str] = set()
+        self._stale_all = True
         self._sync_lock = asyncio.Lock()
         self._seen: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -79,32 +83,62 @@ class EngineControl:
     # ---- routes ------------------------------------------------------------------------------------------
 
     def _on_view_change(self, kind: Kind, record_id: str) -> None:
-        if kind in (Kind.PLACEMENT, Kind.INSTANCE, Kind.VMODEL):
-            self._stale.set()
+        if kind is Kind.PLACEMENT:
+            self._stale_models.add(record_id)
+        elif kind is Kind.VMODEL:
+            self._stale_vmodels.add(record_id)
+        elif kind is Kind.INSTANCE:
+            self._stale_all = True
+        else:
+            return
+        self._stale.set()
 
     async def _follow_placement(self) -> None:
+        resync_at = time.monotonic() + self._resync_s
         while True:
-            await woken_or_after(self._stale, self._resync_s)
+            await woken_or_after(self._stale, max(resync_at - time.monotonic(), 0.0))
             self._stale.clear()
+            if time.monotonic() >= resync_at:
+                self._stale_all = True
+                resync_at = time.monotonic() + self._resync_s
             try:
-                await self.sync()
+                await self.sync() if self._stale_all else await self._sync_stale()
             except Exception:  # noqa: BLE001 - the next round tries again; requests meanwhile go through mesh
                 log.exception("data plane: routes not updated")
 
     async def sync(self) -> None:
-        """Give the engine the instances and routes placement allows now."""
+        """Give the engine the instances and every route placement allows now."""
         async with self._sync_lock:
             if not self.driver.running():
                 return
-            manager = self._manager
-            instances = manager.view.instances
+            self._stale_all = False
+            self._stale_models.clear()
+            self._stale_vmodels.clear()
+            view = self._manager.view
             endpoints = {
                 instance_id: known.record.data_endpoint or known.record.endpoint
-                for instance_id, known in instances.items()
+                for instance_id, known in view.instances.items()
                 if engine_reachable(known.record)
             }
             await self.driver.set_instances(endpoints)
-            await self.driver.set_routes(plan_routes(manager.view, manager.copies, engine_reachable))
+            await self.driver.set_routes(plan_routes(view, self._manager.copies, engine_reachable))
+
+    async def _sync_stale(self, *models: str) -> None:
+        """The routes of the models and vmodels that changed since the last sync (and of `models`)."""
+        async with self._sync_lock:
+            if not self.driver.running():
+                return
+            stale_models, self._stale_models = self._stale_models | set(models), set()
+            stale_vmodels, self._stale_vmodels = self._stale_vmodels, set()
+            view, copies = self._manager.view, self._manager.copies
+            routes = {m: model_copies(view, copies, m, engine_reachable) for m in stale_models}
+            await self.driver.update_routes(
+                RouteUpdate(
+                    {m: holders for m, (holders, _) in routes.items()},
+                    {m: readers for m, (_, readers) in routes.items()},
+                    {v: vmodel_target(view, v) for v in stale_vmodels},
+                )
+            )
 
     # ---- usage -------------------------------------------------------------------------------------------
 
@@ -130,7 +164,7 @@ class EngineControl:
     async def drain(self, model_id: str, instance_id: str) -> None:
         """Withdraw the copy's route (placement no longer lists it, or lists it as evicting) and wait until the
         engine has no request in flight on it, up to the drain timeout."""
-        await self.sync()
+        await self._sync_stale(model_id)
         deadline = time.monotonic() + self._drain_timeout_s
         delay = 0.005
         while self.driver.running() and await self.driver.copy_in_flight(model_id, instance_id):

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from mesh.engine.routes import RouteSet
+from mesh.engine.routes import RouteSet, RouteUpdate
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,9 @@ class EngineDriver(Protocol):
 
     async def set_routes(self, routes: RouteSet) -> None:
         """Serve exactly these routes from now on (instances named must have been set)."""
+
+    async def update_routes(self, update: RouteUpdate) -> None:
+        """Change the routes of the keys the update names; the others stay as they are."""
 
     async def traffic(self) -> Mapping[str, ModelTraffic]:
         """Per model id, what the engine served natively."""

@@ -27,7 +27,7 @@ from mesh.engine.haproxy_config import (
     render,
     server_arguments,
 )
-from mesh.engine.routes import RouteSet, map_changes
+from mesh.engine.routes import RouteSet, RouteUpdate
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ class HAProxyEngine:
         for instance_id in gone:
             slot = self._slots.pop(instance_id)
             del self._endpoints[instance_id]
+            commands += self._unroute(f"{BACKEND_PREFIX}{slot}")
             server = f"{BACKEND_PREFIX}{slot}/rt"
             commands += [f"disable server {server}", f"shutdown sessions server {server}", f"del server {server}"]
         free = sorted(set(range(self._layout.slots)) - set(self._slots.values()))
@@ -167,35 +168,71 @@ class HAProxyEngine:
         if commands:
             await self._api.run_all(commands)
 
+    def _unroute(self, backend: str) -> list[str]:
+        """Commands taking a backend out of every route (before its slot can serve another instance)."""
+        commands = []
+        for name in ("by_name", "by_header"):
+            path, current = self._files.map(name), self._maps[name]
+            for key, value in list(current.items()):
+                backends = value.split(",")
+                if backend not in backends:
+                    continue
+                rest = ",".join(b for b in backends if b != backend)
+                if rest:
+                    current[key] = rest
+                    commands.append(f"set map {path} {key} {rest}")
+                else:
+                    del current[key]
+                    commands.append(f"del map {path} {key}")
+        return commands
+
     async def set_routes(self, routes: RouteSet) -> None:
+        maps = self._maps
+        await self.update_routes(
+            RouteUpdate(
+                {k: routes.by_name.get(k, ()) for k in maps["by_name"].keys() | routes.by_name.keys()},
+                {k: routes.by_header.get(k, ()) for k in maps["by_header"].keys() | routes.by_header.keys()},
+                {k: routes.vmodels.get(k) for k in maps["vmodels"].keys() | routes.vmodels.keys()},
+            )
+        )
+
+    async def update_routes(self, update: RouteUpdate) -> None:
         wanted = {
-            "by_name": self._backends(routes.by_name),
-            "by_header": self._backends(routes.by_header),
+            "by_name": {k: self._backends(copies) for k, copies in update.by_name.items()},
+            "by_header": {k: self._backends(copies) for k, copies in update.by_header.items()},
+            "vmodels": dict(update.vmodels),
         }
-        wanted["vmodels"] = {v: m for v, m in routes.vmodels.items() if m in wanted["by_header"]}
         commands: list[str] = []
-        for name in MAPS:
-            path = self._files.map(name)
-            changes = map_changes(self._maps[name], wanted[name])
-            commands += [f"del map {path} {key}" for key in changes.deleted]
-            commands += [f"set map {path} {key} {value}" for key, value in changes.changed.items()]
-            commands += [f"add map {path} {key} {value}" for key, value in changes.added.items()]
+        for name, entries in wanted.items():
+            path, current = self._files.map(name), self._maps[name]
+            for key, value in entries.items():
+                before = current.get(key)
+                if value == before:
+                    continue
+                if value is None:
+                    commands.append(f"del map {path} {key}")
+                elif before is None:
+                    commands.append(f"add map {path} {key} {value}")
+                else:
+                    commands.append(f"set map {path} {key} {value}")
         if not commands:
             return
         try:
             await self._api.run_all(commands)
         except RuntimeAPIError as exc:
             raise EngineError(str(exc)) from exc
-        self._maps = wanted
+        for name, entries in wanted.items():
+            current = self._maps[name]
+            for key, value in entries.items():
+                if value is None:
+                    current.pop(key, None)
+                else:
+                    current[key] = value
 
-    def _backends(self, copies: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
-        """model id → its copies' backends joined by ',' (copies on instances without a slot left out)."""
-        table = {}
-        for model_id, instances in copies.items():
-            backends = [f"{BACKEND_PREFIX}{self._slots[i]}" for i in instances if i in self._slots]
-            if backends:
-                table[model_id] = ",".join(backends)
-        return table
+    def _backends(self, copies: tuple[str, ...]) -> str | None:
+        """The copies' backends joined by ',' (copies on instances without a slot left out); None: no copy."""
+        backends = [f"{BACKEND_PREFIX}{self._slots[i]}" for i in copies if i in self._slots]
+        return ",".join(backends) if backends else None
 
     # ---- what the engine saw -----------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ Two route maps, because an engine forwards request bodies unchanged:
   for requests naming the model by header or through a vmodel, whose body may name something else.
 
 `vmodels` maps a vmodel to its active model only while it is not in transition (active = target): during a
-transition mesh decides, request by request, as on the Python path.
+transition mesh decides, request by request, as on the Python path. A vmodel's entry does not depend on its
+model's copies: the engine looks the model up in `by_header` next, and without a route there goes to mesh.
 """
 
 from __future__ import annotations
@@ -43,57 +44,55 @@ class RouteSet:
     by_header: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     vmodels: Mapping[str, str] = field(default_factory=dict)
 
-    def instances(self) -> set[str]:
-        """Every instance some route names."""
-        return {i for copies in self.by_name.values() for i in copies}
+
+@dataclass(frozen=True)
+class RouteUpdate:
+    """Routes of some models and vmodels only: () or None means the key has no route any more."""
+
+    by_name: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    by_header: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    vmodels: Mapping[str, str | None] = field(default_factory=dict)
+
+
+def model_copies(
+    view: LocalView, copies: CopyTable, model_id: str, routable: Callable[[InstanceRecord], bool]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """One model's routes: (every copy that can take a request, those of them on header-reading runtimes)."""
+    if not engine_safe(model_id):
+        return (), ()
+    instances = view.instances
+    holders = tuple(
+        sorted(
+            instance_id
+            for instance_id, _ in copies.loaded_copies(model_id)
+            if not copies.is_evicting(model_id, instance_id) and routable(instances[instance_id].record)
+        )
+    )
+    return holders, tuple(i for i in holders if instances[i].record.reads_model_header)
+
+
+def vmodel_target(view: LocalView, vmodel_id: str) -> str | None:
+    """The model a vmodel's requests go to natively: its active model while it is not in transition. The engine
+    looks that model up among its header routes, so a vmodel of a model without a copy still reaches mesh."""
+    known = view.vmodels.get(vmodel_id)
+    if known is None or not engine_safe(vmodel_id):
+        return None
+    record = known.record
+    return record.active_model_id if record.active_model_id == record.target_model_id else None
 
 
 def plan_routes(
     view: LocalView, copies: CopyTable, routable: Callable[[InstanceRecord], bool] = lambda record: True
 ) -> RouteSet:
-    """The routes placement allows now. routable: the instances the engine can reach (an engine that cannot dial
+    """Every route placement allows now. routable: the instances the engine can reach (an engine that cannot dial
     TLS runtimes, say, leaves their copies to mesh's door)."""
     by_name: dict[str, tuple[str, ...]] = {}
     by_header: dict[str, tuple[str, ...]] = {}
-    instances = view.instances
     for model_id in view.placements:
-        if not engine_safe(model_id):
-            continue
-        holders = sorted(
-            instance_id
-            for instance_id, _ in copies.loaded_copies(model_id)
-            if not copies.is_evicting(model_id, instance_id) and routable(instances[instance_id].record)
-        )
-        if not holders:
-            continue
-        by_name[model_id] = tuple(holders)
-        readers = tuple(i for i in holders if instances[i].record.reads_model_header)
+        holders, readers = model_copies(view, copies, model_id, routable)
+        if holders:
+            by_name[model_id] = holders
         if readers:
             by_header[model_id] = readers
-    vmodels = {
-        vmodel_id: v.record.active_model_id
-        for vmodel_id, v in view.vmodels.items()
-        if engine_safe(vmodel_id)
-        and v.record.active_model_id == v.record.target_model_id
-        and v.record.active_model_id in by_header
-    }
+    vmodels = {v: m for v in view.vmodels if (m := vmodel_target(view, v)) is not None}
     return RouteSet(by_name, by_header, vmodels)
-
-
-@dataclass(frozen=True)
-class MapChanges:
-    """What turns one key → value table into another: keys to add, keys whose value changes, keys to delete."""
-
-    added: dict[str, str]
-    changed: dict[str, str]
-    deleted: list[str]
-
-    def __bool__(self) -> bool:
-        return bool(self.added or self.changed or self.deleted)
-
-
-def map_changes(old: Mapping[str, str], new: Mapping[str, str]) -> MapChanges:
-    added = {k: v for k, v in new.items() if k not in old}
-    changed = {k: v for k, v in new.items() if k in old and old[k] != v}
-    deleted = [k for k in old if k not in new]
-    return MapChanges(added, changed, deleted)

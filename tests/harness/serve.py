@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +111,8 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def runtime_children(parent: int) -> list[ProcessId]:
-    """The built-in runtime processes (`python -m adapters.builtin`) whose parent is `parent`."""
+def children(parent: int, command_matches: Callable[[list[str]], bool]) -> list[ProcessId]:
+    """The live processes whose parent is `parent` and whose command line (argv) matches."""
     found: list[ProcessId] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -120,9 +120,19 @@ def runtime_children(parent: int) -> list[ProcessId]:
         stat = _read_stat(int(entry.name))
         if stat is None or stat.ppid != parent or stat.state == "Z":
             continue
-        if "adapters.builtin" in _cmdline(int(entry.name)):
+        if command_matches(_cmdline(int(entry.name))):
             found.append(ProcessId(int(entry.name), stat.start_ticks))
     return found
+
+
+def runtime_children(parent: int) -> list[ProcessId]:
+    """The built-in runtime processes (`python -m adapters.builtin`) whose parent is `parent`."""
+    return children(parent, lambda argv: "adapters.builtin" in argv)
+
+
+def engine_children(parent: int) -> list[ProcessId]:
+    """The native engine processes (haproxy) whose parent is `parent`."""
+    return children(parent, lambda argv: bool(argv) and Path(argv[0]).name == "haproxy")
 
 
 @dataclass

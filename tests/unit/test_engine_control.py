@@ -12,7 +12,7 @@ from test_loading import eventually
 from mesh.engine.control import EngineControl
 from mesh.engine.driver import ModelTraffic
 from mesh.engine.haproxy_api import batches, parse_table
-from mesh.engine.routes import RouteSet, engine_safe, map_changes, plan_routes
+from mesh.engine.routes import RouteSet, RouteUpdate, engine_safe, plan_routes
 from mesh.placement.records import now_ms
 
 
@@ -49,11 +49,23 @@ class FakeEngine:
     async def set_routes(self, routes: RouteSet) -> None:
         self.routes = routes
 
+    async def update_routes(self, update: RouteUpdate) -> None:
+        self.routes = RouteSet(
+            _updated(self.routes.by_name, update.by_name),
+            _updated(self.routes.by_header, update.by_header),
+            _updated(self.routes.vmodels, update.vmodels),
+        )
+
     async def traffic(self) -> Mapping[str, ModelTraffic]:
         return dict(self.served)
 
     async def copy_in_flight(self, model_id: str, instance_id: str) -> int:
         return self.in_flight.get((model_id, instance_id), 0)
+
+
+def _updated(table: Mapping, changes: Mapping) -> dict:
+    merged = {**table, **changes}
+    return {k: v for k, v in merged.items() if v}
 
 
 async def started(router, engine: FakeEngine) -> EngineControl:  # type: ignore[no-untyped-def]
@@ -102,6 +114,8 @@ async def test_a_vmodel_is_routed_only_while_not_in_transition(make_cluster):
     await router.registry.set_vmodel("v", "m2", load_now=False)  # m2 not loaded: v is in transition
     assert router.manager.view.vmodels["v"].record.target_model_id == "m2"
     assert plan_routes(router.manager.view, router.manager.copies).vmodels == {}
+    await router.registry.set_vmodel("w", "m2", load_now=False)  # a new vmodel: active at once, m2 not loaded
+    assert plan_routes(router.manager.view, router.manager.copies).vmodels == {"w": "m2"}
 
 
 async def test_routes_follow_placement_changes(make_cluster):
@@ -178,9 +192,3 @@ def test_commands_are_batched_under_the_limit_in_order() -> None:
     grouped = list(batches(commands, limit=200))
     assert [c for batch in grouped for c in batch] == commands
     assert all(len(";".join(batch)) <= 200 for batch in grouped)
-
-
-def test_map_changes() -> None:
-    changes = map_changes({"a": "1", "b": "2", "c": "3"}, {"a": "1", "b": "9", "d": "4"})
-    assert (changes.added, changes.changed, changes.deleted) == ({"d": "4"}, {"b": "9"}, ["c"])
-    assert not map_changes({"a": "1"}, {"a": "1"})
