@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow  # a router and two runtime processes
 
 
 def test_mesh_serve_registers_its_runtimes_by_unix_socket_and_infers_through_them(tmp_path: Path) -> None:
-    args = ("--runtimes", "2", "--kv", "memory://", "--rest-port", "-1")
+    # The Python data plane: with the native engine the runtimes are registered by TCP (the engine cannot be
+    # pointed at a unix socket at run time; tests/engine/test_serve_engine.py).
+    args = ("--runtimes", "2", "--kv", "memory://", "--rest-port", "-1", "--dataplane", "python")
     with serving(tmp_path, *args) as serve, grpc.insecure_channel(serve.grpc_address) as channel:
         request = pb.ModelInferRequest(model_name="echo")
         request.inputs.add(name="x", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"hi")

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ipaddress
 import logging
+import socket
 import time
 
 from mesh.engine.driver import EngineDriver, ModelTraffic
@@ -31,8 +34,35 @@ RESTART_DELAY_S = 0.5
 
 
 def engine_reachable(record: InstanceRecord) -> bool:
-    """The engine forwards plaintext h2 only: a runtime serving TLS is left to mesh's door."""
-    return not record.tls
+    return engine_endpoint(record) is not None
+
+
+def engine_endpoint(record: InstanceRecord) -> str | None:
+    """IP:PORT where the engine reaches the instance's inference, or None when it cannot: the engine forwards
+    plaintext h2 to addresses, so a runtime serving TLS, on a unix socket (HAProxy cannot be pointed at one at run
+    time) or at a name that does not resolve is left to mesh's door."""
+    endpoint = record.data_endpoint or record.endpoint
+    if record.tls or endpoint.startswith("unix:"):
+        return None
+    return ip_endpoint(endpoint)
+
+
+@functools.lru_cache(maxsize=4096)
+def ip_endpoint(endpoint: str) -> str | None:
+    """HOST:PORT with the host resolved to an IP address (the engine takes addresses, not names, at run time);
+    resolved once per endpoint (runtimes are addressed by IP in Kubernetes, by 127.0.0.1 on one machine)."""
+    host, _, port = endpoint.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit():
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            host = str(socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][4][0])
+        except OSError:
+            return None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class EngineControl:
@@ -115,11 +145,8 @@ class EngineControl:
             self._stale_models.clear()
             self._stale_vmodels.clear()
             view = self._manager.view
-            endpoints = {
-                instance_id: known.record.data_endpoint or known.record.endpoint
-                for instance_id, known in view.instances.items()
-                if engine_reachable(known.record)
-            }
+            reachable = ((i, engine_endpoint(known.record)) for i, known in view.instances.items())
+            endpoints = {instance_id: endpoint for instance_id, endpoint in reachable if endpoint is not None}
             await self.driver.set_instances(endpoints)
             await self.driver.set_routes(plan_routes(view, self._manager.copies, engine_reachable))
 

@@ -25,7 +25,6 @@ from mesh.engine.haproxy_config import (
     USAGE_TABLE,
     HAProxyLayout,
     render,
-    server_arguments,
 )
 from mesh.engine.routes import RouteSet, RouteUpdate
 
@@ -80,7 +79,7 @@ class HAProxyEngine:
         files.lua.write_text(PICK_LUA)
         for name, entries in self._maps.items():
             files.map(name).write_text("".join(f"{k} {v}\n" for k, v in entries.items()))
-        servers = tuple((slot, server_arguments(self._endpoints[i])) for i, slot in self._slots.items())
+        servers = tuple((slot, self._endpoints[i]) for i, slot in self._slots.items())
         layout = HAProxyLayout(**{**self._layout.__dict__, "servers": servers})
         files.config.write_text(render(layout))
         files.admin_socket.unlink(missing_ok=True)
@@ -142,6 +141,7 @@ class HAProxyEngine:
     # ---- instances and routes ----------------------------------------------------------------------------
 
     async def set_instances(self, endpoints: Mapping[str, str]) -> None:
+        """endpoints: instance id → IP:PORT (resolve names first: HAProxy takes addresses at run time)."""
         gone = [i for i, e in self._endpoints.items() if endpoints.get(i) != e]
         new = [i for i, e in endpoints.items() if self._endpoints.get(i) != e]
         commands: list[str] = []
@@ -150,7 +150,7 @@ class HAProxyEngine:
             del self._endpoints[instance_id]
             commands += self._unroute(f"{BACKEND_PREFIX}{slot}")
             server = f"{BACKEND_PREFIX}{slot}/rt"
-            commands += [f"disable server {server}", f"shutdown sessions server {server}", f"del server {server}"]
+            commands += [f"set server {server} state maint", f"shutdown sessions server {server}"]
         free = sorted(set(range(self._layout.slots)) - set(self._slots.values()))
         for instance_id in new:
             if not free:
@@ -159,12 +159,9 @@ class HAProxyEngine:
             slot = free.pop(0)
             self._slots[instance_id] = slot
             self._endpoints[instance_id] = endpoints[instance_id]
+            host, port = endpoints[instance_id].rsplit(":", 1)
             server = f"{BACKEND_PREFIX}{slot}/rt"
-            commands += [
-                f"add server {server} {server_arguments(endpoints[instance_id])}",
-                f"enable health {server}",
-                f"enable server {server}",
-            ]
+            commands += [f"set server {server} addr {host.strip('[]')} port {port}", f"set server {server} state ready"]
         if commands:
             await self._api.run_all(commands)
 

@@ -11,9 +11,13 @@ The gRPC front door decides per request, in HAProxy's rules, with no Python:
    cluster's LRU; per copy: in flight, for draining before an unload) and sent to the copy's backend. Without
    one, it goes to mesh's own gRPC door, which loads the model and forwards as on the Python path.
 
-Each runtime instance is a backend (`rt_N`, one of a fixed number of slots) whose server is added and removed
-over the runtime API as instances come and go; each also has mesh's door as a backup server, so a copy whose
-runtime went down is served through mesh. REST goes to mesh's REST door (JSON needs the codec).
+Each runtime instance is a backend (`rt_N`, one of a fixed number of slots) with one server, declared here with a
+placeholder address and pointed at the instance's IP and port over the runtime API (`set server ... addr`) as
+instances come and go. Servers added at run time (`add server`) would need no slots, but HAProxy 2.6 does not
+multiplex requests over its h2 connections to them (a connection per concurrent request, measured: a third less
+throughput), and neither kind can be pointed at a unix socket at run time: instances on unix sockets are served
+through mesh. Each backend also has mesh's door as a backup server, so a copy whose runtime went down is served
+through mesh. REST goes to mesh's REST door (JSON needs the codec).
 """
 
 from __future__ import annotations
@@ -81,7 +85,8 @@ class HAProxyLayout:
     timeout_s: float = 3600.0
     """Client and server inactivity limits: gRPC connections stay open, and a model may think for long."""
     servers: tuple[tuple[int, str], ...] = ()
-    """(slot, server line arguments) of instances known when the config is written (a restart)."""
+    """(slot, IP:PORT) of the instances known when the config is written (a restart); other slots wait, in
+    maintenance, with a placeholder address."""
 
 
 PICK_LUA = """\
@@ -96,12 +101,11 @@ end)
 """
 
 
-def server_arguments(endpoint: str) -> str:
-    """The address and options of a runtime's server line: h2 to the runtime, marked down on its first
-    connection error (so that the request's retry, and the requests after it, go to the backup: mesh's door),
-    and checked every few seconds (a connect) so that it comes back up once the runtime answers again."""
-    address = f"unix@{endpoint.removeprefix('unix:')}" if endpoint.startswith("unix:") else endpoint
-    return f"{address} proto h2 check inter 2s fall 1 rise 1 observe layer4 error-limit 1 on-error mark-down"
+PLACEHOLDER_ADDRESS = "127.0.0.1:1"
+SERVER_OPTIONS = "proto h2 check inter 2s fall 1 rise 1 observe layer4 error-limit 1 on-error mark-down"
+"""A runtime's server: h2 to the runtime, marked down on its first connection error (so that the request's retry,
+and the requests after it, go to the backup: mesh's door), and checked every 2 s (a connect) so that it comes back
+once the runtime answers again."""
 
 
 def render(layout: HAProxyLayout) -> str:
@@ -184,7 +188,7 @@ def render(layout: HAProxyLayout) -> str:
             "  option redispatch 1",
             "  retries 3",
             f"  server mesh {layout.mesh_grpc} proto h2 backup",
+            f"  server rt {servers.get(slot, PLACEHOLDER_ADDRESS)} {SERVER_OPTIONS}"
+            + ("" if slot in servers else " disabled"),
         ]
-        if slot in servers:
-            lines.append(f"  server rt {servers[slot]}")
     return "\n".join(lines) + "\n"

@@ -58,7 +58,7 @@ class FakeRuntime:
     def record(self, model_types: tuple[str, ...] = ("echo",)) -> InstanceRecord:
         return InstanceRecord(
             self.instance_id,
-            f"fake:{self.instance_id}",
+            "127.0.0.1:1",  # never dialled: FakeClients finds a fake by its instance id
             self.capacity_bytes,
             model_types,
             loading_slots=self.loading_slots,

@@ -124,7 +124,7 @@ async def test_routes_follow_placement_changes(make_cluster):
     engine = FakeEngine()
     control = await started(router, engine)
     try:
-        assert engine.endpoints == {"rt-a": "fake:rt-a"}
+        assert engine.endpoints == {"rt-a": "127.0.0.1:1"}
         await router.register("m")
         await router.use("m")
         await eventually(lambda: "m" in engine.routes.by_name, "m routed")
