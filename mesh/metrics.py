@@ -138,6 +138,13 @@ class RouterMetrics:
             buckets=MODEL_BYTES_BUCKETS,
             registry=r,
         )
+        self._engine_served = Counter(
+            "modelmesh_dataplane_requests",
+            "Requests the native data-plane engine forwarded to a copy itself (not through the router's doors, so not"
+            " in modelmesh_api_request_milliseconds); counted as the router reads the engine's tables.",
+            model,
+            registry=r,
+        )
         self._api_children: dict[tuple[str, grpc.StatusCode, str], Histogram] = {}
         self._invoke_children: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram]] = {}
         self._methods: set[str] = set()
@@ -182,6 +189,13 @@ class RouterMetrics:
         request_size.observe(request_bytes)
         if response_bytes >= 0:
             response_size.observe(response_bytes)
+
+    def engine_served(self, model: str, requests: int) -> None:
+        """The native engine forwarded `requests` for the model since the last count."""
+        counter = self._engine_served
+        if self.per_model:
+            counter = counter.labels(model if self._known(model) else "")
+        counter.inc(requests)
 
     def cache_missed(self, model: str) -> None:
         """A request found no loaded copy of `model` and waits for a load."""

@@ -95,7 +95,7 @@ class Router:
                 self.dataplane, self.metrics, host, 0 if engine else settings.rest_port, settings.max_message_bytes, tls
             )
         if engine:
-            self.engine = await start_front_door(engine, settings, self.manager, grpc_port, rest_port)
+            self.engine = await start_front_door(engine, settings, self.manager, self.metrics, grpc_port, rest_port)
             log.info("data plane: haproxy in front of mesh's doors (gRPC %d, REST %s)", grpc_port, rest_port)
             grpc_port, rest_port = self.engine.grpc_port, self.engine.rest_port
         self.readiness.on_change.append(self._publish_health)

@@ -24,6 +24,7 @@ import time
 
 from mesh.engine.driver import EngineDriver, ModelTraffic
 from mesh.engine.routes import RouteUpdate, model_copies, plan_routes, vmodel_target
+from mesh.metrics import RouterMetrics
 from mesh.periodic import every, woken_or_after
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import InstanceRecord, Kind
@@ -70,12 +71,14 @@ class EngineControl:
         self,
         driver: EngineDriver,
         manager: PlacementManager,
+        metrics: RouterMetrics,
         resync_s: float = 2.0,
         usage_s: float = 0.5,
         drain_timeout_s: float = 30.0,
     ) -> None:
         self.driver = driver
         self._manager = manager
+        self._metrics = metrics
         self._resync_s = resync_s
         self._usage_s = usage_s
         self._drain_timeout_s = drain_timeout_s
@@ -179,6 +182,7 @@ class EngineControl:
             served = self._served_since(model_id, seen)
             if served:
                 usage.served_natively(model_id, served, seen.last_used_ms)
+                self._metrics.engine_served(model_id, served)
         self._seen = {model_id: seen.requests for model_id, seen in traffic.items()}
 
     def _served_since(self, model_id: str, seen: ModelTraffic) -> int:

@@ -18,6 +18,7 @@ from mesh.config import Settings
 from mesh.engine.control import EngineControl
 from mesh.engine.haproxy import HAProxyEngine, find_haproxy
 from mesh.engine.haproxy_config import EngineFiles, HAProxyLayout, Listener
+from mesh.metrics import RouterMetrics
 from mesh.placement.manager import PlacementManager
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,12 @@ class NativeFrontDoor:
 
 
 async def start_front_door(
-    binary: str, settings: Settings, manager: PlacementManager, mesh_grpc_port: int, mesh_rest_port: int | None
+    binary: str,
+    settings: Settings,
+    manager: PlacementManager,
+    metrics: RouterMetrics,
+    mesh_grpc_port: int,
+    mesh_rest_port: int | None,
 ) -> NativeFrontDoor:
     """Open the public ports and start the engine on them, in front of mesh's doors on their internal ports."""
     sockets = [listening_socket(settings.host, settings.grpc_port)]
@@ -105,7 +111,7 @@ async def start_front_door(
             threads=settings.dataplane_threads,
         )
         engine = HAProxyEngine(binary, layout, tuple(s.fileno() for s in sockets))
-        control = EngineControl(engine, manager)
+        control = EngineControl(engine, manager, metrics)
         await control.start()
     except BaseException:
         for sock in sockets:

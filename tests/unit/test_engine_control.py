@@ -69,7 +69,7 @@ def _updated(table: Mapping, changes: Mapping) -> dict:
 
 
 async def started(router, engine: FakeEngine) -> EngineControl:  # type: ignore[no-untyped-def]
-    control = EngineControl(engine, router.manager, resync_s=3600, usage_s=3600, drain_timeout_s=5)
+    control = EngineControl(engine, router.manager, router.metrics, resync_s=3600, usage_s=3600, drain_timeout_s=5)
     await control.start()
     return control
 
@@ -152,6 +152,7 @@ async def test_engine_traffic_counts_as_use(make_cluster):
         engine.served["m"] = ModelTraffic(requests=3, in_flight=0, last_used_ms=later)  # the engine restarted
         await control.collect_usage()
         assert usage.take_request_counts() == {"m": 5 + 2 + 3}
+        assert router.metrics.collectors.get_sample_value("modelmesh_dataplane_requests_total") == 10
     finally:
         await control.stop()
 
