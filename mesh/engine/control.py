@@ -6,7 +6,8 @@
   records, reach the routes that way), recompute them all (routes.plan_routes).
 - Usage: every `usage_s` the engine's per-model counters are read; what it served since the last read counts as
   requests and last use in placement's usage (usage.py), exactly as requests mesh served itself do: the
-  cluster-wide LRU, copies following load and the GDSF counts see both.
+  cluster-wide LRU, copies following load (by rate, and by requests in flight per copy) and the GDSF counts see
+  both.
 - Drain: before a copy is unloaded (evictor.py), its route is withdrawn and the engine's requests in flight to it
   are waited for, up to `drain_timeout_s`.
 - Supervision: an engine that exits while mesh runs is started again with the routes it had.
@@ -177,12 +178,14 @@ class EngineControl:
         if not self.driver.running():
             return
         traffic = await self.driver.traffic()
-        usage = self._manager.usage
+        manager = self._manager
         for model_id, seen in traffic.items():
             served = self._served_since(model_id, seen)
             if served:
-                usage.served_natively(model_id, served, seen.last_used_ms)
+                manager.usage.served_natively(model_id, served, seen.last_used_ms)
                 self._metrics.engine_served(model_id, served)
+            if seen.in_flight:
+                manager.in_flight_elsewhere(model_id, seen.in_flight)
         self._seen = {model_id: seen.requests for model_id, seen in traffic.items()}
 
     def _served_since(self, model_id: str, seen: ModelTraffic) -> int:

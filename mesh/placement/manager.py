@@ -145,6 +145,13 @@ class PlacementManager:
                 self._scaler.scale_up(model_id)  # even the least busy copy is saturated
         return lease
 
+    def in_flight_elsewhere(self, model_id: str, in_flight: int) -> None:
+        """A native engine has `in_flight` requests on the model's copies now: past scale_up_in_flight per copy the
+        model gets another copy, as when a lease finds even the least busy copy saturated."""
+        copies = len(self.copies.loaded_copies(model_id))
+        if copies and in_flight > self.settings.scale_up_in_flight * copies:
+            self._scaler.scale_up(model_id)
+
     async def await_copy(self, model_id: str) -> CopyLease:
         """A miss (loaded_copy said None): wait for a copy, loading one when no load is under way (one load however
         many requests wait)."""

@@ -157,6 +157,24 @@ async def test_engine_traffic_counts_as_use(make_cluster):
         await control.stop()
 
 
+async def test_a_model_saturated_in_the_engine_gets_another_copy(make_cluster):
+    runtimes = FakeRuntime("rt-a"), FakeRuntime("rt-b")
+    router = await make_cluster(*runtimes, scale_up_in_flight=4).router()
+    await router.register("m")
+    await router.use("m")
+    engine = FakeEngine()
+    control = await started(router, engine)
+    try:
+        engine.served["m"] = ModelTraffic(requests=1, in_flight=4, last_used_ms=now_ms())
+        await control.collect_usage()  # 4 in flight on one copy: not past the threshold
+        assert [r.loads for r in runtimes if r.loads] == [["m"]]
+        engine.served["m"] = ModelTraffic(requests=2, in_flight=5, last_used_ms=now_ms())
+        await control.collect_usage()
+        await eventually(lambda: all(r.loads == ["m"] for r in runtimes), "a second copy of m")
+    finally:
+        await control.stop()
+
+
 async def test_a_copy_is_unloaded_only_after_the_engine_drained_it(make_cluster):
     runtime = FakeRuntime("rt-a")
     router = await make_cluster(runtime).router()
