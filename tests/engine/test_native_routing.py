@@ -11,12 +11,13 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
 from harness.engine import engine_api, engine_maps
-from harness.router import Mesh
+from harness.router import Mesh, meshes
 
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.placement.records import ModelRecord, now_ms
@@ -213,3 +214,18 @@ async def test_a_dead_runtime_is_answered_through_mesh(make_mesh) -> None:  # ty
 async def test_engine_api_answers(make_mesh) -> None:  # type: ignore[no-untyped-def]
     mesh = await make_mesh([64 * 1024 * 1024])
     assert "Name: HAProxy" in await engine_api(mesh.router).run("show info")
+
+
+async def test_each_routers_engine_follows_the_shared_store(tmp_path, haproxy_binary, etcd_server) -> None:  # type: ignore[no-untyped-def]
+    """Two routers on one etcd, each with its engine: a model loaded through one is served natively by the other's
+    engine, which learned the copy from the store's watch."""
+    store = {"kv": f"etcd://{etcd_server.endpoint}", "kv_prefix": f"engine-{uuid.uuid4().hex[:12]}"}
+    async with meshes(tmp_path, store, dataplane="haproxy", haproxy_binary=haproxy_binary) as make:
+        first = await make([64 * 1024 * 1024])
+        second = await first.join()
+        await first.register_echo("m")
+        await first.infer("m", 1)
+        await eventually(lambda: routed(second, "m"), "the second router's engine routes m")
+        assert value(await second.infer("m", 3)) == 3
+        assert await native_count(second, "m") == 1
+        assert runtime_infers(first) == 2
