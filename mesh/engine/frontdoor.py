@@ -108,6 +108,7 @@ async def start_front_door(
             mesh_grpc=f"{INTERNAL_HOST}:{mesh_grpc_port}",
             mesh_rest=f"{INTERNAL_HOST}:{mesh_rest_port}" if mesh_rest_port is not None else None,
             slots=settings.dataplane_slots,
+            max_message_bytes=settings.max_message_bytes,
             threads=settings.dataplane_threads,
         )
         engine = HAProxyEngine(binary, layout, tuple(s.fileno() for s in sockets))

@@ -82,6 +82,8 @@ class HAProxyLayout:
     mesh_rest: str | None
     slots: int = 64
     threads: int = 1
+    max_message_bytes: int = 64 * 1024 * 1024
+    """The largest gRPC request message the engine forwards (Settings.max_message_bytes)."""
     timeout_s: float = 3600.0
     """Client and server inactivity limits: gRPC connections stay open, and a model may think for long."""
     servers: tuple[tuple[int, str], ...] = ()
@@ -113,6 +115,9 @@ def render(layout: HAProxyLayout) -> str:
     maps = {name: files.map(name) for name in MAPS}
     timeout = f"{int(layout.timeout_s * 1000)}ms"
     body_routed = f"{MODEL_INFER} {MODEL_METADATA}"
+    limit = layout.max_message_bytes
+    message = f"the request message is %[var(txn.message_bytes)] bytes; the limit is {limit} bytes (max_message_bytes)"
+    too_large = f'status 200 hdr content-type application/grpc hdr grpc-status 8 hdr grpc-message "{message}"'
     lines = [
         "global",
         f"  stats socket {files.admin_socket} mode 600 level admin",
@@ -129,6 +134,11 @@ def render(layout: HAProxyLayout) -> str:
         "frontend grpc",
         f"  bind {layout.grpc.bind()} proto h2",
         f"  acl mesh_answers path {' '.join(MESH_ANSWERS)}",
+        # The message's length is in its 5-byte gRPC prefix: one over the limit is refused before anything else,
+        # with the status mesh's doors give (RESOURCE_EXHAUSTED), whichever way it would have gone.
+        "  http-request wait-for-body time 1s at-least 5",
+        "  http-request set-var(txn.message_bytes) req.body,bytes(1,4),be2dec(:,4)",
+        f"  http-request return {too_large} if {{ var(txn.message_bytes) -m int gt {limit} }}",
         "  acl model_header req.hdr(mm-model-id) -m found",
         "  acl vmodel_header req.hdr(mm-vmodel-id) -m found",
         f"  acl body_routed path {body_routed}",

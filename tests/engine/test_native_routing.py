@@ -229,3 +229,23 @@ async def test_each_routers_engine_follows_the_shared_store(tmp_path, haproxy_bi
         assert value(await second.infer("m", 3)) == 3
         assert await native_count(second, "m") == 1
         assert runtime_infers(first) == 2
+
+
+async def test_the_engine_refuses_messages_over_the_limit_as_mesh_does(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    limit = 64 * 1024
+    mesh = await make_mesh([64 * 1024 * 1024], max_message_bytes=limit)
+    await mesh.register_echo("m")
+    await mesh.infer("m")
+    await eventually(lambda: routed(mesh, "m", "by_header"), "the route to m published")
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="x", datatype="UINT8", shape=[limit])
+    request.raw_input_contents.append(b"\0" * limit)  # the message: the tensor and a few bytes more
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await mesh.inference.ModelInfer(request, metadata=(("mm-model-id", "m"),), timeout=WAIT_S)
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"the limit is {limit} bytes" in (refused.value.details() or "")
+    request.raw_input_contents[0] = b"\0" * (limit - 64)
+    request.inputs[0].shape[0] = limit - 64
+    reply = await mesh.inference.ModelInfer(request, metadata=(("mm-model-id", "m"),), timeout=WAIT_S)
+    assert len(reply.raw_output_contents[0]) == limit - 64
+    assert await native_count(mesh, "m") == 1
