@@ -116,8 +116,6 @@ def render(layout: HAProxyLayout) -> str:
     timeout = f"{int(layout.timeout_s * 1000)}ms"
     body_routed = f"{MODEL_INFER} {MODEL_METADATA}"
     limit = layout.max_message_bytes
-    message = f"the request message is %[var(txn.message_bytes)] bytes; the limit is {limit} bytes (max_message_bytes)"
-    too_large = f'status 200 hdr content-type application/grpc hdr grpc-status 8 hdr grpc-message "{message}"'
     lines = [
         "global",
         f"  stats socket {files.admin_socket} mode 600 level admin",
@@ -133,12 +131,16 @@ def render(layout: HAProxyLayout) -> str:
         "",
         "frontend grpc",
         f"  bind {layout.grpc.bind()} proto h2",
-        f"  acl mesh_answers path {' '.join(MESH_ANSWERS)}",
-        # The message's length is in its 5-byte gRPC prefix: one over the limit is refused before anything else,
-        # with the status mesh's doors give (RESOURCE_EXHAUSTED), whichever way it would have gone.
+        # mesh_decides (its lines are ORed): calls mesh answers itself, binary routing headers (mesh checks they are
+        # UTF-8), and messages over the limit, read from the 5-byte gRPC prefix (mesh's door refuses them with
+        # RESOURCE_EXHAUSTED from gRPC itself, which reads the rest of the stream first: an early answer from the
+        # engine would reach a client still sending as CANCELLED).
         "  http-request wait-for-body time 1s at-least 5",
         "  http-request set-var(txn.message_bytes) req.body,bytes(1,4),be2dec(:,4)",
-        f"  http-request return {too_large} if {{ var(txn.message_bytes) -m int gt {limit} }}",
+        f"  acl mesh_decides path {' '.join(MESH_ANSWERS)}",
+        "  acl mesh_decides req.hdr(mm-model-id-bin) -m found",
+        "  acl mesh_decides req.hdr(mm-vmodel-id-bin) -m found",
+        f"  acl mesh_decides var(txn.message_bytes) -m int gt {limit}",
         "  acl model_header req.hdr(mm-model-id) -m found",
         "  acl vmodel_header req.hdr(mm-vmodel-id) -m found",
         f"  acl body_routed path {body_routed}",
@@ -148,17 +150,17 @@ def render(layout: HAProxyLayout) -> str:
         "  acl has_copies var(txn.copies) -m found",
         "  acl several_copies var(txn.copies) -m sub ,",
         "  acl routed var(txn.backend) -m found",
-        "  http-request set-var(txn.model) req.hdr(mm-model-id) if model_header !vmodel_header !mesh_answers",
+        "  http-request set-var(txn.model) req.hdr(mm-model-id) if model_header !vmodel_header !mesh_decides",
         f"  http-request set-var(txn.model) req.hdr(mm-vmodel-id),map({maps['vmodels']}) "
-        "if vmodel_header !model_header !mesh_answers",
+        "if vmodel_header !model_header !mesh_decides",
         "  http-request wait-for-body time 1s at-least 1k if body_routed !model_header !vmodel_header",
         "  http-request set-var(txn.name) req.body,ungrpc(1) if body_routed !model_header !vmodel_header",
         f"  http-request set-var(txn.model) var(txn.name),map({maps['vmodels']}) if named",
         f"  http-request set-var(txn.copies) var(txn.name),map({maps['by_name']}) if named !has_model",
         "  http-request set-var(txn.model) var(txn.name) if has_copies",
         f"  http-request set-var(txn.copies) var(txn.model),map({maps['by_header']}) if !has_copies has_model",
-        "  http-request set-var(txn.backend) var(txn.copies) if has_copies !several_copies",
-        "  http-request set-var(txn.backend) lua.mesh_pick if several_copies",
+        "  http-request set-var(txn.backend) var(txn.copies) if has_copies !several_copies !mesh_decides",
+        "  http-request set-var(txn.backend) lua.mesh_pick if several_copies !mesh_decides",
         "  http-request set-header mm-model-id %[var(txn.model)] if routed",
         "  http-request del-header mm-vmodel-id if routed",
         f"  http-request track-sc0 var(txn.model) table {USAGE_TABLE} if routed",

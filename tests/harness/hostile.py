@@ -1,4 +1,6 @@
-"""One real router for the end-to-end hostile-input tests of a module: both front doors, a built-in runtime.
+"""One real router for the end-to-end hostile-input tests of a module: both front doors, a built-in runtime; once
+with mesh's own doors on the public ports and once behind the native engine (HAProxy), so every hostile input is
+also answered clearly with the engine in front.
 
 Everything binds 127.0.0.1 port 0. The message limit is small (MAX_MESSAGE_BYTES) so that oversized requests
 are cheap to send. The runtime is served the way `python -m adapters.builtin` serves it (unparseable requests
@@ -49,8 +51,9 @@ class HostileMesh:
         return self.channel.unary_unary(method, request_serializer=None, response_deserializer=None)
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def mesh(tmp_path_factory) -> AsyncIterator[HostileMesh]:  # type: ignore[no-untyped-def]
+@pytest_asyncio.fixture(loop_scope="module", scope="module", params=["python", "haproxy"])
+async def mesh(tmp_path_factory, request) -> AsyncIterator[HostileMesh]:  # type: ignore[no-untyped-def]
+    engine = {"haproxy_binary": request.getfixturevalue("haproxy_binary")} if request.param == "haproxy" else {}
     tmp = tmp_path_factory.mktemp("hostile")
     runtime_settings = RuntimeSettings(instance_id="rt-a", capacity_bytes=64 * 1024 * 1024, max_loading_concurrency=4)
     core = BuiltinRuntime(runtime_settings)
@@ -59,7 +62,15 @@ async def mesh(tmp_path_factory) -> AsyncIterator[HostileMesh]:  # type: ignore[
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), RejectingUnparseable(runtime))
     runtime_port = runtime.add_insecure_port("127.0.0.1:0")
     await runtime.start()
-    settings = Settings(grpc_port=0, rest_port=0, metrics_port=-1, kv="memory://", max_message_bytes=MAX_MESSAGE_BYTES)
+    settings = Settings(
+        grpc_port=0,
+        rest_port=0,
+        metrics_port=-1,
+        kv="memory://",
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        dataplane=request.param,
+        **engine,
+    )
     router = Router(settings)
     ports = await router.start()
     assert ports.rest is not None
