@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import os
 import shutil
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from mesh.engine.driver import ModelTraffic
 from mesh.engine.haproxy_api import RuntimeAPI, RuntimeAPIError
@@ -30,6 +32,7 @@ from mesh.engine.routes import RouteSet, RouteUpdate
 
 log = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1
 START_TIMEOUT_S = 15.0
 STOP_GRACE_S = 5.0
 USAGE_EXPIRE_MS = 24 * 3600 * 1000
@@ -43,6 +46,19 @@ class EngineError(RuntimeError):
 def find_haproxy(name: str = "haproxy") -> str | None:
     """The haproxy binary's path, or None when it is not installed."""
     return shutil.which(name)
+
+
+def die_with(parent: int) -> Callable[[], None]:
+    """What the engine's process runs before HAProxy: the kernel sends it SIGTERM when mesh dies, however mesh dies
+    (SIGKILL included), so no engine outlives mesh and holds its ports (Linux's PR_SET_PDEATHSIG); and if mesh died
+    before that was set, it exits at once."""
+
+    def arrange() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arrange
 
 
 async def relay_output(stream: asyncio.StreamReader) -> None:
@@ -92,6 +108,7 @@ class HAProxyEngine:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=die_with(os.getpid()),
         )
         assert self._process.stdout is not None
         self._output = asyncio.create_task(relay_output(self._process.stdout), name="engine-output")

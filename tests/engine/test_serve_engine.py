@@ -46,6 +46,17 @@ def test_mesh_serve_runs_the_engine_on_the_public_ports_and_stops_it(tmp_path: P
         time.sleep(0.05)
 
 
+def test_the_engine_does_not_outlive_a_killed_mesh(tmp_path: Path, haproxy_binary: str) -> None:
+    with serving(tmp_path, "--kv", "memory://", "--dataplane", "haproxy", "--no-examples") as serve:
+        [engine] = engine_children(serve.process.pid)
+        serve.process.kill()
+        serve.process.wait(timeout=TIMEOUT_S)
+        deadline = time.monotonic() + 10
+        while engine.alive():
+            assert time.monotonic() < deadline, "the engine outlived a SIGKILLed mesh serve (and holds its ports)"
+            time.sleep(0.05)
+
+
 def test_asking_for_an_engine_that_is_not_installed_is_a_usage_error(tmp_path: Path) -> None:
     command = [*python_module_command("mesh"), "serve", "--dataplane", "haproxy", "--grpc-port", "0"]
     env = {**os.environ, "MESH_HAPROXY_BINARY": str(tmp_path / "no-haproxy-here")}
