@@ -10,7 +10,9 @@ import grpc
 import mesh
 from adapters.builtin.core import BuiltinRuntime
 from adapters.builtin.models import MODEL_TYPES, TensorSpec
+from adapters.builtin.models.base import Model
 from adapters.builtin.settings import RuntimeSettings
+from adapters.common.errors import CopyGone, ModelNotLoaded
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import model_runtime_pb2 as rt
@@ -127,8 +129,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        name = model_id_header(context) or request.name
-        model = self._core.model(name)
+        header = model_id_header(context)
+        name = header or request.name
+        model = self._model(name, routed_by_header=bool(header))
         return pb.ModelMetadataResponse(
             name=name,
             platform=model.platform,
@@ -141,6 +144,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         model_id = model_id_header(context)
-        if model_id and model_id != request.model_name:
+        if model_id:
+            self._model(model_id, routed_by_header=True)
             request.model_name = model_id
         return await self._core.infer(request)
+
+    def _model(self, model_id: str, routed_by_header: bool) -> Model:
+        """The loaded model. Missing: NOT_FOUND, or UNAVAILABLE (CopyGone) for a request that named it in the
+        mm-model-id header, which only the native data plane sends (a router's own forward strips it, and retries a
+        NOT_FOUND itself)."""
+        try:
+            return self._core.model(model_id)
+        except ModelNotLoaded:
+            if routed_by_header:
+                raise CopyGone(model_id) from None
+            raise

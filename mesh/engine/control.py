@@ -33,6 +33,10 @@ from mesh.placement.records import InstanceRecord, Kind
 log = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 0.5
+OTHER_ROUTERS_GRACE_S = 0.25
+"""Before an unload, how long other routers' engines get to withdraw the copy's route (their view follows the
+store's watch within milliseconds) and finish the requests they sent it: their in-flight counts are not visible
+here, and models they have requests in flight for are already spared by their demand records."""
 
 
 def engine_reachable(record: InstanceRecord) -> bool:
@@ -184,8 +188,7 @@ class EngineControl:
             if served:
                 manager.usage.served_natively(model_id, served, seen.last_used_ms)
                 self._metrics.engine_served(model_id, served)
-            if seen.in_flight:
-                manager.in_flight_elsewhere(model_id, seen.in_flight)
+        manager.in_flight_elsewhere({model_id: seen.in_flight for model_id, seen in traffic.items()})
         self._seen = {model_id: seen.requests for model_id, seen in traffic.items()}
 
     def _served_since(self, model_id: str, seen: ModelTraffic) -> int:
@@ -197,8 +200,14 @@ class EngineControl:
 
     async def drain(self, model_id: str, instance_id: str) -> None:
         """Withdraw the copy's route (placement no longer lists it, or lists it as evicting) and wait until the
-        engine has no request in flight on it, up to the drain timeout."""
+        engine has no request in flight on it, up to the drain timeout; with other routers on the store, then give
+        their engines OTHER_ROUTERS_GRACE_S to see the copy go (their watch) and finish what they sent it."""
         await self._sync_stale(model_id)
+        await self._own_requests_done(model_id, instance_id)
+        if self._manager.demand.others_present():
+            await asyncio.sleep(OTHER_ROUTERS_GRACE_S)
+
+    async def _own_requests_done(self, model_id: str, instance_id: str) -> None:
         deadline = time.monotonic() + self._drain_timeout_s
         delay = 0.005
         while self.driver.running() and await self.driver.copy_in_flight(model_id, instance_id):

@@ -48,6 +48,10 @@ class DemandBoard:
             for model in demand.record.models
         )
 
+    def others_present(self) -> bool:
+        """Another router shares the store (its demand record is in the view, under its lease)."""
+        return any(router_id != self.router_id for router_id in self._view.demands)
+
     def start(self) -> None:
         if self._period > 0:
             publishing = every(self._period, self.publish, "publishing this router's demand", log)

@@ -3,6 +3,7 @@ dropping copies from the records (unrouted first, then unloaded: no request is s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -51,7 +52,7 @@ class Evictor:
 
     async def evict(self, instance_id: str, victims: tuple[policy.ResidentCopy, ...], for_model: str) -> None:
         """Unload victims from an instance to make room for for_model. The caller marked them evicting (in the same
-        decision that chose them); each is unmarked once gone."""
+        decision that chose them); each is unmarked once gone. All leave routing and drain together, then unload."""
         self._usage.evicted(victims)
         for victim in victims:
             self._metrics.evicted(victim.last_used_ms)
@@ -71,9 +72,12 @@ class Evictor:
                     "for_model": for_model,
                 },
             )
-            try:
-                await self.unload_copy(victim.model_id, instance_id)
-            finally:
+        try:
+            await asyncio.gather(*(self._out_of_routing(v.model_id, instance_id) for v in victims))
+            for victim in victims:
+                await self._unload(victim.model_id, instance_id)
+        finally:
+            for victim in victims:
                 self._copies.evicted(victim.model_id, instance_id)
 
     async def trim(self, instance_id: str, keep: str) -> None:
@@ -89,8 +93,14 @@ class Evictor:
 
     async def unload_copy(self, model_id: str, instance_id: str) -> None:
         """Stop routing to a copy, let the requests on it finish, then unload it from its runtime."""
+        await self._out_of_routing(model_id, instance_id)
+        await self._unload(model_id, instance_id)
+
+    async def _out_of_routing(self, model_id: str, instance_id: str) -> None:
         await self.drop_copy(model_id, instance_id)
         await self.drain(model_id, instance_id)
+
+    async def _unload(self, model_id: str, instance_id: str) -> None:
         started = time.perf_counter()
         try:
             await self._clients.get(instance_id).unload(model_id)

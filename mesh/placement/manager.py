@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 
 from mesh.config import Settings
 from mesh.kv.base import KV
@@ -66,6 +67,8 @@ class PlacementManager:
         self._metrics = metrics
         # Requests in await_copy() waiting for a load (the request queue ModelMesh reports).
         self.waiting_for_load = 0
+        # Models a native engine has requests in flight for (in_flight_elsewhere).
+        self._in_flight_elsewhere: set[str] = set()
         self.keys = Keys(settings.kv_prefix)
         self.view = LocalView(kv, self.keys)
         self.store = RecordStore(kv, self.view)
@@ -78,7 +81,7 @@ class PlacementManager:
         self.demand = DemandBoard(
             self.view,
             self.publisher,
-            lambda: self.copies.models_in_flight() | set(self._loader.loading_models()),
+            lambda: self.copies.models_in_flight() | set(self._loader.loading_models()) | self._in_flight_elsewhere,
             settings.demand_publish_seconds,
         )
         self.copies = CopyTable(self.view, self.health, self.clients, self.usage, self.demand.others)
@@ -145,12 +148,15 @@ class PlacementManager:
                 self._scaler.scale_up(model_id)  # even the least busy copy is saturated
         return lease
 
-    def in_flight_elsewhere(self, model_id: str, in_flight: int) -> None:
-        """A native engine has `in_flight` requests on the model's copies now: past scale_up_in_flight per copy the
-        model gets another copy, as when a lease finds even the least busy copy saturated."""
-        copies = len(self.copies.loaded_copies(model_id))
-        if copies and in_flight > self.settings.scale_up_in_flight * copies:
-            self._scaler.scale_up(model_id)
+    def in_flight_elsewhere(self, in_flight: Mapping[str, int]) -> None:
+        """A native engine's requests in flight now, per model: they count in this router's demand (no router
+        evicts those copies), and past scale_up_in_flight per copy a model gets another copy, as when a lease
+        finds even the least busy copy saturated."""
+        self._in_flight_elsewhere = {model_id for model_id, n in in_flight.items() if n > 0}
+        for model_id in self._in_flight_elsewhere:
+            copies = len(self.copies.loaded_copies(model_id))
+            if copies and in_flight[model_id] > self.settings.scale_up_in_flight * copies:
+                self._scaler.scale_up(model_id)
 
     async def await_copy(self, model_id: str) -> CopyLease:
         """A miss (loaded_copy said None): wait for a copy, loading one when no load is under way (one load however

@@ -20,6 +20,7 @@ from harness.engine import engine_api, engine_maps
 from harness.router import Mesh, meshes
 
 from mesh.gen import grpc_predict_v2_pb2 as pb
+from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.placement.records import ModelRecord, now_ms
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -250,3 +251,21 @@ async def test_messages_over_the_limit_are_refused_with_the_engine_in_front(make
     reply = await mesh.inference.ModelInfer(request, metadata=(("mm-model-id", "m"),), timeout=WAIT_S)
     assert len(reply.raw_output_contents[0]) == limit - 64
     assert await native_count(mesh, "m") == 1
+
+
+async def test_a_stale_route_gets_a_retryable_answer_from_the_runtime(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    """What a request meets when the engine's route is stale (the copy was evicted by another router, or the runtime
+    restarted, and the engine has not seen it yet): the built-in runtime answers UNAVAILABLE to a request that
+    names the model in mm-model-id (only the engine sends it so), and NOT_FOUND to a router's own forward."""
+    mesh = await make_mesh([64 * 1024 * 1024])
+    async with grpc.aio.insecure_channel(mesh.runtimes[0].endpoint) as channel:
+        runtime = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(model_name="gone")
+        request.inputs.add(name="x", datatype="INT32", shape=[1]).contents.int_contents.append(1)
+        with pytest.raises(grpc.aio.AioRpcError) as from_engine:
+            await runtime.ModelInfer(request, metadata=(("mm-model-id", "gone"),), timeout=WAIT_S)
+        assert from_engine.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "retry" in (from_engine.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as from_router:
+            await runtime.ModelInfer(request, timeout=WAIT_S)
+        assert from_router.value.code() is grpc.StatusCode.NOT_FOUND
