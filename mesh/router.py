@@ -77,8 +77,11 @@ class Router:
         tls = settings.front_door_tls()
         self.dataplane = DataPlane(self.registry, self.manager, self.readiness, self.metrics)
         engine = engine_binary(settings)
-        # Behind an engine, mesh's doors are internal: any free loopback port, called by the engine only.
+        # Behind an engine, mesh's doors are internal: any free loopback port, called by the engine only, which
+        # terminates TLS.
         host = INTERNAL_HOST if engine else settings.host
+        if engine:
+            tls = None
         self._grpc, grpc_port, self._health = await start_grpc_server(
             self.dataplane,
             self.registry,

@@ -23,7 +23,7 @@ import grpc
 log = logging.getLogger(__name__)
 
 
-def _mtimes(*paths: Path | None) -> tuple[int, ...]:
+def file_mtimes(*paths: Path | None) -> tuple[int, ...]:
     """The files' modification times (ns); a file replaced by rename (how secrets are rotated) changes it too."""
     return tuple(os.stat(p).st_mtime_ns if p is not None else 0 for p in paths)
 
@@ -47,7 +47,7 @@ class ServerTLS:
     def grpc_credentials(self) -> grpc.ServerCredentials:
         """Credentials that re-read the files before any handshake that follows a change."""
         lock = threading.Lock()
-        seen = [_mtimes(self.cert, self.key, self.client_ca)]
+        seen = [file_mtimes(self.cert, self.key, self.client_ca)]
 
         def config() -> grpc.ServerCertificateConfiguration:
             return grpc.ssl_server_certificate_configuration(
@@ -58,7 +58,7 @@ class ServerTLS:
             # Called by gRPC's core on every new connection, so it stays cheap: three stat calls.
             with lock:
                 try:
-                    now = _mtimes(self.cert, self.key, self.client_ca)
+                    now = file_mtimes(self.cert, self.key, self.client_ca)
                     if now == seen[0]:
                         return None
                     fresh = config()
@@ -73,13 +73,13 @@ class ServerTLS:
 
     def ssl_context(self) -> ssl.SSLContext:
         """A server context for aiohttp; each handshake switches to a new context if the files changed."""
-        holder = [self._context(), _mtimes(self.cert, self.key, self.client_ca)]
+        holder = [self._context(), file_mtimes(self.cert, self.key, self.client_ca)]
         lock = threading.Lock()
 
         def on_hello(sock: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext) -> None:
             with lock:
                 try:
-                    now = _mtimes(self.cert, self.key, self.client_ca)
+                    now = file_mtimes(self.cert, self.key, self.client_ca)
                     if now != holder[1]:
                         holder[0], holder[1] = self._context(), now
                         log.info("TLS certificate %s reloaded", self.cert)
@@ -114,7 +114,7 @@ class ClientTLS:
 
     def generation(self) -> tuple[int, ...]:
         """Changes when any of the files does: time to make channels anew."""
-        return _mtimes(self.ca, self.cert, self.key)
+        return file_mtimes(self.ca, self.cert, self.key)
 
     def grpc_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(_read(self.ca), _read(self.key), _read(self.cert))

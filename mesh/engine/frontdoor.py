@@ -7,6 +7,8 @@ doors listen on internal loopback ports that only the engine calls.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import shutil
 import socket
@@ -15,45 +17,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mesh.config import Settings
+from mesh.engine.certificates import EngineCertificates
 from mesh.engine.control import EngineControl
 from mesh.engine.haproxy import HAProxyEngine, find_haproxy
+from mesh.engine.haproxy_api import RuntimeAPI
 from mesh.engine.haproxy_config import EngineFiles, HAProxyLayout, Listener
 from mesh.metrics import RouterMetrics
+from mesh.periodic import every
 from mesh.placement.manager import PlacementManager
 
 log = logging.getLogger(__name__)
 
 DATAPLANES = ("auto", "haproxy", "python")
+CERTIFICATE_CHECK_S = 1.0
+"""How often the front doors' TLS files are checked for a rotation while the engine serves them."""
 INTERNAL_HOST = "127.0.0.1"
 
 
 def engine_binary(settings: Settings) -> str | None:
-    """The engine binary the settings ask for: None for the Python data plane (asked for, or `auto` without an
-    engine that can serve this configuration)."""
+    """The engine binary the settings ask for: None for the Python data plane (asked for, or `auto` where HAProxy is
+    not installed)."""
     choice = settings.dataplane
     if choice not in DATAPLANES:
         raise ValueError(f"dataplane {choice!r} is not one of {', '.join(DATAPLANES)}")
     if choice == "python":
         return None
     binary = find_haproxy(settings.haproxy_binary)
-    unsupported = _unsupported(settings)
-    if choice == "haproxy":
-        if binary is None:
-            raise ValueError(f"dataplane 'haproxy' asked for, but {settings.haproxy_binary!r} is not installed")
-        if unsupported:
-            raise ValueError(f"dataplane 'haproxy' cannot serve this configuration yet: {unsupported}")
-        return binary
-    if binary is not None and unsupported:
-        log.info("data plane: python (%s)", unsupported)
-        return None
+    if choice == "haproxy" and binary is None:
+        raise ValueError(f"dataplane 'haproxy' asked for, but {settings.haproxy_binary!r} is not installed")
     return binary
-
-
-def _unsupported(settings: Settings) -> str:
-    """Why the engine cannot serve these settings ("" when it can)."""
-    if settings.tls_cert_file:
-        return "TLS on the front doors is served by mesh's own doors for now"
-    return ""
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -71,6 +63,7 @@ class NativeFrontDoor:
     control: EngineControl
     directory: Path
     sockets: list[socket.socket] = field(default_factory=list)
+    certificate_reloads: asyncio.Task[None] | None = None
 
     @property
     def grpc_port(self) -> int:
@@ -81,6 +74,10 @@ class NativeFrontDoor:
         return self.sockets[1].getsockname()[1] if len(self.sockets) > 1 else None
 
     async def stop(self) -> None:
+        if self.certificate_reloads is not None:
+            self.certificate_reloads.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.certificate_reloads
         await self.control.stop()
         for sock in self.sockets:
             sock.close()
@@ -100,13 +97,20 @@ async def start_front_door(
     if mesh_rest_port is not None:
         sockets.append(listening_socket(settings.host, settings.rest_port))
     directory = Path(tempfile.mkdtemp(prefix="mesh-engine-"))
+    files = EngineFiles(directory)
+    tls = settings.front_door_tls()
+    certificates = EngineCertificates(tls, files) if tls is not None else None
     try:
+        if certificates is not None:
+            certificates.write()
         layout = HAProxyLayout(
-            files=EngineFiles(directory),
+            files=files,
             grpc=Listener(fd=sockets[0].fileno()),
             rest=Listener(fd=sockets[1].fileno()) if mesh_rest_port is not None else None,
             mesh_grpc=f"{INTERNAL_HOST}:{mesh_grpc_port}",
             mesh_rest=f"{INTERNAL_HOST}:{mesh_rest_port}" if mesh_rest_port is not None else None,
+            tls=tls is not None,
+            mtls=tls is not None and tls.mutual,
             slots=settings.dataplane_slots,
             max_message_bytes=settings.max_message_bytes,
             threads=settings.dataplane_threads,
@@ -119,4 +123,9 @@ async def start_front_door(
             sock.close()
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    return NativeFrontDoor(control, directory, sockets)
+    door = NativeFrontDoor(control, directory, sockets)
+    if certificates is not None:
+        api = RuntimeAPI(files.admin_socket)
+        reloading = every(CERTIFICATE_CHECK_S, lambda: certificates.reload_changed(api), "TLS reload", log)
+        door.certificate_reloads = asyncio.create_task(reloading, name="engine-tls-reload")
+    return door

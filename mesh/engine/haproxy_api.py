@@ -73,6 +73,14 @@ class RuntimeAPI:
         finally:
             writer.close()
 
+    async def run_with_payload(self, command: str, payload: str) -> None:
+        """A command that takes a multi-line payload (a certificate, say); raises if HAProxy refused it."""
+        body = payload.strip("\n")
+        answer = await self.run(f"{command} <<\n{body}\n")
+        refused = _refusal(answer)
+        if refused:
+            raise RuntimeAPIError(f"HAProxy refused {command!r}: {refused}")
+
     async def run_all(self, commands: Iterable[str]) -> None:
         """Every command, in order, in batches; raises on the first that HAProxy refused."""
         for batch in batches(commands):

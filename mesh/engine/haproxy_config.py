@@ -57,6 +57,15 @@ class EngineFiles:
     def map(self, name: str) -> Path:
         return self.directory / f"{name}.map"
 
+    @property
+    def certificate(self) -> Path:
+        """The front doors' certificate chain and key, in one PEM (what HAProxy's `crt` reads)."""
+        return self.directory / "front-door.pem"
+
+    @property
+    def client_ca(self) -> Path:
+        return self.directory / "client-ca.pem"
+
 
 MAPS = ("by_name", "by_header", "vmodels")
 
@@ -72,6 +81,14 @@ class Listener:
         return f"fd@{self.fd}" if self.fd is not None else self.address
 
 
+def tls_options(files: EngineFiles, tls: bool, mutual: bool, alpn: str) -> str:
+    """The bind line's TLS options: the certificate, ALPN, and with mTLS the client CA every client must chain to."""
+    if not tls:
+        return ""
+    options = f" ssl crt {files.certificate} alpn {alpn}"
+    return options + (f" ca-file {files.client_ca} verify required" if mutual else "")
+
+
 @dataclass(frozen=True)
 class HAProxyLayout:
     files: EngineFiles
@@ -80,6 +97,9 @@ class HAProxyLayout:
     mesh_grpc: str
     """mesh's own gRPC door (HOST:PORT), where misses go."""
     mesh_rest: str | None
+    tls: bool = False
+    """Serve both front doors over TLS (the files are EngineFiles.certificate and, with mtls, .client_ca)."""
+    mtls: bool = False
     slots: int = 64
     threads: int = 1
     max_message_bytes: int = 64 * 1024 * 1024
@@ -130,7 +150,7 @@ def render(layout: HAProxyLayout) -> str:
         "  timeout http-request 30s",
         "",
         "frontend grpc",
-        f"  bind {layout.grpc.bind()} proto h2",
+        f"  bind {layout.grpc.bind()} proto h2{tls_options(files, layout.tls, layout.mtls, 'h2')}",
         # mesh_decides (its lines are ORed): calls mesh answers itself, binary routing headers (mesh checks they are
         # UTF-8), and messages over the limit, read from the 5-byte gRPC prefix (mesh's door refuses them with
         # RESOURCE_EXHAUSTED from gRPC itself, which reads the rest of the stream first: an early answer from the
@@ -182,7 +202,7 @@ def render(layout: HAProxyLayout) -> str:
         lines += [
             "",
             "frontend rest",
-            f"  bind {layout.rest.bind()}",
+            f"  bind {layout.rest.bind()}{tls_options(files, layout.tls, layout.mtls, 'h2,http/1.1')}",
             "  default_backend mesh_rest",
             "",
             "backend mesh_rest",
