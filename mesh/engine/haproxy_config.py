@@ -120,6 +120,46 @@ core.register_fetches("mesh_pick", function(txn)
   end
   return copies[math.random(#copies)]
 end)
+
+-- Field 1 (the model's name) of a gRPC request whose message is larger than what the engine buffers: ungrpc
+-- reads whole messages only, but protobuf writes fields in number order, so the name is in the first bytes.
+-- Nothing (mesh's door decides) when the buffered bytes do not hold it whole.
+core.register_fetches("mesh_body_model", function(txn)
+  local body = txn.f:req_body()
+  if body == nil then return nil end
+  local pos, size = 6, #body  -- after the 5-byte gRPC prefix
+  local function varint()
+    local result, shift = 0, 0
+    while pos <= size and shift < 64 do
+      local byte = body:byte(pos)
+      pos = pos + 1
+      result = result | ((byte & 0x7f) << shift)
+      if byte < 0x80 then return result end
+      shift = shift + 7
+    end
+    return nil
+  end
+  while pos <= size do
+    local tag = varint()
+    if tag == nil then return nil end
+    local field, wire = tag >> 3, tag & 7
+    if wire == 2 then
+      local length = varint()
+      if length == nil or pos + length - 1 > size then return nil end
+      if field == 1 then return body:sub(pos, pos + length - 1) end
+      pos = pos + length
+    elseif wire == 0 then
+      if varint() == nil then return nil end
+    elseif wire == 1 then
+      pos = pos + 8
+    elseif wire == 5 then
+      pos = pos + 4
+    else
+      return nil
+    end
+  end
+  return nil
+end)
 """
 
 
@@ -175,6 +215,7 @@ def render(layout: HAProxyLayout) -> str:
         "if vmodel_header !model_header !mesh_decides",
         "  http-request wait-for-body time 1s at-least 1k if body_routed !model_header !vmodel_header",
         "  http-request set-var(txn.name) req.body,ungrpc(1) if body_routed !model_header !vmodel_header",
+        "  http-request set-var(txn.name) lua.mesh_body_model if body_routed !model_header !vmodel_header !named",
         f"  http-request set-var(txn.model) var(txn.name),map({maps['vmodels']}) if named",
         f"  http-request set-var(txn.copies) var(txn.name),map({maps['by_name']}) if named !has_model",
         "  http-request set-var(txn.model) var(txn.name) if has_copies",

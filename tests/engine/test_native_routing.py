@@ -269,3 +269,18 @@ async def test_a_stale_route_gets_a_retryable_answer_from_the_runtime(make_mesh)
         with pytest.raises(grpc.aio.AioRpcError) as from_router:
             await runtime.ModelInfer(request, timeout=WAIT_S)
         assert from_router.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_large_request_named_by_its_body_is_routed_natively(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    """A message larger than the engine buffers (16 KiB): the model's name is read from its first bytes."""
+    mesh = await make_mesh([64 * 1024 * 1024])
+    await mesh.register_echo("m")
+    await mesh.infer("m")
+    await eventually(lambda: routed(mesh, "m"), "the route to m published")
+    for size in (100, 20_000, 1_000_000):
+        request = pb.ModelInferRequest(model_name="m")
+        request.inputs.add(name="x", datatype="UINT8", shape=[size])
+        request.raw_input_contents.append(bytes(size))
+        reply = await mesh.inference.ModelInfer(request, timeout=WAIT_S)
+        assert len(reply.raw_output_contents[0]) == size
+    assert await native_count(mesh, "m") == 3
