@@ -45,7 +45,7 @@ from mesh.gen import grpc_predict_v2_pb2 as pb
 
 TARGETS = ("direct", "haproxy", "passthrough", "mesh", "mesh-native")
 FULL = {"seconds": 3, "rounds": 2, "concurrency": [1, 8, 64], "misses": 20, "routes": 10_000, "updates": 200}
-QUICK = {"seconds": 1, "rounds": 1, "concurrency": [1, 8], "misses": 3, "routes": 500, "updates": 20}
+QUICK = {"seconds": 1, "rounds": 1, "concurrency": [8], "misses": 2, "routes": 200, "updates": 10}
 H2LOAD_TIMEOUT_S = 120
 # The targets (docs/benchmarks.md, scenario 7).
 MIN_NATIVE_VS_ENGINE = 0.9

@@ -32,7 +32,7 @@ def test_quick_bench_writes_json_and_plots_for_every_scenario(tmp_path: Path, ha
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert set(SCENARIOS) == set(bench_main.SCENARIOS), "a scenario the bench runs is not checked here"
