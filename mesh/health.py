@@ -44,6 +44,7 @@ class Readiness:
         self.on_change: list[Callable[[bool], Awaitable[None]]] = []
         self._published = False
         self._holds: list[str] = []
+        self._conditions: list[Callable[[], str | None]] = []
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -68,6 +69,10 @@ class Readiness:
         self._holds.remove(reason)
         await self.check()
 
+    def add_condition(self, problem: Callable[[], str | None]) -> None:
+        """One more thing readiness needs: problem() says what is wrong, or None (the native engine runs, say)."""
+        self._conditions.append(problem)
+
     def check_soon(self) -> None:
         """Re-evaluate at once in the background (a burst of calls costs one evaluation)."""
         self._wake.set()
@@ -75,7 +80,12 @@ class Readiness:
     async def check(self) -> bool:
         """Evaluate now, tell the listeners if the answer changed, and return it."""
         async with self._lock:
-            problem = self._hold_problem() or await self._store_problem() or self._instance_problem()
+            problem = (
+                self._hold_problem()
+                or await self._store_problem()
+                or self._instance_problem()
+                or next((p for p in (condition() for condition in self._conditions) if p), None)
+            )
             ready = problem is None
             changed = ready != self.ready or not self._published
             self.ready, self.reason = ready, problem or "ready"

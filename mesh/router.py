@@ -101,6 +101,7 @@ class Router:
             self.engine = await start_front_door(engine, settings, self.manager, self.metrics, grpc_port, rest_port)
             log.info("data plane: haproxy in front of mesh's doors (gRPC %d, REST %s)", grpc_port, rest_port)
             grpc_port, rest_port = self.engine.grpc_port, self.engine.rest_port
+            self.readiness.add_condition(self.engine.problem)
         self.readiness.on_change.append(self._publish_health)
         self.manager.view.on_change.append(self._on_change)
         if hold_ready is not None:

@@ -65,6 +65,10 @@ class NativeFrontDoor:
     sockets: list[socket.socket] = field(default_factory=list)
     certificate_reloads: asyncio.Task[None] | None = None
 
+    def problem(self) -> str | None:
+        """What keeps the engine from serving (a readiness condition), or None."""
+        return None if self.control.driver.running() else "the data-plane engine (haproxy) is not running"
+
     @property
     def grpc_port(self) -> int:
         return self.sockets[0].getsockname()[1]

@@ -11,8 +11,10 @@ from test_loading import eventually
 
 from mesh.engine.control import EngineControl
 from mesh.engine.driver import ModelTraffic
+from mesh.engine.frontdoor import NativeFrontDoor
 from mesh.engine.haproxy_api import batches, parse_table
 from mesh.engine.routes import RouteSet, RouteUpdate, engine_safe, plan_routes
+from mesh.health import Readiness
 from mesh.placement.records import now_ms
 
 
@@ -192,6 +194,19 @@ async def test_a_copy_is_unloaded_only_after_the_engine_drained_it(make_cluster)
         assert runtime.unloads == ["m"]
     finally:
         await control.stop()
+
+
+async def test_readiness_needs_the_engine_running(make_cluster, tmp_path):
+    cluster = make_cluster(FakeRuntime("rt-a"))
+    router = await cluster.router()
+    engine = FakeEngine()
+    door = NativeFrontDoor(EngineControl(engine, router.manager, router.metrics), tmp_path)
+    readiness = Readiness(cluster.kv, router.manager, period_seconds=3600)
+    readiness.add_condition(door.problem)
+    assert await readiness.check()
+    await engine.stop()
+    assert not await readiness.check()
+    assert readiness.reason == "the data-plane engine (haproxy) is not running"
 
 
 def test_stick_table_listing_is_parsed() -> None:
