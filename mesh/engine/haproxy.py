@@ -37,6 +37,10 @@ START_TIMEOUT_S = 15.0
 STOP_GRACE_S = 5.0
 USAGE_EXPIRE_MS = 24 * 3600 * 1000
 """The usage table's `expire`: an entry's remaining time says how long ago it was last tracked."""
+CLOCK_SLACK_MS = 2
+"""HAProxy's clock ticks in milliseconds and is read when its event loop wakes, so a use read off an entry's expiry
+can come out a tick or two before it happened: last uses are dated this much later (never after the reading), so
+that none is dated before the request that made it."""
 
 
 class EngineError(RuntimeError):
@@ -251,11 +255,16 @@ class HAProxyEngine:
     # ---- what the engine saw -----------------------------------------------------------------------------
 
     async def traffic(self) -> dict[str, ModelTraffic]:
+        entries = await self._api.table(USAGE_TABLE)
         now = int(time.time() * 1000)
         return {
-            e.key: ModelTraffic(e.data.get("http_req_cnt", 0), e.in_use, now - (USAGE_EXPIRE_MS - e.expires_in_ms))
-            for e in await self._api.table(USAGE_TABLE)
+            e.key: ModelTraffic(e.data.get("http_req_cnt", 0), e.in_use, self._last_use(e.expires_in_ms, now))
+            for e in entries
         }
+
+    @staticmethod
+    def _last_use(expires_in_ms: int, now_ms: int) -> int:
+        return min(now_ms, now_ms - (USAGE_EXPIRE_MS - expires_in_ms) + CLOCK_SLACK_MS)
 
     async def copy_in_flight(self, model_id: str, instance_id: str) -> int:
         slot = self._slots.get(instance_id)
