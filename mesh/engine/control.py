@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import ipaddress
 import logging
 import socket
@@ -53,10 +52,16 @@ def engine_endpoint(record: InstanceRecord) -> str | None:
     return ip_endpoint(endpoint)
 
 
-@functools.lru_cache(maxsize=4096)
+_RESOLVED: dict[str, str] = {}
+"""Endpoints already resolved (failures are not kept: a name that does not resolve now may later)."""
+
+
 def ip_endpoint(endpoint: str) -> str | None:
     """HOST:PORT with the host resolved to an IP address (the engine takes addresses, not names, at run time);
     resolved once per endpoint (runtimes are addressed by IP in Kubernetes, by 127.0.0.1 on one machine)."""
+    known = _RESOLVED.get(endpoint)
+    if known is not None:
+        return known
     host, _, port = endpoint.rpartition(":")
     host = host.strip("[]")
     if not port.isdigit():
@@ -68,7 +73,8 @@ def ip_endpoint(endpoint: str) -> str | None:
             host = str(socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][4][0])
         except OSError:
             return None
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    resolved = _RESOLVED[endpoint] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return resolved
 
 
 class EngineControl:

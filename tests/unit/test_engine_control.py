@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from harness.fakes import FakeRuntime
 from test_loading import eventually
 
-from mesh.engine.control import EngineControl
+from mesh.engine.control import EngineControl, ip_endpoint
 from mesh.engine.driver import ModelTraffic
 from mesh.engine.frontdoor import NativeFrontDoor
 from mesh.engine.haproxy_api import batches, parse_table
@@ -207,6 +207,13 @@ async def test_readiness_needs_the_engine_running(make_cluster, tmp_path):
     await engine.stop()
     assert not await readiness.check()
     assert readiness.reason == "the data-plane engine (haproxy) is not running"
+
+
+def test_instance_endpoints_become_addresses_the_engine_takes() -> None:
+    assert ip_endpoint("127.0.0.1:8001") == "127.0.0.1:8001"
+    assert ip_endpoint("[::1]:8001") == "[::1]:8001"
+    assert ip_endpoint("localhost:8001") in ("127.0.0.1:8001", "[::1]:8001")
+    assert ip_endpoint("fake:rt-a") is None
 
 
 def test_stick_table_listing_is_parsed() -> None:
