@@ -14,7 +14,6 @@ not retried there for load_failure_backoff_seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -23,6 +22,7 @@ import grpc
 from mesh.config import Settings
 from mesh.errors import MeshError, ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
 from mesh.metrics import RouterMetrics
+from mesh.periodic import woken_or_after
 from mesh.placement import policy
 from mesh.placement.claims import LoadClaims
 from mesh.placement.copies import LOADING_STALE_S, CopyTable
@@ -160,8 +160,7 @@ class Loader:
                 # Every instance that could take it is using all its load slots (or all it could evict is busy):
                 # decide when a load ends, not now. Deciding now would evict copies (and hold their room) that
                 # go on serving hits until this load could start.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(slot_freed.wait(), recheck_s)
+                await woken_or_after(slot_freed, recheck_s)
                 continue
             if not claimed:
                 # The record changed under the claim (the store showed the view what won): look again, after
@@ -223,9 +222,7 @@ class Loader:
         """Wait until the model's placement record changes (another router's load finished or failed)."""
         event = self._placement_waiters.setdefault(model_id, asyncio.Event())
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass  # a claim that old is stale: the next claim ignores it
+            await woken_or_after(event, timeout)  # after the timeout, a claim that old is stale: the next ignores it
         finally:
             self._placement_waiters.pop(model_id, None)
 
