@@ -17,20 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench import h2load
 from bench._serving import LOOPS
 from bench.common import PY, REPO, Server, machine, runtime_argv
-from bench.loadgen import PAYLOADS, cpu_ns
 
-H2LOAD_TIMEOUT_S = 120
 SIDES = ("base", "head")
 
 
@@ -50,49 +46,26 @@ def router(side: str, tree: Path, runtime: str, loop: str, workdir: Path) -> Ser
     return Server(side, argv, workdir, cwd=tree, env=env)
 
 
-def grpc_body(model: str) -> bytes:
-    """A gRPC message frame (uncompressed) carrying the small ModelInfer request."""
-    message = PAYLOADS["small"](model)
-    return b"\0" + struct.pack(">I", len(message)) + message
-
-
-def h2load_cell(h2load: str, address: str, body_file: Path, streams: int, seconds: int, pid: int) -> dict[str, float]:
-    """One h2load run; req/s and the router's CPU µs per request."""
-    url = f"http://{address}/inference.GRPCInferenceService/ModelInfer"
-    argv = [
-        h2load, url, "-c", "1", "-m", str(streams), "-D", str(seconds), "--warm-up-time", "1",
-        "-d", str(body_file), "-H", "content-type: application/grpc", "-H", "te: trailers",
-    ]  # fmt: skip
-    before = cpu_ns(pid)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=H2LOAD_TIMEOUT_S, check=True)
-    spent = cpu_ns(pid) - before
-    succeeded = int(re.search(r"(\d+) succeeded", done.stdout).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", done.stdout).group(1))  # type: ignore[union-attr]
-    # The CPU window includes the warm-up second: count the requests of that second too, at the measured rate.
-    return {"rps": rps, "router_cpu_us": spent / 1000 / max(succeeded + rps, 1)}
-
-
 def run_h2load(addresses: dict[str, str], pids: dict[str, int], args: argparse.Namespace, workdir: Path) -> list:
-    h2load = shutil.which("h2load")
-    if h2load is None:
-        print("h2load not found (apt-get install nghttp2-client): native rows skipped", file=sys.stderr)
+    binary = h2load.find()
+    if binary is None:
         return []
     body = workdir / "body.bin"
-    body.write_bytes(grpc_body("echo"))
-    samples: dict[tuple[int, str], list[dict[str, float]]] = {}
+    body.write_bytes(h2load.grpc_body("echo"))
+    samples: dict[tuple[int, str], list[h2load.Cell]] = {}
     for round_no in range(1, args.rounds + 1):
         for streams in args.concurrency:
             for side in SIDES:
-                cell = h2load_cell(h2load, addresses[side], body, streams, args.seconds, pids[side])
+                cell = h2load.run(binary, addresses[side], body, streams, args.seconds, [pids[side]])
                 samples.setdefault((streams, side), []).append(cell)
-                print(f"  h2load round {round_no} c={streams:<3} {side}: {cell['rps']:8.0f} req/s", file=sys.stderr)
+                print(f"  h2load round {round_no} c={streams:<3} {side}: {cell.rps:8.0f} req/s", file=sys.stderr)
     return [
         {
             "client": "h2load",
             "concurrency": streams,
             "target": side,
-            "rps": sum(c["rps"] for c in cells) / len(cells),
-            "router_cpu_us": sum(c["router_cpu_us"] for c in cells) / len(cells),
+            "rps": sum(c.rps for c in cells) / len(cells),
+            "router_cpu_us": sum(c.cpu_us for c in cells) / len(cells),
         }
         for (streams, side), cells in samples.items()
     ]

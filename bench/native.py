@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import socket
 import statistics
@@ -38,15 +37,17 @@ from pathlib import Path
 
 import grpc
 
-from bench.ab import grpc_body
+from bench import h2load
 from bench.common import PY, REPO, Server, loadavg, machine, ratio, runtime_argv, target
-from bench.loadgen import PAYLOADS, cpu_ns
+from bench.loadgen import PAYLOADS
+from bench.native_tables import measure_tables
 from mesh.gen import grpc_predict_v2_pb2 as pb
 
 TARGETS = ("direct", "haproxy", "passthrough", "mesh", "mesh-native")
 FULL = {"seconds": 3, "rounds": 2, "concurrency": [1, 8, 64], "misses": 20, "routes": 10_000, "updates": 200}
 QUICK = {"seconds": 1, "rounds": 1, "concurrency": [8], "misses": 2, "routes": 200, "updates": 10}
-H2LOAD_TIMEOUT_S = 120
+HEADERS = ("mm-model-id: echo",)
+"""What h2load sends besides the body, as ModelMesh clients do."""
 # The issue's targets (docs/benchmarks.md, scenario 7).
 MIN_NATIVE_VS_ENGINE = 0.9
 MAX_ADDED_LATENCY_VS_ENGINE = 1.2
@@ -160,40 +161,26 @@ def infer(address: str, model: str) -> float:
         return (time.perf_counter() - started) * 1000
 
 
-def h2load_cell(h2load: str, address: str, body: Path, streams: int, seconds: int, pids: list[int]) -> dict:
-    url = f"http://{address}/inference.GRPCInferenceService/ModelInfer"
-    argv = [
-        h2load, url, "-c", "1", "-m", str(streams), "-D", str(seconds), "--warm-up-time", "1", "-d", str(body),
-        "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", "mm-model-id: echo",
-    ]  # fmt: skip
-    before = sum(cpu_ns(p) for p in pids)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=H2LOAD_TIMEOUT_S, check=True)
-    spent = sum(cpu_ns(p) for p in pids) - before
-    succeeded = int(re.search(r"(\d+) succeeded", done.stdout).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", done.stdout).group(1))  # type: ignore[union-attr]
-    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", done.stdout)
-    assert mean is not None, done.stdout
-    mean_us = float(mean.group(1)) * {"us": 1, "ms": 1000, "s": 1_000_000}[mean.group(2)]
-    # The CPU window includes the warm-up second: count its requests too, at the measured rate.
-    return {"rps": rps, "mean_us": mean_us, "cpu_us": spent / 1000 / max(succeeded + rps, 1)}
-
-
 def run_h2load(addresses: dict[str, str], pids: dict[str, list[int]], params: dict, workdir: Path) -> list[dict]:
-    h2load = shutil.which("h2load")
-    if h2load is None:
-        print("h2load not found (apt-get install nghttp2-client): native client rows skipped", file=sys.stderr)
+    binary = h2load.find()
+    if binary is None:
         return []
     body = workdir / "body.bin"
-    body.write_bytes(grpc_body("echo"))
-    cells: dict[tuple[int, str], list[dict]] = {}
+    body.write_bytes(h2load.grpc_body("echo"))
+    cells: dict[tuple[int, str], list[h2load.Cell]] = {}
     for _ in range(params["rounds"]):
         for streams in params["concurrency"]:
             for name in TARGETS:
-                cell = h2load_cell(h2load, addresses[name], body, streams, params["seconds"], pids[name])
+                cell = h2load.run(binary, addresses[name], body, streams, params["seconds"], pids[name], HEADERS)
                 cells.setdefault((streams, name), []).append(cell)
-                print(f"  h2load c={streams:<3} {name:<12} {cell['rps']:8.0f} req/s", file=sys.stderr)
+                print(f"  h2load c={streams:<3} {name:<12} {cell.rps:8.0f} req/s", file=sys.stderr)
     return [
-        {"client": "h2load", "concurrency": c, "target": name, **{k: statistics.mean(x[k] for x in v) for k in v[0]}}
+        {
+            "client": "h2load",
+            "concurrency": c,
+            "target": name,
+            **{k: statistics.mean(getattr(x, k) for x in v) for k in ("rps", "mean_us", "cpu_us")},
+        }
         for (c, name), v in cells.items()
     ]
 
@@ -228,9 +215,10 @@ def measure_misses(addresses: dict[str, str], count: int) -> dict[str, float]:
 
 
 def run(quick: bool, out_dir: Path) -> dict:
-    params = QUICK if quick else FULL
-    from bench.native_tables import measure_tables
+    return measure(QUICK if quick else FULL)
 
+
+def measure(params: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="mesh-native-") as tmp:
         workdir = Path(tmp)
         with servers(workdir, params["misses"]) as (addresses, pids):
@@ -252,8 +240,8 @@ def run(quick: bool, out_dir: Path) -> dict:
 
 
 def _wait_native(address: str) -> None:
-    """Requests for one second: mesh-native's control loop publishes the loaded model's route within one round
-    (at most a second), and the h2load warm-up second comes on top."""
+    """Requests for one second: mesh-native's control loop publishes the loaded model's route as soon as placement
+    records the copy (milliseconds), and the h2load warm-up second comes on top."""
     until = time.monotonic() + 1.0
     while time.monotonic() < until:
         infer(address, "echo")
@@ -322,8 +310,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=lambda t: [int(x) for x in t.split(",")], default=FULL["concurrency"])
     parser.add_argument("--json", type=Path, help="also write the machine, the rows and the targets here")
     args = parser.parse_args()
-    FULL.update(seconds=args.seconds, rounds=args.rounds, concurrency=args.concurrency)
-    results = run(False, REPO / "bench" / "results")
+    results = measure({**FULL, "seconds": args.seconds, "rounds": args.rounds, "concurrency": args.concurrency})
     print(results["markdown"])
     for t in results["targets"]:
         print(f"{'met' if t['met'] else 'NOT MET'}: {t['name']}: {t['detail']}")

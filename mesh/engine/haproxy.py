@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import shutil
@@ -100,8 +101,7 @@ class HAProxyEngine:
         for name, entries in self._maps.items():
             files.map(name).write_text("".join(f"{k} {v}\n" for k, v in entries.items()))
         servers = tuple((slot, self._endpoints[i]) for i, slot in self._slots.items())
-        layout = HAProxyLayout(**{**self._layout.__dict__, "servers": servers})
-        files.config.write_text(render(layout))
+        files.config.write_text(render(dataclasses.replace(self._layout, servers=servers)))
         files.admin_socket.unlink(missing_ok=True)
         self._process = await asyncio.create_subprocess_exec(
             self._binary,

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 
 from mesh.engine.haproxy_api import RuntimeAPI
-from mesh.engine.haproxy_config import MAPS
+from mesh.engine.haproxy_config import MAPS, EngineFiles
 from mesh.router import Router
 
 APT_TIMEOUT_S = 600
@@ -31,18 +31,21 @@ def ensure_haproxy() -> tuple[str | None, str]:
     return None, f"haproxy is not installed and apt-get could not install it: {done.stderr.strip()[-300:]}"
 
 
-def engine_api(router: Router) -> RuntimeAPI:
+def engine_files(router: Router) -> EngineFiles:
     assert router.engine is not None, "the router runs no native engine"
-    return RuntimeAPI(router.engine.directory / "admin.sock")
+    return EngineFiles(router.engine.directory)
+
+
+def engine_api(router: Router) -> RuntimeAPI:
+    return RuntimeAPI(engine_files(router).admin_socket)
 
 
 async def engine_maps(router: Router) -> dict[str, dict[str, str]]:
     """What the running engine's route maps hold (read from HAProxy, not from mesh's memory)."""
-    api = engine_api(router)
-    assert router.engine is not None
+    api, files = engine_api(router), engine_files(router)
     maps = {}
     for name in MAPS:
-        answer = await api.run(f"show map {router.engine.directory / f'{name}.map'}")
+        answer = await api.run(f"show map {files.map(name)}")
         entries = (line.split(" ", 2)[1:] for line in answer.splitlines() if line.startswith("0x"))
         maps[name] = {key: value for key, value in entries}
     return maps
