@@ -107,6 +107,7 @@ class EngineControl:
         await self.sync()
         self._manager.view.on_change.append(self._on_view_change)
         self._manager.drain_before_unload(self.drain)
+        self._manager.publish_routes_with(self._sync_stale)
         self._tasks = [
             asyncio.create_task(self._follow_placement(), name="engine-routes"),
             asyncio.create_task(every(self._usage_s, self.collect_usage, "engine usage", log), name="engine-usage"),

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from mesh.config import Settings
 from mesh.kv.base import KV
@@ -45,6 +45,10 @@ from mesh.placement.view import LocalView
 from mesh.tls import ClientTLS
 
 log = logging.getLogger(__name__)
+
+
+async def _nothing_to_publish() -> None:
+    """mesh's own doors read the records on every request: nothing to bring up to date."""
 
 
 class PlacementManager:
@@ -69,6 +73,7 @@ class PlacementManager:
         self.waiting_for_load = 0
         # Models a native engine has requests in flight for (in_flight_elsewhere).
         self._in_flight_elsewhere: set[str] = set()
+        self._publish_routes: Callable[[], Awaitable[None]] = _nothing_to_publish
         self.keys = Keys(settings.kv_prefix)
         self.view = LocalView(kv, self.keys)
         self.store = RecordStore(kv, self.view)
@@ -205,6 +210,16 @@ class PlacementManager:
     async def unload_copy(self, model_id: str, instance_id: str) -> None:
         """Stop routing to a copy, then unload it from its runtime."""
         await self._evictor.unload_copy(model_id, instance_id)
+
+    def publish_routes_with(self, publish: Callable[[], Awaitable[None]]) -> None:
+        """How a native data plane brings its routes up to the records (routes_published awaits it)."""
+        self._publish_routes = publish
+
+    async def routes_published(self) -> None:
+        """Return once the data plane routes by the records as they are now: a registry change (a vmodel deleted
+        or retargeted, a model unregistered) is answered only then, so no request after the answer meets the old
+        route. mesh's own doors read the records directly; a native engine's routes follow them in a task."""
+        await self._publish_routes()
 
     def drain_before_unload(self, drain: Drain) -> None:
         """Before a copy is unloaded, await drain(model_id, instance_id): a native data plane withdraws the copy's

@@ -127,6 +127,7 @@ class ModelRegistry:
         for instance_id in list(placement.record.copies) if placement else []:
             await self._manager.unload_copy(model_id, instance_id)
         await self._store.update(Kind.PLACEMENT, model_id, lambda _: None)
+        await self._manager.routes_published()
         log.info("unregistered model %s", model_id)
 
     async def ensure_loaded(self, model_id: str, sync: bool) -> ModelStatus:
@@ -218,6 +219,7 @@ class ModelRegistry:
                 await transition
             else:
                 self._spawn(transition)
+        await self._manager.routes_published()
         return self.vmodel_status(vmodel_id)
 
     async def _transition(self, vmodel_id: str, target: str) -> None:
@@ -252,6 +254,7 @@ class ModelRegistry:
         if owner and record.owner and owner != record.owner:
             raise Conflict(f"vmodel '{vmodel_id}' belongs to owner '{record.owner}', not '{owner}'")
         await self._store.update(Kind.VMODEL, vmodel_id, lambda _: None)
+        await self._manager.routes_published()
         if record.auto_delete:
             for model_id in {record.active_model_id, record.target_model_id}:
                 await self._delete_if_unused(model_id)

@@ -284,3 +284,19 @@ async def test_a_large_request_named_by_its_body_is_routed_natively(make_mesh) -
         reply = await mesh.inference.ModelInfer(request, timeout=WAIT_S)
         assert len(reply.raw_output_contents[0]) == size
     assert await native_count(mesh, "m") == 3
+
+
+async def test_a_deleted_vmodel_is_not_served_once_the_delete_is_answered(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    """The engine's routes follow the records in a task; a registry change is answered only once they have."""
+    mesh = await make_mesh([64 * 1024 * 1024])
+    await mesh.register_echo("m")
+    await mesh.infer("m")
+    registry = mesh.router.registry
+    for n in range(10):
+        await registry.set_vmodel(f"v{n}", "m")
+        assert value(await mesh.infer("x", n, metadata=(("mm-vmodel-id", f"v{n}"),))) == n
+        await registry.delete_vmodel(f"v{n}")
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await mesh.infer("x", n, metadata=(("mm-vmodel-id", f"v{n}"),))
+        assert gone.value.code() is grpc.StatusCode.NOT_FOUND
+    assert await native_count(mesh, "m") >= 1  # the vmodel requests were served natively
