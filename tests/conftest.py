@@ -1,12 +1,35 @@
-"""Fixtures shared across test folders: a real etcd (tests/harness/etcd.py)."""
+"""Fixtures shared across test folders: a real etcd (tests/harness/etcd.py), HAProxy; the hang watchdog."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 from harness.engine import ensure_haproxy
 from harness.etcd import EtcdServer, etcd_binary
+from harness.hang import HangWatchdog
+
+_watchdog = HangWatchdog()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # pytest captures nothing at session start: a duplicate of this stderr stays the terminal's (or CI's log).
+    _watchdog.start(os.fdopen(os.dup(2), "w", buffering=1))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _watchdog.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Each test runs under the hang watchdog (harness/hang.py): stacks, then an interrupt, past its limit."""
+    _watchdog.entering(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        _watchdog.left()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -245,4 +245,7 @@ class EngineControl:
                 log.exception("data-plane engine did not start again")
                 continue
             self._seen = {}
-            await self.sync()
+            try:
+                await self.sync()
+            except Exception:  # noqa: BLE001 - the follow task's next full resync gives it the routes
+                log.exception("data plane: routes not given to the restarted engine")

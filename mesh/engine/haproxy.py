@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import logging
-import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from mesh.engine.driver import ModelTraffic
 from mesh.engine.haproxy_api import RuntimeAPI, RuntimeAPIError
@@ -33,9 +31,9 @@ from mesh.engine.routes import RouteSet, RouteUpdate
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 START_TIMEOUT_S = 15.0
 STOP_GRACE_S = 5.0
+OUTPUT_DRAIN_S = 2.0
 USAGE_EXPIRE_MS = 24 * 3600 * 1000
 """The usage table's `expire`: an entry's remaining time says how long ago it was last tracked."""
 CLOCK_SLACK_MS = 2
@@ -53,17 +51,16 @@ def find_haproxy(name: str = "haproxy") -> str | None:
     return shutil.which(name)
 
 
-def die_with(parent: int) -> Callable[[], None]:
-    """What the engine's process runs before HAProxy: the kernel sends it SIGTERM when mesh dies, however mesh dies
-    (SIGKILL included), so no engine outlives mesh and holds its ports (Linux's PR_SET_PDEATHSIG); and if mesh died
-    before that was set, it exits at once."""
-
-    def arrange() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return arrange
+def dies_with_mesh(argv: list[str]) -> list[str]:
+    """The engine's command line, run so that the kernel sends it SIGTERM when mesh dies, however mesh dies (SIGKILL
+    included), so no engine outlives mesh and holds its ports (Linux's PR_SET_PDEATHSIG, set by util-linux's
+    setpriv, which then execs HAProxy). Not a preexec_fn: Python code between fork and exec can deadlock the child
+    in a process with threads (gRPC's), and the parent waits for that exec with its event loop blocked."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        log.warning("data plane: no setpriv (util-linux); the engine may outlive a router that is killed")
+        return argv
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
 async def relay_output(stream: asyncio.StreamReader) -> None:
@@ -104,15 +101,11 @@ class HAProxyEngine:
         files.config.write_text(render(dataclasses.replace(self._layout, servers=servers)))
         files.admin_socket.unlink(missing_ok=True)
         self._process = await asyncio.create_subprocess_exec(
-            self._binary,
-            "-db",
-            "-f",
-            str(files.config),
+            *dies_with_mesh([self._binary, "-db", "-f", str(files.config)]),
             pass_fds=self._inherited,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=die_with(os.getpid()),
         )
         assert self._process.stdout is not None
         self._output = asyncio.create_task(relay_output(self._process.stdout), name="engine-output")
@@ -156,8 +149,11 @@ class HAProxyEngine:
             except TimeoutError:
                 process.kill()
                 await process.wait()
-        if self._output is not None:
-            await self._output
+        output, self._output = self._output, None
+        if output is not None:
+            # The pipe ends when HAProxy has exited; bounded all the same, so that a stop cannot wait forever.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(output, OUTPUT_DRAIN_S)
 
     # ---- instances and routes ----------------------------------------------------------------------------
 

@@ -64,14 +64,16 @@ class RuntimeAPI:
         self._path = socket_path
 
     async def run(self, command: str) -> str:
-        """One command line (commands separated by ';'); HAProxy's answer."""
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(self._path)), API_TIMEOUT_S)
-        try:
-            writer.write(command.encode() + b"\n")
-            await writer.drain()
-            return (await asyncio.wait_for(reader.read(), API_TIMEOUT_S)).decode(errors="replace")
-        finally:
-            writer.close()
+        """One command line (commands separated by ';'); HAProxy's answer. Bounded by API_TIMEOUT_S as a whole: an
+        engine that stopped answering fails the call instead of holding whoever asked (the control loop, a stop)."""
+        async with asyncio.timeout(API_TIMEOUT_S):
+            reader, writer = await asyncio.open_unix_connection(str(self._path))
+            try:
+                writer.write(command.encode() + b"\n")
+                await writer.drain()
+                return (await reader.read()).decode(errors="replace")
+            finally:
+                writer.close()
 
     async def run_with_payload(self, command: str, payload: str) -> None:
         """A command that takes a multi-line payload (a certificate, say); raises if HAProxy refused it."""
