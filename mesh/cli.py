@@ -18,7 +18,7 @@ import grpc
 import httpx
 
 from mesh import bulk, logs, status
-from mesh.config import Settings
+from mesh.config import DATAPLANES, Settings
 from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
@@ -35,7 +35,7 @@ class UsageError(Exception):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from mesh.engine.frontdoor import engine_binary
+    from mesh.engine.frontdoor import native_engine
     from mesh.serve import ServeOptions, event_loop_factory, run
 
     settings = Settings.from_env(
@@ -50,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_client_ca_file=args.tls_client_ca,
         # `mesh serve` runs the native engine where it is installed, unless told otherwise (flag or MESH_DATAPLANE).
         dataplane=args.dataplane or (None if "MESH_DATAPLANE" in os.environ else "auto"),
+        dataplane_dir=args.dataplane_dir,
     )
     options = ServeOptions(
         runtimes=args.runtimes,
@@ -62,7 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         event_loop_factory(settings.event_loop)  # a MESH_EVENT_LOOP that names no loop, or uvloop not installed
-        engine_binary(settings)  # haproxy asked for and not installed, or a configuration it cannot serve
+        native_engine(settings)  # haproxy asked for and not installed, or a configuration it cannot serve
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     run(settings, options)
@@ -338,12 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", default=None, help="serve both front doors over TLS with this PEM certificate")
     serve.add_argument("--tls-key", default=None, help="the certificate's PEM key")
     serve.add_argument("--tls-client-ca", default=None, help="mTLS: require client certificates signed by this CA")
-    serve.add_argument(
-        "--dataplane",
-        choices=("auto", "haproxy", "python"),
-        default=None,
-        help="what serves the public ports: haproxy (native), python (mesh's doors), auto (haproxy if installed)",
-    )
+    dataplanes = "what serves the public ports: haproxy (native), auto (it if installed), haproxy-sidecar, python"
+    serve.add_argument("--dataplane", choices=DATAPLANES, default=None, help=dataplanes)
+    serve.add_argument("--dataplane-dir", default=None, help="the native engine's files and sockets (see --dataplane)")
     serve.set_defaults(func=_serve)
 
     ctl = sub.add_parser("controller", help="run the Kubernetes controller (KServe, ModelMesh mode)")

@@ -9,6 +9,9 @@ from typing import Any
 from mesh.env_settings import from_env
 from mesh.tls import ClientTLS, ServerTLS, client_tls, server_tls
 
+DATAPLANES = ("auto", "haproxy", "haproxy-sidecar", "python")
+"""What can serve the public ports (Settings.dataplane)."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -63,7 +66,12 @@ class Settings:
     dataplane: str = "python"
     """What serves the public ports: haproxy (a native engine that forwards requests for loaded models itself,
     with mesh as its control plane: docs/architecture.md), python (mesh's own doors), or auto (haproxy where its
-    binary is installed and the configuration is one it serves, else python). `mesh serve` defaults to auto."""
+    binary is installed and the configuration is one it serves, else python). `mesh serve` defaults to auto.
+    haproxy-sidecar: the engine is not mesh's child but runs beside it (a container of the same pod), sharing
+    dataplane_dir, and binds the public ports itself (docs/kubernetes.md)."""
+    dataplane_dir: str = ""
+    """The native engine's directory (config, maps, sockets): required with haproxy-sidecar, where it is the volume
+    both containers mount; otherwise a private temporary directory when empty."""
     haproxy_binary: str = "haproxy"
     """The HAProxy binary (a name looked up on PATH, or a path)."""
     dataplane_threads: int = 1

@@ -11,7 +11,7 @@ from aiohttp import web
 from grpc_health.v1 import health
 
 from mesh.config import Settings
-from mesh.engine.frontdoor import INTERNAL_HOST, NativeFrontDoor, engine_binary, start_front_door
+from mesh.engine.frontdoor import INTERNAL_HOST, NativeFrontDoor, native_engine, start_front_door
 from mesh.health import Readiness
 from mesh.kv import open_kv
 from mesh.kv.base import KV
@@ -76,7 +76,7 @@ class Router:
         self.readiness = Readiness(self._kv, self.manager, settings.health_check_seconds)
         tls = settings.front_door_tls()
         self.dataplane = DataPlane(self.registry, self.manager, self.readiness, self.metrics)
-        engine = engine_binary(settings)
+        engine = native_engine(settings)
         # Behind an engine, mesh's doors are internal: any free loopback port, called by the engine only, which
         # terminates TLS.
         host = INTERNAL_HOST if engine else settings.host

@@ -19,7 +19,7 @@ from pathlib import Path
 from prometheus_client import multiprocess
 
 from mesh.config import Settings
-from mesh.engine.frontdoor import engine_binary
+from mesh.engine.frontdoor import native_engine
 from mesh.errors import MeshError
 from mesh.placement.records import ModelRecord
 from mesh.processes import python_module_command
@@ -139,7 +139,7 @@ class EmbeddedMesh:
                 metrics_dir=self._metrics_dir,
                 # An instance record in etcd is read by routers on other hosts, which can't dial a local socket; a
                 # native engine cannot be pointed at one at run time.
-                uds=not settings.kv_url().startswith("etcd://") and engine_binary(settings) is None,
+                uds=not settings.kv_url().startswith("etcd://") and native_engine(settings) is None,
             )
             for i in range(options.runtimes)
         ]

@@ -240,7 +240,10 @@ class EngineControl:
             log.error("data-plane engine exited with %s; starting it again", code)
             await asyncio.sleep(RESTART_DELAY_S)
             try:
-                await self.driver.restart()
+                # Under the sync lock: a route change meanwhile would reach the engine being replaced, or be
+                # counted as given while the new one starts from the files written before it.
+                async with self._sync_lock:
+                    await self.driver.restart()
             except Exception:  # noqa: BLE001 - nothing serves the public ports now: say so loudly, retry
                 log.exception("data-plane engine did not start again")
                 continue

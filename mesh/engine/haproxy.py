@@ -1,20 +1,21 @@
-"""The HAProxy engine: one haproxy process, its instance backends and route maps, changed over the runtime API.
+"""The HAProxy engine: its instance backends and route maps, changed over the runtime API, and the files its process
+starts from.
 
-The process is started with the listening sockets of the public ports (inherited descriptors), so a restart after
-a crash serves the same ports at once. What it routes lives in mesh: each start writes the config with the
-instance servers and the map files with the routes it had, so the new process starts where the old one stopped.
+What it routes lives in mesh: each start writes the config with the instance servers and the map files with the
+routes it had, so a new process (a restart after a crash, a sidecar reloaded) starts where the old one stopped.
+Where the process comes from (a child of mesh, or a sidecar container) is haproxy_process.py's concern.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
+import os
+import secrets
 import shutil
-import signal
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from mesh.engine.driver import ModelTraffic
 from mesh.engine.haproxy_api import RuntimeAPI, RuntimeAPIError
@@ -27,13 +28,11 @@ from mesh.engine.haproxy_config import (
     HAProxyLayout,
     render,
 )
+from mesh.engine.haproxy_process import EngineError, EngineProcess
 from mesh.engine.routes import RouteSet, RouteUpdate
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_S = 15.0
-STOP_GRACE_S = 5.0
-OUTPUT_DRAIN_S = 2.0
 USAGE_EXPIRE_MS = 24 * 3600 * 1000
 """The usage table's `expire`: an entry's remaining time says how long ago it was last tracked."""
 CLOCK_SLACK_MS = 2
@@ -42,118 +41,58 @@ can come out a tick or two before it happened: last uses are dated this much lat
 that none is dated before the request that made it."""
 
 
-class EngineError(RuntimeError):
-    """The engine could not be started or changed."""
-
-
 def find_haproxy(name: str = "haproxy") -> str | None:
     """The haproxy binary's path, or None when it is not installed."""
     return shutil.which(name)
 
 
-def dies_with_mesh(argv: list[str]) -> list[str]:
-    """The engine's command line, run so that the kernel sends it SIGTERM when mesh dies, however mesh dies (SIGKILL
-    included), so no engine outlives mesh and holds its ports (Linux's PR_SET_PDEATHSIG, set by util-linux's
-    setpriv, which then execs HAProxy). Not a preexec_fn: Python code between fork and exec can deadlock the child
-    in a process with threads (gRPC's), and the parent waits for that exec with its event loop blocked."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        log.warning("data plane: no setpriv (util-linux); the engine may outlive a router that is killed")
-        return argv
-    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
-
-
-async def relay_output(stream: asyncio.StreamReader) -> None:
-    """HAProxy's messages, into mesh's log: alerts as errors, servers going down as warnings, the rest (servers
-    added, proxies stopping on a soft stop) at debug level."""
-    async for raw in stream:
-        line = raw.decode(errors="replace").rstrip()
-        if "[ALERT]" in line or "[EMERG]" in line:
-            log.error("haproxy: %s", line)
-        elif " is DOWN" in line:
-            log.warning("haproxy: %s", line)
-        elif line:
-            log.debug("haproxy: %s", line)
+def write_atomically(path: Path, text: str) -> None:
+    """A sidecar engine may read the file at any moment: it sees the old one or the new one, never a part."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text)
+    os.replace(staging, path)
 
 
 class HAProxyEngine:
-    def __init__(self, binary: str, layout: HAProxyLayout, inherited_fds: tuple[int, ...] = ()) -> None:
-        self._binary = binary
+    def __init__(self, layout: HAProxyLayout, process: EngineProcess) -> None:
         self._layout = layout
         self._files = layout.files
-        self._inherited = inherited_fds
+        self._process = process
         self._api = RuntimeAPI(layout.files.admin_socket)
-        self._process: asyncio.subprocess.Process | None = None
         self._slots: dict[str, int] = {}
         self._endpoints: dict[str, str] = {}
         self._maps: dict[str, dict[str, str]] = {name: {} for name in MAPS}
-        self._output: asyncio.Task[None] | None = None
 
     # ---- the process -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Write the engine's files with the instances and routes mesh has given it, then have a process serve
+        them: the config last, so that a sidecar waiting for it finds the rest in place."""
         files = self._files
         files.directory.mkdir(parents=True, exist_ok=True)
-        files.lua.write_text(PICK_LUA)
+        write_atomically(files.lua, PICK_LUA)
         for name, entries in self._maps.items():
-            files.map(name).write_text("".join(f"{k} {v}\n" for k, v in entries.items()))
+            write_atomically(files.map(name), "".join(f"{k} {v}\n" for k, v in entries.items()))
         servers = tuple((slot, self._endpoints[i]) for i, slot in self._slots.items())
-        files.config.write_text(render(dataclasses.replace(self._layout, servers=servers)))
-        files.admin_socket.unlink(missing_ok=True)
-        self._process = await asyncio.create_subprocess_exec(
-            *dies_with_mesh([self._binary, "-db", "-f", str(files.config)]),
-            pass_fds=self._inherited,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        assert self._process.stdout is not None
-        self._output = asyncio.create_task(relay_output(self._process.stdout), name="engine-output")
-        await self._wait_answering()
-        log.info("data-plane engine haproxy started (pid %d)", self._process.pid)
-
-    async def _wait_answering(self) -> None:
-        assert self._process is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if self._process.returncode is not None:
-                code = self._process.returncode
-                raise EngineError(f"haproxy exited with {code} on start (config {self._files.config})")
-            if self._files.admin_socket.exists():
-                with contextlib.suppress(OSError):
-                    await self._api.run("show info")
-                    return
-            if time.monotonic() > deadline:
-                raise EngineError(f"haproxy did not answer on {self._files.admin_socket} within {START_TIMEOUT_S:.0f}s")
-            await asyncio.sleep(0.02)
+        generation = f"mesh-config-{secrets.token_hex(8)}"
+        layout = dataclasses.replace(self._layout, servers=servers, generation=generation)
+        write_atomically(files.config, render(layout))
+        await self._process.start(generation)
 
     async def restart(self) -> None:
         await self.start()
 
     def pid(self) -> int | None:
-        return self._process.pid if self.running() else None  # type: ignore[union-attr]
+        return self._process.pid()
 
     def running(self) -> bool:
-        return self._process is not None and self._process.returncode is None
+        return self._process.running()
 
     async def wait_exit(self) -> int:
-        assert self._process is not None
-        return await self._process.wait()
+        return await self._process.wait_exit()
 
     async def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGUSR1)  # soft stop: requests in flight finish
-            try:
-                await asyncio.wait_for(process.wait(), STOP_GRACE_S)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        output, self._output = self._output, None
-        if output is not None:
-            # The pipe ends when HAProxy has exited; bounded all the same, so that a stop cannot wait forever.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(output, OUTPUT_DRAIN_S)
+        await self._process.stop()
 
     # ---- instances and routes ----------------------------------------------------------------------------
 

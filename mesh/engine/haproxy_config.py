@@ -51,6 +51,11 @@ class EngineFiles:
         return self.directory / "admin.sock"
 
     @property
+    def master_socket(self) -> Path:
+        """A sidecar engine's master CLI (haproxy -W -S PATH): where mesh asks it to reload."""
+        return self.directory / "master.sock"
+
+    @property
     def lua(self) -> Path:
         return self.directory / "mesh.lua"
 
@@ -106,6 +111,11 @@ class HAProxyLayout:
     """The largest gRPC request message the engine forwards (Settings.max_message_bytes)."""
     timeout_s: float = 3600.0
     """Client and server inactivity limits: gRPC connections stay open, and a model may think for long."""
+    shared: bool = False
+    """The engine runs in another container (a sidecar) under its own user: its runtime-API socket is opened to
+    every user of the directory (an emptyDir only the pod's containers see)."""
+    generation: str = "mesh"
+    """The config's token (HAProxy's `description`, read back by `show info`): which config a worker serves."""
     servers: tuple[tuple[int, str], ...] = ()
     """(slot, IP:PORT) of the instances known when the config is written (a restart); other slots wait, in
     maintenance, with a placeholder address."""
@@ -178,7 +188,10 @@ def render(layout: HAProxyLayout) -> str:
     limit = layout.max_message_bytes
     lines = [
         "global",
-        f"  stats socket {files.admin_socket} mode 600 level admin",
+        f"  stats socket {files.admin_socket} mode {'666' if layout.shared else '600'} level admin",
+        f"  description {layout.generation}",
+        # A reload (sidecar) lets the old worker finish its requests, but not hold long-lived streams forever.
+        "  hard-stop-after 60s",
         f"  nbthread {layout.threads}",
         f"  lua-load {files.lua}",
         "",

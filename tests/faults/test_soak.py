@@ -88,6 +88,13 @@ async def _kill_one(cluster: Cluster, rng: random.Random, kills: list[str]) -> N
     await cluster.restart_runtime(index)
 
 
+def _error_lines(cluster: Cluster, limit: int = 40) -> list[str]:
+    lines = []
+    for node in cluster.nodes:
+        lines += [f"{node.name}: {line}" for line in node.log().splitlines() if "Error" in line or "Traceback" in line]
+    return lines[:limit]
+
+
 async def test_soak(make_cluster: ClusterFactory, request: pytest.FixtureRequest) -> None:
     seconds: float = request.config.getoption("--soak-seconds")
     cluster = await make_cluster(runtimes=3, routers=2, capacity_bytes=4 * MB)
@@ -131,6 +138,8 @@ async def test_soak(make_cluster: ClusterFactory, request: pytest.FixtureRequest
         "router_rss_mb": [round(rss_before, 1), round(rss_after, 1)],
         "served_at": served_at,
     }
+    if outcomes.broken:  # where the broken answers came from: the processes' errors
+        report["error_lines"] = _error_lines(cluster)
     print(json.dumps(report, indent=2))
     if request.config.getoption("--soak-report"):
         await asyncio.to_thread(Path(request.config.getoption("--soak-report")).write_text, json.dumps(report))

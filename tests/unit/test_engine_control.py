@@ -200,7 +200,7 @@ async def test_readiness_needs_the_engine_running(make_cluster, tmp_path):
     cluster = make_cluster(FakeRuntime("rt-a"))
     router = await cluster.router()
     engine = FakeEngine()
-    door = NativeFrontDoor(EngineControl(engine, router.manager, router.metrics), tmp_path)
+    door = NativeFrontDoor(EngineControl(engine, router.manager, router.metrics), tmp_path, 8033, 8008)
     readiness = Readiness(cluster.kv, router.manager, period_seconds=3600)
     readiness.add_condition(door.problem)
     assert await readiness.check()
