@@ -88,10 +88,23 @@ async def _kill_one(cluster: Cluster, rng: random.Random, kills: list[str]) -> N
     await cluster.restart_runtime(index)
 
 
-def _error_lines(cluster: Cluster, limit: int = 40) -> list[str]:
-    lines = []
+def _error_lines(cluster: Cluster, limit: int = 80) -> list[str]:
+    """Every process's tracebacks (those of cancelled tasks left out) and error lines, for a broken answer's cause."""
+    lines: list[str] = []
     for node in cluster.nodes:
-        lines += [f"{node.name}: {line}" for line in node.log().splitlines() if "Error" in line or "Traceback" in line]
+        block: list[str] = []
+        for line in node.log().splitlines():
+            if block and (line.startswith((" ", "\t")) or line.startswith("Traceback")):
+                block.append(line)
+                continue
+            if block:  # the exception's own line ends a traceback
+                if "CancelledError" not in line:
+                    lines += [f"{node.name}: {text}" for text in [*block, line]]
+                block = []
+            elif line.startswith("Traceback"):
+                block = [line]
+            elif " ERROR " in line:
+                lines.append(f"{node.name}: {line}")
     return lines[:limit]
 
 

@@ -17,6 +17,7 @@ from crd_schema import REPO, custom_kinds, validators
 from mesh.controller.registration import model_spec
 from mesh.controller.resources import CLUSTER_SERVING_RUNTIME, is_model_mesh, parse_predictor, parse_runtime
 from mesh.controller.selection import select_runtime
+from mesh.engine.haproxy_process import sidecar_command
 
 K8S_VERSION = "1.32"
 DEPLOY = REPO / "deploy"
@@ -99,3 +100,26 @@ def test_each_example_finds_its_runtime_among_the_bases(base: list[dict[str, Any
 def test_the_two_runtime_crds_share_one_schema() -> None:
     schemas = {k.kind: k.schema for k in custom_kinds()}
     assert schemas["ServingRuntime"] == schemas["ClusterServingRuntime"]
+
+
+def test_the_router_pod_runs_the_engine_beside_mesh_on_a_shared_directory() -> None:
+    """The engine container runs what mesh's sidecar driver expects (sidecar_command) on the directory the router
+    container is told, both mount it, and the Service's ports are the engine's."""
+    docs = documents((DEPLOY / "base" / "router.yaml").read_text())
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    router, engine = containers["router"], containers["engine"]
+    command = router["command"]
+    assert command[command.index("--dataplane") + 1] == "haproxy-sidecar"
+    directory = command[command.index("--dataplane-dir") + 1]
+    assert engine["command"] == sidecar_command(directory)
+    assert engine["image"].startswith("haproxy:")
+    volume = next(v["name"] for v in pod["volumes"] if "emptyDir" in v)
+    for container in (router, engine):
+        assert {"name": volume, "mountPath": directory} in container["volumeMounts"], container["name"]
+    service = next(d for d in docs if d["kind"] == "Service")
+    engine_ports = {p["name"] for p in engine["ports"]}
+    assert {"grpc", "http"} <= engine_ports
+    declared = {p["name"] for c in containers.values() for p in c.get("ports", [])}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= declared
