@@ -22,7 +22,7 @@ import logging
 import socket
 import time
 
-from mesh.engine.driver import EngineDriver, ModelTraffic
+from mesh.engine.driver import EngineDriver, EngineError, ModelTraffic
 from mesh.engine.routes import RouteUpdate, model_copies, plan_routes, vmodel_target
 from mesh.metrics import RouterMetrics
 from mesh.periodic import every, woken_or_after
@@ -209,8 +209,15 @@ class EngineControl:
         """Withdraw the copy's route (placement no longer lists it, or lists it as evicting) and wait until the
         engine has no request in flight on it, up to the drain timeout; with other routers on the store, then give
         their engines OTHER_ROUTERS_GRACE_S to see the copy go (their watch) and finish what they sent it."""
-        await self._sync_stale(model_id)
-        await self._own_requests_done(model_id, instance_id)
+        try:
+            await self._sync_stale(model_id)
+            await self._own_requests_done(model_id, instance_id)
+        except (OSError, TimeoutError, EngineError) as exc:
+            # The engine did not answer: the eviction goes on (the request that needs the room waits on it), after
+            # the grace other routers' engines get, rather than failing that request.
+            log.warning("data plane: drain of model %s on %s unconfirmed (%s)", model_id, instance_id, exc)
+            await asyncio.sleep(OTHER_ROUTERS_GRACE_S)
+            return
         if self._manager.demand.others_present():
             await asyncio.sleep(OTHER_ROUTERS_GRACE_S)
 

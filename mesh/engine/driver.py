@@ -20,6 +20,10 @@ class ModelTraffic:
     last_used_ms: int
 
 
+class EngineError(RuntimeError):
+    """The engine could not be started or changed."""
+
+
 class EngineDriver(Protocol):
     async def start(self) -> None:
         """Start the engine, serving the public ports; every request goes to mesh's doors until routes exist."""

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from mesh.engine.driver import ModelTraffic
+from mesh.engine.driver import EngineError, ModelTraffic
 from mesh.engine.haproxy_api import RuntimeAPI, RuntimeAPIError
 from mesh.engine.haproxy_config import (
     BACKEND_PREFIX,
@@ -28,7 +28,7 @@ from mesh.engine.haproxy_config import (
     HAProxyLayout,
     render,
 )
-from mesh.engine.haproxy_process import EngineError, EngineProcess
+from mesh.engine.haproxy_process import EngineProcess
 from mesh.engine.routes import RouteSet, RouteUpdate
 
 log = logging.getLogger(__name__)

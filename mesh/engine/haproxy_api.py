@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 BATCH_BYTES = 8192
 API_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 4
+"""Commands in flight at once on one socket: HAProxy serves its stats socket to 10 clients at a time by default."""
 
 _ENTRY = re.compile(r"^0x[0-9a-f]+: key=(\S+) use=(\d+) exp=(\d+)(.*)$")
 _DATA = re.compile(r"(\w+(?:\(\d+\))?)=(\d+)")
@@ -60,20 +63,43 @@ def batches(commands: Iterable[str], limit: int = BATCH_BYTES) -> Iterator[list[
 
 
 class RuntimeAPI:
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(self, socket_path: Path, connections: int = MAX_CONNECTIONS) -> None:
         self._path = socket_path
+        self._connections = asyncio.Semaphore(connections)
 
     async def run(self, command: str) -> str:
         """One command line (commands separated by ';'); HAProxy's answer. Bounded by API_TIMEOUT_S as a whole: an
         engine that stopped answering fails the call instead of holding whoever asked (the control loop, a stop)."""
-        async with asyncio.timeout(API_TIMEOUT_S):
-            reader, writer = await asyncio.open_unix_connection(str(self._path))
+        async with self._connections, asyncio.timeout(API_TIMEOUT_S):
+            reader, writer = await self._connect()
             try:
                 writer.write(command.encode() + b"\n")
                 await writer.drain()
                 return (await reader.read()).decode(errors="replace")
             finally:
                 writer.close()
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the socket. A full accept queue (other clients of the socket, beyond HAProxy's `stats
+        maxconn`) refuses a unix-socket connect with EAGAIN rather than making it wait: that is tried again, until
+        the caller's timeout; a socket nobody listens on fails at once. The connect is made here, not by the event
+        loop: asyncio takes EAGAIN for a connection in progress and hands back one that is not connected, and
+        uvloop raises it."""
+        delay = 0.001
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(str(self._path))  # a unix socket connects at once, or not at all
+            except BlockingIOError:
+                sock.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return await asyncio.open_unix_connection(sock=sock)
 
     async def run_with_payload(self, command: str, payload: str) -> None:
         """A command that takes a multi-line payload (a certificate, say); raises if HAProxy refused it."""

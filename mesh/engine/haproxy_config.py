@@ -189,6 +189,8 @@ def render(layout: HAProxyLayout) -> str:
     lines = [
         "global",
         f"  stats socket {files.admin_socket} mode {'666' if layout.shared else '600'} level admin",
+        # mesh's commands come several at a time (drains, route changes, usage); the default allows 10.
+        "  stats maxconn 64",
         f"  description {layout.generation}",
         # A reload (sidecar) lets the old worker finish its requests, but not hold long-lived streams forever.
         "  hard-stop-after 60s",

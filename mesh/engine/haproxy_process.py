@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from mesh.engine.driver import EngineError
 from mesh.engine.haproxy_api import RuntimeAPI
 from mesh.engine.haproxy_config import EngineFiles
 
@@ -47,10 +48,6 @@ def sidecar_command(directory: str, binary: str = "haproxy") -> list[str]:
         f"exec {haproxy} -W -db -S {d}/master.sock,mode,666 -f {d}/haproxy.cfg"
     )
     return ["sh", "-c", script]
-
-
-class EngineError(RuntimeError):
-    """The engine could not be started or changed."""
 
 
 class EngineProcess(Protocol):

@@ -26,6 +26,7 @@ class FakeEngine:
         self.routes = RouteSet()
         self.served: dict[str, ModelTraffic] = {}
         self.in_flight: dict[tuple[str, str], int] = {}
+        self.answering = True
         self.exited = asyncio.Event()
 
     async def start(self) -> None: ...
@@ -62,6 +63,8 @@ class FakeEngine:
         return dict(self.served)
 
     async def copy_in_flight(self, model_id: str, instance_id: str) -> int:
+        if not self.answering:  # what a full runtime-API socket gives under uvloop
+            raise BlockingIOError(11, "Resource temporarily unavailable")
         return self.in_flight.get((model_id, instance_id), 0)
 
 
@@ -192,6 +195,22 @@ async def test_a_copy_is_unloaded_only_after_the_engine_drained_it(make_cluster)
         engine.in_flight[("m", "rt-a")] = 0
         await unloading
         assert runtime.unloads == ["m"]
+    finally:
+        await control.stop()
+
+
+async def test_an_engine_that_does_not_answer_a_drain_does_not_fail_the_eviction(make_cluster, caplog):
+    runtime = FakeRuntime("rt-a")
+    router = await make_cluster(runtime).router()
+    await router.register("m")
+    await router.use("m")
+    engine = FakeEngine()
+    control = await started(router, engine)
+    try:
+        engine.answering = False
+        await router.manager.unload_copy("m", "rt-a")
+        assert runtime.unloads == ["m"]
+        assert "drain of model m on rt-a unconfirmed" in caplog.text
     finally:
         await control.stop()
 
