@@ -41,21 +41,18 @@ async def test_a_runtime_killed_during_a_load_leaves_the_model_loaded_on_another
     await consistent(cluster, ["steady", "slow"])
 
 
-@pytest.mark.parametrize("dataplane", ["python", "haproxy"])
 async def test_a_runtime_killed_during_inference_has_its_requests_retried_on_another_copy(
-    make_cluster: ClusterFactory, dataplane: str, request: pytest.FixtureRequest
+    make_cluster: ClusterFactory, dataplane: str
 ) -> None:
     """mesh's doors send the requests in flight on the dead copy once more, to the other: none fails. The native
     engine cannot (a request already sent is not resent by HAProxy): those few get UNAVAILABLE, every later one is
     served, through the other copy or mesh's door."""
-    if dataplane == "haproxy":
-        request.getfixturevalue("haproxy_binary")
     clients = 8
     # Two copies of "hot": one follows load as soon as a request is in flight, and is never retired here.
     cluster = await make_cluster(
         runtimes=2,
         routers=2,
-        env={"MESH_SCALE_UP_IN_FLIGHT": "0", "MESH_IDLE_COPY_SECONDS": "1e12", "MESH_DATAPLANE": dataplane},
+        env={"MESH_SCALE_UP_IN_FLIGHT": "0", "MESH_IDLE_COPY_SECONDS": "1e12"},
     )
     await cluster.register_echo("hot")
     await cluster.wait_registered(["hot"])

@@ -185,11 +185,13 @@ class Cluster:
         env: Mapping[str, str],
         router_env: Sequence[Mapping[str, str]] = (),
         runtime_args: Sequence[str] = (),
+        dataplane: str | None = None,
     ) -> None:
         """Start every process at once, wait for their port files, then until every router lists every runtime.
 
         `env` is for every router, `router_env[k]` for router k only (MESH_* settings); `runtime_args` are more
-        flags for every runtime (python -m adapters.builtin).
+        flags for every runtime (python -m adapters.builtin); `dataplane` the routers' --dataplane (None: `mesh
+        serve`'s default, auto).
         """
         kv = f"etcd://{self.etcd.endpoint}"
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
@@ -223,6 +225,7 @@ class Cluster:
                 "--runtimes", "0", "--no-examples", "--grpc-port", "0", "--rest-port", "-1",
                 "--port-file", str(self.directory / f"{name}.port"),
                 "--data-dir", str(self.directory / f"{name}-data"), "--kv", kv,
+                *(("--dataplane", dataplane) if dataplane else ()),
             ]  # fmt: skip
             own = router_env[i] if i < len(router_env) else {}
             self.routers.append(self._spawn(Router, name, command, {**shared_env, **own}))
@@ -419,6 +422,8 @@ class Cluster:
 # ---- the fixture and the failure report, for the suites that run clusters (tests/cluster, tests/faults) -------
 
 CLUSTERS_KEY = pytest.StashKey[list[Cluster]]()
+DATAPLANE_KEY = pytest.StashKey[str]()
+"""The routers' --dataplane for a test's clusters, when a fixture chose one (tests/faults/conftest.py)."""
 
 
 @pytest.fixture
@@ -449,7 +454,8 @@ async def make_cluster(
         directory.mkdir()
         cluster = Cluster(etcd or etcd_server, f"cluster-{uuid.uuid4().hex[:12]}", directory)
         clusters.append(cluster)
-        await cluster.start(runtimes, routers, capacity_bytes, env or {}, router_env, runtime_args)
+        dataplane = request.node.stash.get(DATAPLANE_KEY, None)
+        await cluster.start(runtimes, routers, capacity_bytes, env or {}, router_env, runtime_args, dataplane)
         return cluster
 
     try:
