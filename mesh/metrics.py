@@ -140,8 +140,8 @@ class RouterMetrics:
         )
         self._engine_served = Counter(
             "modelmesh_dataplane_requests",
-            "Requests the native data-plane engine forwarded to a copy itself (not through the router's doors, so not"
-            " in modelmesh_api_request_milliseconds); counted as the router reads the engine's tables.",
+            "Requests the native data-plane engine forwarded to a copy itself (not through the router's doors; their"
+            " latency is in modelmesh_api_request_milliseconds); counted as the router reads the engine's tables.",
             model,
             registry=r,
         )
@@ -158,7 +158,11 @@ class RouterMetrics:
 
     def request(self, method: str, code: grpc.StatusCode, started: float, model: str = "") -> None:
         """A front-door request finished with `code`; `started` is its time.perf_counter() on arrival."""
-        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.request_took(method, code, (time.perf_counter() - started) * 1000, model)
+
+    def request_took(self, method: str, code: grpc.StatusCode, elapsed_ms: float, model: str = "") -> None:
+        """A request that took `elapsed_ms` finished with `code`: one the doors served, or the engine (its request
+        log, engine/request_log.py)."""
         key = (method, code, model if self.per_model else "")
         child = self._api_children.get(key)
         if child is None:

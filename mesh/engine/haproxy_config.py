@@ -56,6 +56,11 @@ class EngineFiles:
         return self.directory / "master.sock"
 
     @property
+    def request_log(self) -> Path:
+        """The datagram socket the engine logs the requests it routed to (request_log.py reads it)."""
+        return self.directory / "requests.sock"
+
+    @property
     def lua(self) -> Path:
         return self.directory / "mesh.lua"
 
@@ -73,6 +78,9 @@ class EngineFiles:
 
 
 MAPS = ("by_name", "by_header", "vmodels")
+REQUEST_LOG_FORMAT = "%[var(txn.model)] %[var(txn.arrived_us)] %[date(0,us)] %ST %[var(txn.grpc_status)] %tsc %HP"
+"""One natively routed request: model, arrival and answer (µs), HTTP status, grpc-status header, termination state,
+path (request_log.parse_line reads it back). date() ticks with HAProxy's event loop: µs, a little coarse."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,10 @@ def render(layout: HAProxyLayout) -> str:
         "",
         "frontend grpc",
         f"  bind {layout.grpc.bind()} proto h2{tls_options(files, layout.tls, layout.mtls, 'h2')}",
+        f"  log {files.request_log} len 1024 format raw local0",
+        f'  log-format "{REQUEST_LOG_FORMAT}"',
+        "  http-request set-var(txn.arrived_us) date(0,us)",
+        "  http-response set-var(txn.grpc_status) res.hdr(grpc-status)",
         # mesh_decides (its lines are ORed): calls mesh answers itself, binary routing headers (mesh checks they are
         # UTF-8), and messages over the limit, read from the 5-byte gRPC prefix (mesh's door refuses them with
         # RESOURCE_EXHAUSTED from gRPC itself, which reads the rest of the stream first: an early answer from the
@@ -242,6 +254,7 @@ def render(layout: HAProxyLayout) -> str:
         f"  http-request track-sc0 var(txn.model) table {USAGE_TABLE} if routed",
         "  http-request set-var(txn.copy) var(txn.model),concat(@,txn.backend,) if routed",
         f"  http-request track-sc1 var(txn.copy) table {COPIES_TABLE} if routed",
+        "  http-request set-log-level silent if !routed",  # mesh's door reports what it serves itself
         "  use_backend %[var(txn.backend)] if routed",
         "  default_backend mesh_grpc",
         "",

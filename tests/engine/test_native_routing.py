@@ -21,6 +21,8 @@ from harness.router import Mesh, meshes
 
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
+from mesh.gen import model_runtime_pb2 as rt
+from mesh.gen import model_runtime_pb2_grpc as rt_grpc
 from mesh.placement.records import ModelRecord, now_ms
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -269,6 +271,40 @@ async def test_a_stale_route_gets_a_retryable_answer_from_the_runtime(make_mesh)
         with pytest.raises(grpc.aio.AioRpcError) as from_router:
             await runtime.ModelInfer(request, timeout=WAIT_S)
         assert from_router.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def request_count(mesh: Mesh, code: str) -> float:
+    """ModelInfer requests with that status in the router's request-latency histogram."""
+    labels = {"method": "inference.GRPCInferenceService/ModelInfer", "code": code}
+    sample = mesh.router.metrics.collectors.get_sample_value("modelmesh_api_request_milliseconds_count", labels)
+    return sample or 0.0
+
+
+async def test_requests_the_engine_served_are_in_the_request_latency_histogram(make_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = await make_mesh([64 * 1024 * 1024])
+    await mesh.register_echo("m")
+    await mesh.infer("m", 1)  # a miss: mesh's door serves it, and counts it
+    await eventually(lambda: routed(mesh, "m"), "the route to m published")
+    assert request_count(mesh, "OK") == 1
+    for n in range(10):
+        await mesh.infer("m", n)
+    assert await native_count(mesh, "m") == 10
+
+    async def counted() -> bool:
+        return request_count(mesh, "OK") == 11
+
+    await eventually(counted, "the engine's 10 requests in modelmesh_api_request_milliseconds")
+    # A copy gone behind the engine's back: the runtime's UNAVAILABLE, forwarded by the engine, counted as such.
+    async with grpc.aio.insecure_channel(mesh.runtimes[0].endpoint) as channel:
+        await rt_grpc.ModelRuntimeStub(channel).unloadModel(rt.UnloadModelRequest(modelId="m"), timeout=WAIT_S)
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await mesh.infer("m", 5, metadata=(("mm-model-id", "m"),))
+    assert gone.value.code() is grpc.StatusCode.UNAVAILABLE
+
+    async def unavailable_counted() -> bool:
+        return request_count(mesh, "UNAVAILABLE") == 1
+
+    await eventually(unavailable_counted, "the engine's UNAVAILABLE answer in the histogram")
 
 
 async def test_a_large_request_named_by_its_body_is_routed_natively(make_mesh) -> None:  # type: ignore[no-untyped-def]
