@@ -5,6 +5,7 @@ registered here and loaded by the first request that names it. The port file als
 
     python -m bench.mesh_router --runtime 127.0.0.1:PORT --port-file FILE     (or --runtime unix:/PATH)
                                 [--loop asyncio|uvloop] [--dataplane python|haproxy] [--models N --prefix P]
+                                [--untimed]
 
 --models registers N more echo models, P0 ... P<N-1>, for measuring misses (each one's first request loads it).
     python -m pyinstrument -o router.txt -m bench.mesh_router ...   (the profile is written on SIGTERM)
@@ -26,7 +27,14 @@ INSTANCE_ID = "bench-rt"
 MODEL_ID = "echo"
 
 
-async def serve(runtime: str, port_file: Path, dataplane: str = "python", models: int = 0, prefix: str = "") -> None:
+async def serve(
+    runtime: str,
+    port_file: Path,
+    dataplane: str = "python",
+    models: int = 0,
+    prefix: str = "",
+    latency: bool = True,
+) -> None:
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as workdir:
         settings = Settings(
             host="127.0.0.1",
@@ -36,6 +44,7 @@ async def serve(runtime: str, port_file: Path, dataplane: str = "python", models
             kv="memory://",
             data_dir=workdir,
             dataplane=dataplane,
+            dataplane_latency=latency,
         )
         router = Router(settings)
         ports = await router.start()
@@ -60,9 +69,11 @@ def main() -> None:
     parser.add_argument("--dataplane", choices=("python", "haproxy"), default="python")
     parser.add_argument("--models", type=int, default=0, help="more echo models to register (default none)")
     parser.add_argument("--prefix", default="m", help="their ids' prefix")
+    parser.add_argument("--untimed", action="store_true", help="the engine does not time requests (no latency)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s router %(name)s: %(message)s")
-    run_on(args.loop, serve(args.runtime, args.port_file, args.dataplane, args.models, args.prefix))
+    serving = serve(args.runtime, args.port_file, args.dataplane, args.models, args.prefix, not args.untimed)
+    run_on(args.loop, serving)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Every party is its own process on 127.0.0.1, in front of one built-in runtime se
     passthrough   the floor of any Python proxy (bench/passthrough.py, uvloop)
     mesh          mesh's Python doors (bench/mesh_router.py, uvloop)
     mesh-native   mesh with --dataplane haproxy: the engine serves the loaded model, mesh is its control plane
+    native-untimed  the same with the engine timing nothing (--untimed: no latency in mesh's request histogram)
 
 Clients: h2load (Debian's nghttp2-client; one connection, N streams; req/s, mean latency, CPU per request of the
 target's processes: for mesh-native the engine's and mesh's together) and the Python load generator (N workers).
@@ -43,7 +44,8 @@ from bench.loadgen import PAYLOADS
 from bench.native_tables import measure_tables
 from mesh.gen import grpc_predict_v2_pb2 as pb
 
-TARGETS = ("direct", "haproxy", "passthrough", "mesh", "mesh-native")
+UNTIMED = ("--untimed",)
+TARGETS = ("direct", "haproxy", "passthrough", "mesh", "mesh-native", "native-untimed")
 FULL = {"seconds": 3, "rounds": 2, "concurrency": [1, 8, 64], "misses": 20, "routes": 10_000, "updates": 200}
 QUICK = {"seconds": 1, "rounds": 1, "concurrency": [8], "misses": 2, "routes": 200, "updates": 10}
 HEADERS = ("mm-model-id: echo",)
@@ -134,8 +136,9 @@ def servers(workdir: Path, misses: int) -> Iterator[tuple[dict[str, str], dict[s
         loop = ["--loop", "uvloop"]
         passthrough = [PY, "-m", "bench.passthrough", "--upstream", runtime_address, *loop]
         started.append(Server("passthrough", passthrough, workdir))
-        for name, dataplane in (("mesh", "python"), ("mesh-native", "haproxy")):
-            argv = [PY, "-m", "bench.mesh_router", "--runtime", runtime_address, *loop, "--dataplane", dataplane]
+        routers = (("mesh", "python", ()), ("mesh-native", "haproxy", ()), ("native-untimed", "haproxy", UNTIMED))
+        for name, dataplane, more in routers:
+            argv = [PY, "-m", "bench.mesh_router", "--runtime", runtime_address, *loop, "--dataplane", dataplane, *more]
             started.append(Server(name, [*argv, "--models", str(misses), "--prefix", f"{name}-"], workdir))
         with engine_alone(workdir, runtime_address) as (engine_address, engine):
             addresses = {"direct": runtime_address, "haproxy": engine_address}
@@ -143,7 +146,8 @@ def servers(workdir: Path, misses: int) -> Iterator[tuple[dict[str, str], dict[s
             pids = {s.name: [s.process.pid] for s in started}
             pids["direct"] = pids.pop("runtime")
             pids["haproxy"] = [engine.pid]
-            pids["mesh-native"] += child_pids(pids["mesh-native"][0])
+            for native in ("mesh-native", "native-untimed"):
+                pids[native] += child_pids(pids[native][0])
             yield addresses, pids
     finally:
         for server in reversed(started):
@@ -222,9 +226,10 @@ def measure(params: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="mesh-native-") as tmp:
         workdir = Path(tmp)
         with servers(workdir, params["misses"]) as (addresses, pids):
-            for name in ("mesh", "mesh-native"):
-                infer(addresses[name], "echo")  # the first request loads the model; then mesh-native routes it
+            for name in ("mesh", "mesh-native", "native-untimed"):
+                infer(addresses[name], "echo")  # the first request loads the model; then the engine routes it
             _wait_native(addresses["mesh-native"])
+            _wait_native(addresses["native-untimed"])
             rows = run_h2load(addresses, pids, params, workdir) + run_loadgen(addresses, pids, params, workdir)
             misses = measure_misses(addresses, params["misses"])
         tables = measure_tables(workdir / "tables", params["routes"], params["updates"])

@@ -18,6 +18,7 @@ from pathlib import Path
 from mesh.engine.haproxy import HAProxyEngine, find_haproxy
 from mesh.engine.haproxy_api import RuntimeAPI
 from mesh.engine.haproxy_config import COPIES_TABLE, USAGE_TABLE, EngineFiles, HAProxyLayout, Listener
+from mesh.engine.haproxy_process import ChildProcess
 from mesh.engine.routes import RouteSet, RouteUpdate
 
 
@@ -43,7 +44,7 @@ async def _measure(directory: Path, routes: int, updates: int) -> dict[str, floa
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     layout = HAProxyLayout(EngineFiles(directory), Listener(address=f"127.0.0.1:{port}"), None, "127.0.0.1:1", None)
-    engine = HAProxyEngine(binary, layout)
+    engine = HAProxyEngine(layout, ChildProcess(binary, layout.files))
     api = RuntimeAPI(layout.files.admin_socket)
     await engine.start()
     try:

@@ -76,6 +76,10 @@ class Settings:
     """The HAProxy binary (a name looked up on PATH, or a path)."""
     dataplane_threads: int = 1
     """Threads of the native engine; one serves tens of thousands of requests a second."""
+    dataplane_latency: bool = True
+    """The native engine times the requests it serves (per model, method and status, in the request histogram's
+    buckets) and mesh adds them to modelmesh_api_request_milliseconds; off, only their count
+    (modelmesh_dataplane_requests_total) is kept, and the engine does a little less per request."""
     dataplane_slots: int = 64
     """Runtime instances the native engine can forward to (each is a backend of the engine); instances beyond
     this many are served through mesh's door."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -158,11 +158,22 @@ class RouterMetrics:
 
     def request(self, method: str, code: grpc.StatusCode, started: float, model: str = "") -> None:
         """A front-door request finished with `code`; `started` is its time.perf_counter() on arrival."""
-        self.request_took(method, code, (time.perf_counter() - started) * 1000, model)
+        self._request_child(method, code, model).observe((time.perf_counter() - started) * 1000)
 
-    def request_took(self, method: str, code: grpc.StatusCode, elapsed_ms: float, model: str = "") -> None:
-        """A request that took `elapsed_ms` finished with `code`: one the doors served, or the engine (its request
-        log, engine/request_log.py)."""
+    def requests_served_natively(
+        self, method: str, code: grpc.StatusCode, model: str, buckets: Sequence[int], sum_ms: float
+    ) -> None:
+        """Requests the native engine served, counted there per latency bucket (REQUEST_MS_BUCKETS, then the rest):
+        added to the request histogram as they are, since the engine observed them, not mesh."""
+        child = self._request_child(method, code, model)
+        # prometheus_client's Histogram has no bulk observe: its per-bucket counters (non-cumulative until
+        # collected) and its sum take the engine's counts directly.
+        for counter, count in zip(child._buckets, buckets, strict=True):  # type: ignore[attr-defined]
+            if count:
+                counter.inc(count)
+        child._sum.inc(sum_ms)  # type: ignore[attr-defined]
+
+    def _request_child(self, method: str, code: grpc.StatusCode, model: str) -> Histogram:
         key = (method, code, model if self.per_model else "")
         child = self._api_children.get(key)
         if child is None:
@@ -172,7 +183,7 @@ class RouterMetrics:
             child = self._api.labels(*labels)
             if labels[0] != OTHER_METHOD and (not self.per_model or labels[2] == model):
                 self._api_children[key] = child  # what is not cached is not a name clients can multiply
-        child.observe(elapsed_ms)
+        return child
 
     def invoked(self, method: str, model: str, started: float, request_bytes: int, response_bytes: int = -1) -> None:
         """A runtime answered a forwarded call (response_bytes -1: with an error status)."""

@@ -7,7 +7,7 @@
 - Usage: every `usage_s` the engine's per-model counters are read; what it served since the last read counts as
   requests and last use in placement's usage (usage.py), exactly as requests mesh served itself do: the
   cluster-wide LRU, copies following load (by rate, and by requests in flight per copy) and the GDSF counts see
-  both.
+  both. Their latency, counted by the engine per bucket, goes into the request histogram at the same time.
 - Drain: before a copy is unloaded (evictor.py), its route is withdrawn and the engine's requests in flight to it
   are waited for, up to `drain_timeout_s`.
 - Supervision: an engine that exits while mesh runs is started again with the routes it had.
@@ -22,15 +22,18 @@ import logging
 import socket
 import time
 
-from mesh.engine.driver import EngineDriver, EngineError, ModelTraffic
+import grpc
+
+from mesh.engine.driver import EngineDriver, EngineError, LatencyCounts, ModelTraffic
 from mesh.engine.routes import RouteUpdate, model_copies, plan_routes, vmodel_target
-from mesh.metrics import RouterMetrics
+from mesh.metrics import RouterMetrics, method_label
 from mesh.periodic import every, woken_or_after
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import InstanceRecord, Kind
 
 log = logging.getLogger(__name__)
 
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 RESTART_DELAY_S = 0.5
 OTHER_ROUTERS_GRACE_S = 0.25
 """Before an unload, how long other routers' engines get to withdraw the copy's route (their view follows the
@@ -99,6 +102,7 @@ class EngineControl:
         self._stale_all = True
         self._sync_lock = asyncio.Lock()
         self._seen: dict[str, int] = {}
+        self._timed: dict[tuple[str, str, int], LatencyCounts] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -197,6 +201,25 @@ class EngineControl:
                 self._metrics.engine_served(model_id, served)
         manager.in_flight_elsewhere({model_id: seen.in_flight for model_id, seen in traffic.items()})
         self._seen = {model_id: seen.requests for model_id, seen in traffic.items()}
+        self._report_latency(await self.driver.latency())
+
+    def _report_latency(self, latency: list[LatencyCounts]) -> None:
+        """What the engine timed since the last call, into the request histogram (its counts are cumulative)."""
+        seen: dict[tuple[str, str, int], LatencyCounts] = {}
+        for now in latency:
+            key = (now.model, now.path, now.code)
+            seen[key] = now
+            before = self._timed.get(key)
+            if before is not None and now.count >= before.count:  # else the engine restarted: all of it is new
+                if now.count == before.count:
+                    continue
+                buckets = tuple(n - b for n, b in zip(now.buckets, before.buckets, strict=True))
+                sum_us = now.sum_us - before.sum_us
+            else:
+                buckets, sum_us = now.buckets, now.sum_us
+            code = _STATUS_CODES.get(now.code, grpc.StatusCode.UNKNOWN)
+            self._metrics.requests_served_natively(method_label(now.path), code, now.model, buckets, sum_us / 1000)
+        self._timed = seen
 
     def _served_since(self, model_id: str, seen: ModelTraffic) -> int:
         before = self._seen.get(model_id, 0)
@@ -254,7 +277,7 @@ class EngineControl:
             except Exception:  # noqa: BLE001 - nothing serves the public ports now: say so loudly, retry
                 log.exception("data-plane engine did not start again")
                 continue
-            self._seen = {}
+            self._seen, self._timed = {}, {}
             try:
                 await self.sync()
             except Exception:  # noqa: BLE001 - the follow task's next full resync gives it the routes

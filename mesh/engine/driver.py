@@ -20,6 +20,20 @@ class ModelTraffic:
     last_used_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class LatencyCounts:
+    """How long the requests a runtime answered through the engine took, for one model, method path and gRPC status
+    code, since the engine started: their count, the sum of their latencies (µs) and a count per latency bucket
+    (haproxy_config.LATENCY_BOUNDS_US, then one for the rest)."""
+
+    model: str
+    path: str
+    code: int
+    count: int
+    sum_us: int
+    buckets: tuple[int, ...]
+
+
 class EngineError(RuntimeError):
     """The engine could not be started or changed."""
 
@@ -56,3 +70,6 @@ class EngineDriver(Protocol):
 
     async def copy_in_flight(self, model_id: str, instance_id: str) -> int:
         """Requests the engine has in flight to one copy now."""
+
+    async def latency(self) -> list[LatencyCounts]:
+        """The latency of what the engine served natively (empty where it does not time requests)."""

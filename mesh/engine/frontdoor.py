@@ -23,7 +23,6 @@ from mesh.engine.haproxy import HAProxyEngine, find_haproxy
 from mesh.engine.haproxy_api import RuntimeAPI
 from mesh.engine.haproxy_config import EngineFiles, HAProxyLayout, Listener
 from mesh.engine.haproxy_process import ChildProcess, Sidecar
-from mesh.engine.request_log import EngineRequestLog
 from mesh.metrics import RouterMetrics
 from mesh.periodic import every
 from mesh.placement.manager import PlacementManager
@@ -93,7 +92,6 @@ class NativeFrontDoor:
     sockets: list[socket.socket] = field(default_factory=list)
     """The public ports' sockets, when mesh opened them for its child engine."""
     owns_directory: bool = True
-    request_log: EngineRequestLog | None = None
     certificate_reloads: asyncio.Task[None] | None = None
 
     def problem(self) -> str | None:
@@ -106,8 +104,6 @@ class NativeFrontDoor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.certificate_reloads
         await self.control.stop()
-        if self.request_log is not None:
-            self.request_log.close()
         for sock in self.sockets:
             sock.close()
         if self.owns_directory:
@@ -157,20 +153,15 @@ async def start_front_door(
             max_message_bytes=settings.max_message_bytes,
             threads=settings.dataplane_threads,
             shared=engine.sidecar,
+            latency=settings.dataplane_latency,
         )
         process = (
             Sidecar(files)
             if engine.binary is None
             else ChildProcess(engine.binary, files, tuple(s.fileno() for s in sockets))
         )
-        request_log = EngineRequestLog(files.request_log, metrics, shared=engine.sidecar)
-        await request_log.open()
         control = EngineControl(HAProxyEngine(layout, process), manager, metrics)
-        try:
-            await control.start()
-        except BaseException:
-            request_log.close()
-            raise
+        await control.start()
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -182,7 +173,7 @@ async def start_front_door(
         rest_port = sockets[1].getsockname()[1] if serves_rest else None
     else:
         grpc_port, rest_port = settings.grpc_port, settings.rest_port if serves_rest else None
-    door = NativeFrontDoor(control, directory, grpc_port, rest_port, sockets, owns_directory, request_log)
+    door = NativeFrontDoor(control, directory, grpc_port, rest_port, sockets, owns_directory)
     if certificates is not None:
         api = RuntimeAPI(files.admin_socket)
         reloading = every(CERTIFICATE_CHECK_S, lambda: certificates.reload_changed(api), "TLS reload", log)

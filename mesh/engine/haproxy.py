@@ -17,13 +17,13 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from mesh.engine.driver import EngineError, ModelTraffic
-from mesh.engine.haproxy_api import RuntimeAPI, RuntimeAPIError
+from mesh.engine.driver import EngineError, LatencyCounts, ModelTraffic
+from mesh.engine.haproxy_api import RuntimeAPI, RuntimeAPIError, parse_latency
 from mesh.engine.haproxy_config import (
     BACKEND_PREFIX,
     COPIES_TABLE,
     MAPS,
-    PICK_LUA,
+    MESH_LUA,
     USAGE_TABLE,
     HAProxyLayout,
     render,
@@ -70,7 +70,7 @@ class HAProxyEngine:
         them: the config last, so that a sidecar waiting for it finds the rest in place."""
         files = self._files
         files.directory.mkdir(parents=True, exist_ok=True)
-        write_atomically(files.lua, PICK_LUA)
+        write_atomically(files.lua, MESH_LUA)
         for name, entries in self._maps.items():
             write_atomically(files.map(name), "".join(f"{k} {v}\n" for k, v in entries.items()))
         servers = tuple((slot, self._endpoints[i]) for i, slot in self._slots.items())
@@ -207,3 +207,8 @@ class HAProxyEngine:
             return 0
         entries = await self._api.table(COPIES_TABLE, f"{model_id}@{BACKEND_PREFIX}{slot}")
         return sum(e.in_use for e in entries)
+
+    async def latency(self) -> list[LatencyCounts]:
+        if not self._layout.latency:
+            return []
+        return parse_latency(await self._api.run("mesh latency"))

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mesh.engine.driver import LatencyCounts
+
 BATCH_BYTES = 8192
 API_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 4
@@ -46,6 +48,18 @@ def parse_table(text: str) -> list[TableEntry]:
         key, use, exp, rest = match.groups()
         entries.append(TableEntry(key, int(use), int(exp), {k: int(v) for k, v in _DATA.findall(rest)}))
     return entries
+
+
+def parse_latency(text: str) -> list[LatencyCounts]:
+    """The lines of a `mesh latency` answer (the engine's Lua: model, path, code, count, sum, buckets)."""
+    counts = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 6 or not all(p.isdigit() for p in parts[2:]):
+            continue
+        model, path, code, count, sum_us, *buckets = parts
+        counts.append(LatencyCounts(model, path, int(code), int(count), int(sum_us), tuple(int(b) for b in buckets)))
+    return counts
 
 
 def batches(commands: Iterable[str], limit: int = BATCH_BYTES) -> Iterator[list[str]]:

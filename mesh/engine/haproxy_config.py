@@ -56,11 +56,6 @@ class EngineFiles:
         return self.directory / "master.sock"
 
     @property
-    def request_log(self) -> Path:
-        """The datagram socket the engine logs the requests it routed to (request_log.py reads it)."""
-        return self.directory / "requests.sock"
-
-    @property
     def lua(self) -> Path:
         return self.directory / "mesh.lua"
 
@@ -78,9 +73,6 @@ class EngineFiles:
 
 
 MAPS = ("by_name", "by_header", "vmodels")
-REQUEST_LOG_FORMAT = "%[var(txn.model)] %[var(txn.arrived_us)] %[date(0,us)] %ST %[var(txn.grpc_status)] %tsc %HP"
-"""One natively routed request: model, arrival and answer (µs), HTTP status, grpc-status header, termination state,
-path (request_log.parse_line reads it back). date() ticks with HAProxy's event loop: µs, a little coarse."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +114,8 @@ class HAProxyLayout:
     shared: bool = False
     """The engine runs in another container (a sidecar) under its own user: its runtime-API socket is opened to
     every user of the directory (an emptyDir only the pod's containers see)."""
+    latency: bool = True
+    """Time each request a runtime answered through the engine, per model (Lua; `mesh latency` reads it)."""
     generation: str = "mesh"
     """The config's token (HAProxy's `description`, read back by `show info`): which config a worker serves."""
     servers: tuple[tuple[int, str], ...] = ()
@@ -129,7 +123,11 @@ class HAProxyLayout:
     maintenance, with a placeholder address."""
 
 
-PICK_LUA = """\
+LATENCY_BOUNDS_US = (500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+                     5_000_000, 10_000_000, 30_000_000, 60_000_000)  # fmt: skip
+"""The engine's latency buckets: the request histogram's (metrics.REQUEST_MS_BUCKETS), in µs."""
+
+MESH_LUA = """\
 -- One copy out of several: txn.copies holds backends joined by ','.
 core.register_fetches("mesh_pick", function(txn)
   local copies = {}
@@ -178,7 +176,46 @@ core.register_fetches("mesh_body_model", function(txn)
   end
   return nil
 end)
-"""
+
+-- The latency of the requests a runtime answered through the engine, per model, path and gRPC status: a count
+-- per bucket (bounds in µs; the last counts the rest) and the sum in µs, cumulative; read by `mesh latency`.
+local BOUNDS_US = {LATENCY_BOUNDS_US}
+local latency = {}
+
+core.register_action("mesh_observe", {"http-res"}, function(txn)
+  local arrived = txn:get_var("txn.arrived_us")
+  local model = txn:get_var("txn.model")
+  if arrived == nil or model == nil or txn.sf:srv_name() ~= "rt" then return end
+  local now = core.now()
+  local elapsed = now.sec * 1000000 + now.usec - arrived
+  if elapsed < 0 then elapsed = 0 end
+  local code = txn.sf:res_hdr("grpc-status")
+  if code == nil or code == "" then
+    code = (tonumber(txn.sf:status()) == 200) and "0" or "14"  -- OK's status comes in trailers
+  end
+  local key = model .. " " .. (txn:get_var("txn.path") or "-") .. " " .. code
+  local entry = latency[key]
+  if entry == nil then
+    entry = {count = 0, sum = 0, buckets = {}}
+    for i = 1, #BOUNDS_US + 1 do entry.buckets[i] = 0 end
+    latency[key] = entry
+  end
+  local bucket = #BOUNDS_US + 1
+  for i, bound in ipairs(BOUNDS_US) do
+    if elapsed <= bound then bucket = i; break end
+  end
+  entry.count = entry.count + 1
+  entry.sum = entry.sum + elapsed
+  entry.buckets[bucket] = entry.buckets[bucket] + 1
+end)
+
+core.register_cli({"mesh", "latency"}, "mesh latency: per model, path and status: count, sum (us), buckets",
+  function(applet)
+    for key, entry in pairs(latency) do
+      applet:send(key .. " " .. entry.count .. " " .. entry.sum .. " " .. table.concat(entry.buckets, " ") .. "\\n")
+    end
+  end)
+""".replace("{LATENCY_BOUNDS_US}", "{" + ", ".join(str(b) for b in LATENCY_BOUNDS_US) + "}")
 
 
 PLACEHOLDER_ADDRESS = "127.0.0.1:1"
@@ -186,6 +223,16 @@ SERVER_OPTIONS = "proto h2 check inter 2s fall 1 rise 1 observe layer4 error-lim
 """A runtime's server: h2 to the runtime, marked down on its first connection error (so that the request's retry,
 and the requests after it, go to the backup: mesh's door), and checked every 2 s (a connect) so that it comes back
 once the runtime answers again."""
+
+
+def latency_lines(enabled: bool) -> list[str]:
+    """The frontend lines that time each routed request (Lua's mesh_observe counts it when a runtime answered)."""
+    if not enabled:
+        return []
+    return [
+        "  http-request set-var(txn.arrived_us) date(0,us)",
+        "  http-response lua.mesh_observe if { var(txn.backend) -m found }",
+    ]
 
 
 def render(layout: HAProxyLayout) -> str:
@@ -214,10 +261,7 @@ def render(layout: HAProxyLayout) -> str:
         "",
         "frontend grpc",
         f"  bind {layout.grpc.bind()} proto h2{tls_options(files, layout.tls, layout.mtls, 'h2')}",
-        f"  log {files.request_log} len 1024 format raw local0",
-        f'  log-format "{REQUEST_LOG_FORMAT}"',
-        "  http-request set-var(txn.arrived_us) date(0,us)",
-        "  http-response set-var(txn.grpc_status) res.hdr(grpc-status)",
+        *latency_lines(layout.latency),
         # mesh_decides (its lines are ORed): calls mesh answers itself, binary routing headers (mesh checks they are
         # UTF-8), and messages over the limit, read from the 5-byte gRPC prefix (mesh's door refuses them with
         # RESOURCE_EXHAUSTED from gRPC itself, which reads the rest of the stream first: an early answer from the
@@ -254,7 +298,7 @@ def render(layout: HAProxyLayout) -> str:
         f"  http-request track-sc0 var(txn.model) table {USAGE_TABLE} if routed",
         "  http-request set-var(txn.copy) var(txn.model),concat(@,txn.backend,) if routed",
         f"  http-request track-sc1 var(txn.copy) table {COPIES_TABLE} if routed",
-        "  http-request set-log-level silent if !routed",  # mesh's door reports what it serves itself
+        *(["  http-request set-var(txn.path) path if routed"] if layout.latency else []),
         "  use_backend %[var(txn.backend)] if routed",
         "  default_backend mesh_grpc",
         "",

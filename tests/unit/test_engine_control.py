@@ -10,11 +10,13 @@ from harness.fakes import FakeRuntime
 from test_loading import eventually
 
 from mesh.engine.control import EngineControl, ip_endpoint
-from mesh.engine.driver import ModelTraffic
+from mesh.engine.driver import LatencyCounts, ModelTraffic
 from mesh.engine.frontdoor import NativeFrontDoor
-from mesh.engine.haproxy_api import batches, parse_table
+from mesh.engine.haproxy_api import batches, parse_latency, parse_table
+from mesh.engine.haproxy_config import LATENCY_BOUNDS_US
 from mesh.engine.routes import RouteSet, RouteUpdate, engine_safe, plan_routes
 from mesh.health import Readiness
+from mesh.metrics import REQUEST_MS_BUCKETS
 from mesh.placement.records import now_ms
 
 
@@ -27,6 +29,7 @@ class FakeEngine:
         self.served: dict[str, ModelTraffic] = {}
         self.in_flight: dict[tuple[str, str], int] = {}
         self.answering = True
+        self.timed: list[LatencyCounts] = []
         self.exited = asyncio.Event()
 
     async def start(self) -> None: ...
@@ -66,6 +69,9 @@ class FakeEngine:
         if not self.answering:  # what a full runtime-API socket gives under uvloop
             raise BlockingIOError(11, "Resource temporarily unavailable")
         return self.in_flight.get((model_id, instance_id), 0)
+
+    async def latency(self) -> list[LatencyCounts]:
+        return list(self.timed)
 
 
 def _updated(table: Mapping, changes: Mapping) -> dict:
@@ -215,6 +221,42 @@ async def test_an_engine_that_does_not_answer_a_drain_does_not_fail_the_eviction
         await control.stop()
 
 
+def infer_histogram(router, code: str = "OK") -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+    """(count, sum in ms, count at or under 1 ms) of ModelInfer in the router's request histogram."""
+    labels = {"method": "inference.GRPCInferenceService/ModelInfer", "code": code}
+    value = router.metrics.collectors.get_sample_value
+    under_1ms = value("modelmesh_api_request_milliseconds_bucket", {**labels, "le": "1.0"}) or 0.0
+    count = value("modelmesh_api_request_milliseconds_count", labels) or 0.0
+    return count, value("modelmesh_api_request_milliseconds_sum", labels) or 0.0, under_1ms
+
+
+def timed(count: int, sum_us: int, fast: int, code: int = 0) -> LatencyCounts:
+    """`count` ModelInfer calls of m: `fast` of them in the first bucket (≤ 0.5 ms), the rest in the third."""
+    buckets = [fast, 0, count - fast] + [0] * (len(LATENCY_BOUNDS_US) - 2)
+    return LatencyCounts("m", "/inference.GRPCInferenceService/ModelInfer", code, count, sum_us, tuple(buckets))
+
+
+async def test_the_engines_latency_counts_are_added_to_the_request_histogram_once(make_cluster):
+    router = await make_cluster(FakeRuntime("rt-a")).router()
+    engine = FakeEngine()
+    control = await started(router, engine)
+    try:
+        engine.timed = [timed(3, 2500, 2), timed(1, 300, 1, code=14)]
+        await control.collect_usage()
+        assert infer_histogram(router) == (3, 2.5, 2)
+        assert infer_histogram(router, "UNAVAILABLE") == (1, 0.3, 1)
+        await control.collect_usage()  # nothing new
+        assert infer_histogram(router) == (3, 2.5, 2)
+        engine.timed = [timed(5, 4500, 3), timed(1, 300, 1, code=14)]
+        await control.collect_usage()
+        assert infer_histogram(router) == (5, 4.5, 3)
+        engine.timed = [timed(1, 100, 1)]  # the engine restarted: its counts start again
+        await control.collect_usage()
+        assert infer_histogram(router) == (6, 4.6, 4)
+    finally:
+        await control.stop()
+
+
 async def test_readiness_needs_the_engine_running(make_cluster, tmp_path):
     cluster = make_cluster(FakeRuntime("rt-a"))
     router = await cluster.router()
@@ -252,3 +294,15 @@ def test_commands_are_batched_under_the_limit_in_order() -> None:
     grouped = list(batches(commands, limit=200))
     assert [c for batch in grouped for c in batch] == commands
     assert all(len(";".join(batch)) <= 200 for batch in grouped)
+
+
+def test_the_engines_latency_buckets_are_the_request_histograms() -> None:
+    assert tuple(b / 1000 for b in LATENCY_BOUNDS_US) == REQUEST_MS_BUCKETS
+
+
+def test_a_latency_listing_is_parsed_and_other_lines_are_not() -> None:
+    buckets = " ".join(["1"] + ["0"] * len(LATENCY_BOUNDS_US))
+    text = f"m /inference.GRPCInferenceService/ModelInfer 0 1 420 {buckets}\nUnknown command\n\n"
+    (counts,) = parse_latency(text)
+    assert counts.model == "m" and counts.code == 0 and counts.count == 1 and counts.sum_us == 420
+    assert counts.buckets == (1,) + (0,) * len(LATENCY_BOUNDS_US)
