@@ -79,6 +79,7 @@ def status_response(settings: RuntimeSettings) -> rt.RuntimeStatusResponse:
         methodInfos={method: rt.RuntimeStatusResponse.MethodInfo(idInjectionPath=[1]) for method in FORWARDED_METHODS},
         meshModelTypes=sorted(MODEL_TYPES),
         meshReadsModelIdHeader=True,
+        meshLabels=settings.labels,
     )
 
 

@@ -130,4 +130,5 @@ class AdapterCore:
             methodInfos={m: rt.RuntimeStatusResponse.MethodInfo(idInjectionPath=p) for m, p in server.methods.items()},
             meshDataEndpoint=s.advertise_data or server.data_endpoint,
             meshModelTypes=server.model_types,
+            meshLabels=s.labels,
         )

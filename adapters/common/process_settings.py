@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mesh.placement.records import checked_labels
+
 
 @dataclass(frozen=True, slots=True)
 class ProcessSettings:
@@ -65,6 +67,8 @@ class ProcessSettings:
     """With an etcd:// kv: dial etcd over TLS trusting this CA (etcd_tls_cert/key: the client certificate)."""
     etcd_tls_cert: str = ""
     etcd_tls_key: str = ""
+    labels: tuple[str, ...] = ()
+    """Labels this instance carries (meshLabels): models registered with required labels load only where all are."""
 
 
 def positive(text: str) -> int:
@@ -73,6 +77,14 @@ def positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
+
+
+def labels_flag(text: str) -> tuple[str, ...]:
+    """argparse type for --labels: comma-separated labels."""
+    try:
+        return checked_labels(label for label in text.split(",") if label)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def add_process_arguments(parser: argparse.ArgumentParser, defaults: ProcessSettings) -> None:
@@ -101,12 +113,14 @@ def add_process_arguments(parser: argparse.ArgumentParser, defaults: ProcessSett
     parser.add_argument("--etcd-tls-ca", default="", help="with --kv etcd://: dial etcd over TLS, trusting this CA")
     parser.add_argument("--etcd-tls-cert", default="", help="with --kv etcd://: the client certificate etcd requires")
     parser.add_argument("--etcd-tls-key", default="", help="with --kv etcd://: that certificate's key")
+    parser.add_argument("--labels", type=labels_flag, default=(), help="labels this instance carries: a,b,...")
 
 
 _FROM_FLAGS = (
     "host", "port", "uds", "port_file", "capacity_bytes", "max_loading_concurrency", "load_timeout_ms",
     "default_model_size_bytes", "parent_pid", "shutdown_grace_s", "log_format", "kv", "kv_prefix", "advertise",
     "lease_seconds", "tls_cert", "tls_key", "tls_client_ca", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key",
+    "labels",
 )  # fmt: skip
 
 

@@ -72,7 +72,7 @@ class RuntimeStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RuntimeStatusResponse(_message.Message):
-    __slots__ = ("status", "capacityInBytes", "maxLoadingConcurrency", "modelLoadingTimeoutMs", "defaultModelSizeInBytes", "runtimeVersion", "numericRuntimeVersion", "methodInfos", "limitModelConcurrency", "allowAnyMethod", "meshDataEndpoint", "meshModelTypes", "meshReadsModelIdHeader")
+    __slots__ = ("status", "capacityInBytes", "maxLoadingConcurrency", "modelLoadingTimeoutMs", "defaultModelSizeInBytes", "runtimeVersion", "numericRuntimeVersion", "methodInfos", "limitModelConcurrency", "allowAnyMethod", "meshDataEndpoint", "meshModelTypes", "meshReadsModelIdHeader", "meshLabels")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STARTING: _ClassVar[RuntimeStatusResponse.Status]
@@ -106,6 +106,7 @@ class RuntimeStatusResponse(_message.Message):
     MESHDATAENDPOINT_FIELD_NUMBER: _ClassVar[int]
     MESHMODELTYPES_FIELD_NUMBER: _ClassVar[int]
     MESHREADSMODELIDHEADER_FIELD_NUMBER: _ClassVar[int]
+    MESHLABELS_FIELD_NUMBER: _ClassVar[int]
     status: RuntimeStatusResponse.Status
     capacityInBytes: int
     maxLoadingConcurrency: int
@@ -119,4 +120,5 @@ class RuntimeStatusResponse(_message.Message):
     meshDataEndpoint: str
     meshModelTypes: _containers.RepeatedScalarFieldContainer[str]
     meshReadsModelIdHeader: bool
-    def __init__(self, status: _Optional[_Union[RuntimeStatusResponse.Status, str]] = ..., capacityInBytes: _Optional[int] = ..., maxLoadingConcurrency: _Optional[int] = ..., modelLoadingTimeoutMs: _Optional[int] = ..., defaultModelSizeInBytes: _Optional[int] = ..., runtimeVersion: _Optional[str] = ..., numericRuntimeVersion: _Optional[int] = ..., methodInfos: _Optional[_Mapping[str, RuntimeStatusResponse.MethodInfo]] = ..., limitModelConcurrency: _Optional[bool] = ..., allowAnyMethod: _Optional[bool] = ..., meshDataEndpoint: _Optional[str] = ..., meshModelTypes: _Optional[_Iterable[str]] = ..., meshReadsModelIdHeader: _Optional[bool] = ...) -> None: ...
+    meshLabels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, status: _Optional[_Union[RuntimeStatusResponse.Status, str]] = ..., capacityInBytes: _Optional[int] = ..., maxLoadingConcurrency: _Optional[int] = ..., modelLoadingTimeoutMs: _Optional[int] = ..., defaultModelSizeInBytes: _Optional[int] = ..., runtimeVersion: _Optional[str] = ..., numericRuntimeVersion: _Optional[int] = ..., methodInfos: _Optional[_Mapping[str, RuntimeStatusResponse.MethodInfo]] = ..., limitModelConcurrency: _Optional[bool] = ..., allowAnyMethod: _Optional[bool] = ..., meshDataEndpoint: _Optional[str] = ..., meshModelTypes: _Optional[_Iterable[str]] = ..., meshReadsModelIdHeader: _Optional[bool] = ..., meshLabels: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -47,6 +47,7 @@ def record_from_status(
         methods={name: tuple(info.idInjectionPath) for name, info in status.methodInfos.items()},
         started_ms=now_ms(),
         reads_model_header=status.meshReadsModelIdHeader,
+        labels=tuple(sorted(set(status.meshLabels))),
     )
 
 

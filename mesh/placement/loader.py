@@ -190,10 +190,12 @@ class Loader:
         failed = self._recent_failures(record)
         excluded = frozenset(self._copies.live_copies(record)) | frozenset(failed)
         instances = self._copies.instance_views()
-        choice = policy.choose_instance(model.model_type, size, _with_free_slot(instances), excluded, self._policy)
+        choice = policy.choose_instance(
+            model.model_type, size, _with_free_slot(instances), excluded, self._policy, model.labels
+        )
         if choice is not None:
             return choice
-        if policy.choose_instance(model.model_type, size, instances, excluded, self._policy) is not None:
+        if policy.choose_instance(model.model_type, size, instances, excluded, self._policy, model.labels) is not None:
             return None
         if failed:
             instance_id, failure = max(failed.items(), key=lambda f: f[1].time_ms)
@@ -205,7 +207,7 @@ class Loader:
         unreachable = sorted(
             i
             for i, v in self._view.instances.items()
-            if v.record.supports(model.model_type) and not self._health.reachable(i)
+            if v.record.supports(model.model_type, model.labels) and not self._health.reachable(i)
         )
         if unreachable:
             raise Unavailable(
@@ -213,7 +215,7 @@ class Loader:
                 " did not answer; retry shortly"
             )
         reason, retryable = policy.why_unplaceable(
-            model.model_type, size, [v.record for v in self._view.instances.values()]
+            model.model_type, size, [v.record for v in self._view.instances.values()], model.labels
         )
         error = Unavailable if retryable else NoCapacity
         raise error(f"cannot place model '{model.model_id}': {reason}")
@@ -332,7 +334,7 @@ class Loader:
                 size = record.size_bytes
                 excluded = frozenset(live) | frozenset(self._recent_failures(record))
                 instances = _with_free_slot(self._copies.instance_views())
-                choice = policy.choose_instance(model.model_type, size, instances, excluded, self._policy)
+                choice = policy.choose_instance(model.model_type, size, instances, excluded, self._policy, model.labels)
                 if choice is None or choice.victims:
                     return
                 incarnation = self._view.instances[choice.instance_id].record.started_ms
@@ -363,7 +365,9 @@ class Loader:
         placement = self._view.placements.get(model.model_id)
         if placement and placement.record.size_bytes:
             return placement.record.size_bytes
-        candidates = [v.record for v in self._view.instances.values() if v.record.supports(model.model_type)]
+        candidates = [
+            v.record for v in self._view.instances.values() if v.record.supports(model.model_type, model.labels)
+        ]
         if not candidates:
             return 0
         try:

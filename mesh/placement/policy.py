@@ -99,17 +99,19 @@ def choose_instance(
     instances: Iterable[InstanceView],
     excluded: frozenset[str] = frozenset(),
     eviction: str = "lru",
+    labels: tuple[str, ...] = (),
 ) -> LoadPlan | None:
     """The best instance for a new copy, with the copies to evict first; None when nothing can hold it.
 
-    `excluded` holds instances that already have a copy or recently failed to load this model. Among instances
+    `excluded` holds instances that already have a copy or recently failed to load this model; `labels`, those an
+    instance must carry (ModelRecord.labels). Among instances
     that must evict, the one whose most valuable victim is worth least (under `eviction`) wins.
     """
     worth = _worth(eviction)
     ranked: list[tuple[tuple, LoadPlan]] = []
     for inst in instances:
         rec = inst.record
-        if rec.instance_id in excluded or not rec.supports(model_type) or size_bytes > rec.capacity_bytes:
+        if rec.instance_id in excluded or not rec.supports(model_type, labels) or size_bytes > rec.capacity_bytes:
             continue
         victims = victims_for(inst, size_bytes, eviction)
         if victims is None:
@@ -131,13 +133,18 @@ def over_capacity(instance: InstanceView, eviction: str = "lru") -> tuple[Reside
     return victims_for(instance, 0, eviction) or ()
 
 
-def why_unplaceable(model_type: str, size_bytes: int, instances: Sequence[InstanceRecord]) -> tuple[str, bool]:
+def why_unplaceable(
+    model_type: str, size_bytes: int, instances: Sequence[InstanceRecord], labels: tuple[str, ...] = ()
+) -> tuple[str, bool]:
     """Why choose_instance found nowhere to load, and whether trying again later can help."""
-    typed = [i for i in instances if i.supports(model_type)]
     if not instances:
         return "no runtime instances are registered", True
-    if not typed:
+    if not any(i.supports(model_type) for i in instances):
         return f"no runtime instance supports model type '{model_type}'", False
+    typed = [i for i in instances if i.supports(model_type, labels)]
+    if not typed:
+        wanted = ", ".join(labels)
+        return f"no runtime instance of model type '{model_type}' carries the labels it requires: {wanted}", False
     largest = max(i.capacity_bytes for i in typed)
     if size_bytes > largest:
         return f"it needs {size_bytes} bytes but the largest instance for '{model_type}' holds {largest}", False

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import quote, unquote
@@ -21,6 +23,20 @@ from urllib.parse import quote, unquote
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+MAX_LABEL_CHARS = 128
+_LABEL = re.compile(r"[!-+\--~]+")  # printable ASCII but space and ',' (flags list labels separated by commas)
+
+
+def checked_labels(labels: Iterable[str]) -> tuple[str, ...]:
+    """Labels as stored (sorted, without repeats); a ValueError that names the first that cannot be one."""
+    for label in labels:
+        if not _LABEL.fullmatch(label) or len(label) > MAX_LABEL_CHARS:
+            raise ValueError(
+                f"label {label!r} is not one: 1 to {MAX_LABEL_CHARS} printable ASCII characters, no space or ','"
+            )
+    return tuple(sorted(set(labels)))
 
 
 class Kind(enum.Enum):
@@ -82,9 +98,17 @@ class ModelRecord(Record):
     path: str = ""
     key: str = ""
     registered_ms: int = 0
+    # Labels an instance must carry, all of them, to hold a copy (a tenant's runtime, say): empty, any instance of
+    # the model's type.
+    labels: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Self:
+        return cls(**{**raw, "labels": tuple(raw.get("labels", ()))})
 
     def same_spec(self, other: ModelRecord) -> bool:
-        return (self.model_type, self.path, self.key) == (other.model_type, other.path, other.key)
+        mine = (self.model_type, self.path, self.key, self.labels)
+        return mine == (other.model_type, other.path, other.key, other.labels)
 
 
 class CopyState(enum.StrEnum):
@@ -168,16 +192,20 @@ class InstanceRecord(Record):
     # The runtime takes the model id from an mm-model-id request header (meshReadsModelIdHeader): the native data
     # plane may send it requests whose body names a vmodel or another name, as they are.
     reads_model_header: bool = False
+    # What this instance offers beyond its types (meshLabels): models that require labels load only where all are.
+    labels: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
         raw = dict(raw)
         raw["model_types"] = tuple(raw.get("model_types", ()))
         raw["methods"] = {m: tuple(p) for m, p in raw.get("methods", {}).items()}
+        raw["labels"] = tuple(raw.get("labels", ()))
         return cls(**raw)
 
-    def supports(self, model_type: str) -> bool:
-        return not self.model_types or model_type in self.model_types
+    def supports(self, model_type: str, labels: tuple[str, ...] = ()) -> bool:
+        """Whether a copy of a model of this type, requiring these labels, may load here."""
+        return (not self.model_types or model_type in self.model_types) and set(labels) <= set(self.labels)
 
 
 @dataclass(frozen=True)

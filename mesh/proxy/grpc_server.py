@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -26,7 +26,7 @@ from mesh.gen import model_mesh_pb2_grpc as mm_grpc
 from mesh.grpcutil import Behavior, RejectingUnparseable, WrapBehavior, maps_errors
 from mesh.metrics import RouterMetrics, method_label
 from mesh.placement.manager import PlacementManager
-from mesh.placement.records import ModelRecord
+from mesh.placement.records import ModelRecord, checked_labels
 from mesh.proxy import wire
 from mesh.proxy.dataplane import INFERENCE_SERVICE, ROUTED_BY_FIELD_1, DataPlane, Target
 from mesh.registry import ModelRegistry, ModelStatus, Naming, VModelStatus
@@ -197,8 +197,12 @@ def vmodel_status_info(status: VModelStatus) -> mm.VModelStatusInfo:
     )
 
 
-def _model_record(model_id: str, info: mm.ModelInfo) -> ModelRecord:
-    return ModelRecord(model_id, info.type, info.path, info.key)
+def _model_record(model_id: str, info: mm.ModelInfo, labels: Iterable[str] = ()) -> ModelRecord:
+    try:
+        required = checked_labels(labels)
+    except ValueError as exc:
+        raise InvalidArgument(f"model '{model_id}': required {exc}") from None
+    return ModelRecord(model_id, info.type, info.path, info.key, labels=required)
 
 
 class ManagementServicer(mm_grpc.ModelMeshServicer):
@@ -209,7 +213,7 @@ class ManagementServicer(mm_grpc.ModelMeshServicer):
 
     @maps_errors
     async def registerModel(self, request: mm.RegisterModelRequest, context: Any) -> mm.ModelStatusInfo:
-        model = _model_record(request.modelId, request.modelInfo)
+        model = _model_record(request.modelId, request.modelInfo, request.meshRequiredLabels)
         return status_info(await self._registry.register(model, request.loadNow, request.sync))
 
     @maps_errors

@@ -8,6 +8,7 @@ copies are is placement's, asked through the PlacementManager façade.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 
@@ -98,7 +99,7 @@ class ModelRegistry:
         check_id(model.model_id, "modelId")
         check_id(model.model_type, f"modelInfo.type of model '{model.model_id}'")
         check_path(model.path, f"modelInfo.path of model '{model.model_id}'")
-        stamped = ModelRecord(model.model_id, model.model_type, model.path, model.key, model.registered_ms or now_ms())
+        stamped = dataclasses.replace(model, registered_ms=model.registered_ms or now_ms())
 
         def change(current: ModelRecord | None) -> object:
             if current is None:
@@ -112,7 +113,7 @@ class ModelRegistry:
 
         await self._store.update(Kind.MODEL, model.model_id, change)
         if load_now:
-            await self._load(model.model_id, sync)
+            return self._with_unrecorded(model.model_id, await self._load(model.model_id, sync))
         return self.status(model.model_id)
 
     async def unregister(self, model_id: str) -> None:
@@ -134,17 +135,26 @@ class ModelRegistry:
         if model_id not in self._view.models:
             check_id(model_id, "modelId")
             raise ModelNotFound(model_id)
-        await self._load(model_id, sync)
-        return self.status(model_id)
+        return self._with_unrecorded(model_id, await self._load(model_id, sync))
 
-    async def _load(self, model_id: str, sync: bool) -> None:
+    async def _load(self, model_id: str, sync: bool) -> str:
+        """Load now; with `sync`, wait, and say why it did not load ("" when it did, or it is not waited for)."""
         if sync:
             try:
                 await self._manager.ensure_loaded(model_id)
-            except MeshError:
-                pass  # recorded as a failure; the status returned says so
-            return
+            except MeshError as exc:
+                return exc.message
+            return ""
         self._spawn(self._manager.ensure_loaded(model_id))
+        return ""
+
+    def _with_unrecorded(self, model_id: str, error: str) -> ModelStatus:
+        """The model's status, with the error of a synchronous load that no instance recorded (nowhere could hold
+        it: no instance of its type, none with its labels, none large enough), so the caller learns why."""
+        status = self.status(model_id)
+        if not error or status.state is not ModelState.NOT_LOADED:
+            return status
+        return ModelStatus(ModelState.LOADING_FAILED, [*status.errors, error], status.copies)
 
     def status(self, model_id: str) -> ModelStatus:
         if model_id not in self._view.models:
@@ -192,7 +202,7 @@ class ModelRegistry:
         check_id(vmodel_id, "vModelId")
         check_id(target_model_id, "targetModelId")
         if model is not None and target_model_id not in self._view.models:
-            await self.register(ModelRecord(target_model_id, model.model_type, model.path, model.key))
+            await self.register(dataclasses.replace(model, model_id=target_model_id, registered_ms=0))
         if target_model_id not in self._view.models:
             raise ModelNotFound(target_model_id)
 

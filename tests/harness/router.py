@@ -56,8 +56,10 @@ class Runtime:
             return reply.ready
 
 
-async def start_runtime(instance_id: str, capacity_bytes: int) -> Runtime:
-    settings = RuntimeSettings(instance_id=instance_id, capacity_bytes=capacity_bytes, max_loading_concurrency=4)
+async def start_runtime(instance_id: str, capacity_bytes: int, labels: tuple[str, ...] = ()) -> Runtime:
+    settings = RuntimeSettings(
+        instance_id=instance_id, capacity_bytes=capacity_bytes, max_loading_concurrency=4, labels=labels
+    )
     core = BuiltinRuntime(settings)
     counter = CallCounter()
     server = grpc.aio.server(interceptors=[counter])

@@ -15,8 +15,9 @@ from mesh.placement.policy import (
 from mesh.placement.records import InstanceRecord
 
 
-def instance(instance_id: str, capacity: int, copies=(), types=(), loads=0) -> InstanceView:
-    return InstanceView(InstanceRecord(instance_id, f"{instance_id}:1", capacity, tuple(types)), list(copies), loads)
+def instance(instance_id: str, capacity: int, copies=(), types=(), loads=0, labels=()) -> InstanceView:
+    record = InstanceRecord(instance_id, f"{instance_id}:1", capacity, tuple(types), labels=tuple(labels))
+    return InstanceView(record, list(copies), loads)
 
 
 def copy(model_id: str, size: int, last_used: int, evictable: bool = True) -> ResidentCopy:
@@ -67,6 +68,18 @@ def test_type_constraint_and_exclusions():
     assert choose_instance("text", 5, [typed, anything]).instance_id == "b"
     assert choose_instance("sklearn", 5, [typed, anything], excluded=frozenset({"b"})).instance_id == "a"
     assert choose_instance("text", 5, [typed, anything], excluded=frozenset({"b"})) is None
+
+
+def test_a_model_that_requires_labels_loads_only_where_all_of_them_are():
+    tenant_a = instance("a", 1000, labels=["rt:ns-a/mlserver", "gpu"])
+    tenant_b = instance("b", 100, labels=["rt:ns-b/mlserver"])  # less room: without labels, a would win
+    unlabelled = instance("c", 10_000)
+    assert choose_instance("t", 5, [tenant_a, tenant_b, unlabelled], labels=("rt:ns-b/mlserver",)).instance_id == "b"
+    assert choose_instance("t", 5, [tenant_a, tenant_b], labels=("rt:ns-a/mlserver", "gpu")).instance_id == "a"
+    assert choose_instance("t", 5, [tenant_b, unlabelled], labels=("rt:ns-a/mlserver",)) is None
+    assert choose_instance("t", 5, [tenant_a, tenant_b, unlabelled]).instance_id == "c"  # no labels: any instance
+    reason, retryable = why_unplaceable("t", 5, [tenant_b.record], ("rt:ns-a/mlserver",))
+    assert "carries the labels it requires: rt:ns-a/mlserver" in reason and not retryable
 
 
 def test_a_model_larger_than_any_instance_is_unplaceable_and_the_reason_says_so():
