@@ -121,7 +121,8 @@ def _register(args: argparse.Namespace) -> int:
     if not args.type:
         raise UsageError("--type is required (or register many with -f FILE)")
     info = mm.ModelInfo(type=args.type, path=bulk.resolve_path(args.path, Path.cwd()), key=args.key)
-    request = mm.RegisterModelRequest(modelId=args.model_id, modelInfo=info, loadNow=args.load_now, sync=args.sync)
+    options = {"loadNow": args.load_now, "sync": args.sync, "meshRequiredLabels": args.label}
+    request = mm.RegisterModelRequest(modelId=args.model_id, modelInfo=info, **options)
     print(f"{args.model_id}: {_status_text(_stub(args).registerModel(request, timeout=args.timeout))}")
     return 0
 
@@ -382,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--key", default="", help="opaque key passed to the runtime")
     reg.add_argument("--load-now", action="store_true")
     reg.add_argument("--sync", action="store_true", help="with --load-now: wait for the load")
+    reg.add_argument("--label", action="append", default=[], help="load only on instances with it (repeatable)")
     reg.set_defaults(func=_register)
     lst = client(msub.add_parser("list", help="list registered models and vmodels"))
     lst.add_argument("--json", action="store_true")

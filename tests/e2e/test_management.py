@@ -265,3 +265,19 @@ def test_cli_status_shows_state_and_copies(mesh_server: ServeProcess, management
     missing = _cli(mesh_server, "status", "e2e-nothing-here")
     assert missing.returncode == 1
     assert missing.stdout.strip() == "e2e-nothing-here: NOT_FOUND"
+
+
+def test_cli_registers_a_model_that_requires_labels_and_says_why_nothing_holds_it(
+    mesh_server: ServeProcess, management: mm_grpc.ModelMeshStub
+) -> None:
+    """`mesh serve`'s runtimes carry no labels: a model that requires one loads nowhere, and the answer says so."""
+    args = ("register", "e2e-labelled", "--type", "echo", "--label", "tenant:x", "--load-now", "--sync")
+    registered = _cli(mesh_server, *args)
+    try:
+        assert registered.returncode == 0, registered.stderr
+        assert registered.stdout.startswith("e2e-labelled: LOADING_FAILED errors: cannot place model"), (
+            registered.stdout
+        )
+        assert "carries the labels it requires: tenant:x" in registered.stdout
+    finally:
+        management.unregisterModel(mm.UnregisterModelRequest(modelId="e2e-labelled"), timeout=TIMEOUT_S)
