@@ -18,9 +18,13 @@ class MeshState:
     vmodels: dict[str, mm.VModelStatusInfo]
     instances: list[admin.InstanceEntry]
 
-    def serves(self, model_type: str) -> bool:
-        """Whether a reachable runtime instance takes models of this type (one listing no types takes all)."""
-        return any(i.reachable and (not i.modelTypes or model_type in i.modelTypes) for i in self.instances)
+    def serves(self, model_type: str, labels: tuple[str, ...] = ()) -> bool:
+        """Whether a reachable runtime instance takes models of this type (one listing no types takes all) and
+        carries every one of `labels`."""
+        return any(
+            i.reachable and (not i.modelTypes or model_type in i.modelTypes) and set(labels) <= set(i.labels)
+            for i in self.instances
+        )
 
 
 class MeshClient:
@@ -45,6 +49,7 @@ class MeshClient:
             autoDeleteTargetModel=True,
             loadNow=True,
             owner=spec.owner,
+            meshRequiredLabels=spec.labels,
         )
         return self._mm.setVModel(request, timeout=self._timeout_s)
 

@@ -115,7 +115,8 @@ class Reconciler:
                     entry.problem = (chosen.reason, chosen.message)
                     continue
                 entry.runtime = chosen
-                entry.spec = model_spec(predictor)
+                isolated = self.settings.isolate_runtimes
+                entry.spec = model_spec(predictor, chosen.instance_labels(predictor.namespace) if isolated else ())
                 entry.workload = build(chosen, predictor.namespace, self.settings)
             except r.SpecError as exc:
                 entry.problem = (st.INVALID_PREDICTOR_SPEC, str(exc))
@@ -216,7 +217,7 @@ class Reconciler:
             if vmodel is not None and vmodel.targetModelId == spec.model_id:
                 entry.model_status = st.from_vmodel(vmodel)
                 continue
-            if not mesh.serves(spec.model_type):
+            if not mesh.serves(spec.model_type, spec.labels):
                 workload = entry.workload
                 assert workload is not None
                 replicas = ready.get((workload.namespace, workload.name), 0)

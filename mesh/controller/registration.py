@@ -1,4 +1,4 @@
-"""What the controller registers with mesh for a predictor: ids, the model type, path and key.
+"""What the controller registers with mesh for a predictor: ids, the model type, path, key and required labels.
 
 The vmodel is the InferenceService's name, so clients call the name they know. The concrete model behind it is
 `<namespace>.<name>__isvc-<hash>`, the hash taken over the type, path and key: a storage change is a new concrete
@@ -32,6 +32,8 @@ class ModelSpec:
     model_type: str
     path: str
     key: str
+    labels: tuple[str, ...] = ()
+    """Required labels: the instances of the runtime the controller assigned (runtime_label)."""
 
 
 def owner_of(namespace: str) -> str:
@@ -43,8 +45,9 @@ def owner_namespace(owner: str) -> str | None:
     return owner[len(OWNER_PREFIX) :] if owner.startswith(OWNER_PREFIX) else None
 
 
-def model_spec(predictor: Predictor) -> ModelSpec:
-    """The registration of a predictor; SpecError for storage mesh's puller cannot read."""
+def model_spec(predictor: Predictor, labels: tuple[str, ...] = ()) -> ModelSpec:
+    """The registration of a predictor, loading only on instances carrying `labels` (its runtime's); SpecError for
+    storage mesh's puller cannot read."""
     path, params = _storage(predictor)
     key: dict[str, Any] = {"model_type": {"name": predictor.model_format}}
     if predictor.format_version is not None:
@@ -56,7 +59,8 @@ def model_spec(predictor: Predictor) -> ModelSpec:
     if predictor.schema_path:
         key["schema_path"] = predictor.schema_path
     key_text = json.dumps(key, sort_keys=True, separators=(",", ":"))
-    spec = json.dumps([predictor.model_format, path, key_text], separators=(",", ":"))
+    # The labels are part of the spec: a predictor moved to another runtime is a new concrete model.
+    spec = json.dumps([predictor.model_format, path, key_text, *labels], separators=(",", ":"))
     digest = hashlib.sha256(spec.encode()).hexdigest()[:HASH_CHARS]
     return ModelSpec(
         vmodel_id=predictor.name,
@@ -65,6 +69,7 @@ def model_spec(predictor: Predictor) -> ModelSpec:
         model_type=predictor.model_format,
         path=path,
         key=key_text,
+        labels=labels,
     )
 
 

@@ -100,6 +100,12 @@ class Runtime:
         server_type = adapter.get("serverType") if isinstance(adapter, dict) else None
         return server_type if isinstance(server_type, str) and server_type else None
 
+    def instance_labels(self, namespace: str) -> tuple[str, ...]:
+        """The labels its instances in `namespace` carry, which the models assigned to it there require, so that
+        they load nowhere else (another namespace's runtime of the same format included): `rt:<namespace>/<name>`.
+        Empty for a runtime without a built-in adapter: it serves the SPI itself, and reports no labels."""
+        return (f"rt:{namespace}/{self.name}",) if self.server_type is not None else ()
+
     @property
     def ref(self) -> str:
         """How messages name it: `ServingRuntime team-a/mlserver` or `ClusterServingRuntime mlserver`."""

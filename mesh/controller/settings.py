@@ -29,6 +29,10 @@ class ControllerSettings:
     scale_to_zero: bool = True
     """Remove a runtime's Deployment and Service when no InferenceService uses it; false keeps them running once
     created (no pod start on the next first model, idle pods meanwhile)."""
+    isolate_runtimes: bool = True
+    """A model loads only on the instances of the runtime the controller assigned it, in its namespace (required
+    label `rt:<namespace>/<runtime>`, carried by those instances' adapters); off, on any instance of its format,
+    as in ModelMesh. Runtimes without a built-in adapter report no labels: their models are never restricted."""
     default_replicas: int = 1
     """Runtime pods per runtime, when its ServingRuntime does not say (spec.replicas)."""
     default_capacity_bytes: int = 1024 * 1024 * 1024

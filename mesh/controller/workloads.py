@@ -173,7 +173,7 @@ def build(runtime: Runtime, namespace: str, settings: ControllerSettings) -> Wor
                     "labels": {**(runtime.spec.get("labels") or {}), **labels},
                     "annotations": dict(runtime.spec.get("annotations") or {}),
                 },
-                "spec": _pod_spec(runtime, settings),
+                "spec": _pod_spec(runtime, namespace, settings),
             },
         },
     }
@@ -199,14 +199,14 @@ def _stamped(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def _pod_spec(runtime: Runtime, settings: ControllerSettings) -> dict[str, Any]:
+def _pod_spec(runtime: Runtime, namespace: str, settings: ControllerSettings) -> dict[str, Any]:
     spec = runtime.spec
     containers = [_with_models_volume(c) for c in spec.get("containers") or [] if isinstance(c, dict)]
     if not containers:
         raise WorkloadError(f"{runtime.ref} has no containers")
     spi_port = _port(spec.get("grpcEndpoint"), ADAPTER_PORT)
     if runtime.server_type is not None:
-        containers.append(_adapter(runtime, spi_port, settings))
+        containers.append(_adapter(runtime, spi_port, settings, runtime.instance_labels(namespace)))
     containers.append(_router(runtime, spi_port, settings))
     volumes = [v for v in spec.get("volumes") or [] if v.get("name") not in (MODELS_VOLUME, STORAGE_VOLUME)]
     volumes.append({"name": MODELS_VOLUME, "emptyDir": {}})
@@ -251,7 +251,7 @@ def _adapter_command(runtime: Runtime) -> list[str]:
     ]  # fmt: skip
 
 
-def _adapter(runtime: Runtime, spi_port: int, settings: ControllerSettings) -> dict[str, Any]:
+def _adapter(runtime: Runtime, spi_port: int, settings: ControllerSettings, labels: tuple[str, ...]) -> dict[str, Any]:
     adapter = runtime.spec.get("builtInAdapter") or {}
     # Appended after the command, so these win over the same flags in an annotation's command: only the
     # controller knows the store, the pod's address and the memory it was given.
@@ -264,6 +264,7 @@ def _adapter(runtime: Runtime, spi_port: int, settings: ControllerSettings) -> d
         "--instance-id", "$(POD_NAME)",
         "--capacity-bytes", str(capacity_bytes(runtime, settings)),
         "--storage-config-dir", STORAGE_DIR,
+        "--labels", ",".join(labels),
     ]  # fmt: skip
     if adapter.get("modelLoadingTimeoutMillis"):
         args += ["--load-timeout-ms", str(int(adapter["modelLoadingTimeoutMillis"]))]

@@ -46,7 +46,7 @@ class ListInstancesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InstanceEntry(_message.Message):
-    __slots__ = ("instanceId", "endpoint", "capacityInBytes", "usedInBytes", "modelTypes", "models", "loadsInFlight", "startedTime", "reachable")
+    __slots__ = ("instanceId", "endpoint", "capacityInBytes", "usedInBytes", "modelTypes", "models", "loadsInFlight", "startedTime", "reachable", "labels")
     INSTANCEID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     CAPACITYINBYTES_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class InstanceEntry(_message.Message):
     LOADSINFLIGHT_FIELD_NUMBER: _ClassVar[int]
     STARTEDTIME_FIELD_NUMBER: _ClassVar[int]
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     instanceId: str
     endpoint: str
     capacityInBytes: int
@@ -65,7 +66,8 @@ class InstanceEntry(_message.Message):
     loadsInFlight: int
     startedTime: int
     reachable: bool
-    def __init__(self, instanceId: _Optional[str] = ..., endpoint: _Optional[str] = ..., capacityInBytes: _Optional[int] = ..., usedInBytes: _Optional[int] = ..., modelTypes: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[str]] = ..., loadsInFlight: _Optional[int] = ..., startedTime: _Optional[int] = ..., reachable: _Optional[bool] = ...) -> None: ...
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, instanceId: _Optional[str] = ..., endpoint: _Optional[str] = ..., capacityInBytes: _Optional[int] = ..., usedInBytes: _Optional[int] = ..., modelTypes: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[str]] = ..., loadsInFlight: _Optional[int] = ..., startedTime: _Optional[int] = ..., reachable: _Optional[bool] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListInstancesResponse(_message.Message):
     __slots__ = ("instances",)

@@ -121,7 +121,7 @@ class VModelStatusInfo(_message.Message):
     def __init__(self, status: _Optional[_Union[VModelStatusInfo.VModelStatus, str]] = ..., activeModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., activeModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., targetModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class SetVModelRequest(_message.Message):
-    __slots__ = ("vModelId", "targetModelId", "updateOnly", "modelInfo", "autoDeleteTargetModel", "loadNow", "force", "sync", "expectedTargetModelId", "owner")
+    __slots__ = ("vModelId", "targetModelId", "updateOnly", "modelInfo", "autoDeleteTargetModel", "loadNow", "force", "sync", "expectedTargetModelId", "owner", "meshRequiredLabels")
     VMODELID_FIELD_NUMBER: _ClassVar[int]
     TARGETMODELID_FIELD_NUMBER: _ClassVar[int]
     UPDATEONLY_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,7 @@ class SetVModelRequest(_message.Message):
     SYNC_FIELD_NUMBER: _ClassVar[int]
     EXPECTEDTARGETMODELID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    MESHREQUIREDLABELS_FIELD_NUMBER: _ClassVar[int]
     vModelId: str
     targetModelId: str
     updateOnly: bool
@@ -142,7 +143,8 @@ class SetVModelRequest(_message.Message):
     sync: bool
     expectedTargetModelId: str
     owner: str
-    def __init__(self, vModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., updateOnly: _Optional[bool] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., autoDeleteTargetModel: _Optional[bool] = ..., loadNow: _Optional[bool] = ..., force: _Optional[bool] = ..., sync: _Optional[bool] = ..., expectedTargetModelId: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+    meshRequiredLabels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., updateOnly: _Optional[bool] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., autoDeleteTargetModel: _Optional[bool] = ..., loadNow: _Optional[bool] = ..., force: _Optional[bool] = ..., sync: _Optional[bool] = ..., expectedTargetModelId: _Optional[str] = ..., owner: _Optional[str] = ..., meshRequiredLabels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteVModelRequest(_message.Message):
     __slots__ = ("vModelId", "owner")

@@ -31,6 +31,7 @@ _LABEL = re.compile(r"[!-+\--~]+")  # printable ASCII but space and ',' (flags l
 
 def checked_labels(labels: Iterable[str]) -> tuple[str, ...]:
     """Labels as stored (sorted, without repeats); a ValueError that names the first that cannot be one."""
+    labels = tuple(labels)
     for label in labels:
         if not _LABEL.fullmatch(label) or len(label) > MAX_LABEL_CHARS:
             raise ValueError(

@@ -234,7 +234,11 @@ class ManagementServicer(mm_grpc.ModelMeshServicer):
         status = await self._registry.set_vmodel(
             request.vModelId,
             request.targetModelId,
-            model=_model_record(request.targetModelId, request.modelInfo) if request.HasField("modelInfo") else None,
+            model=(
+                _model_record(request.targetModelId, request.modelInfo, request.meshRequiredLabels)
+                if request.HasField("modelInfo")
+                else None
+            ),
             update_only=request.updateOnly,
             auto_delete=request.autoDeleteTargetModel,
             load_now=request.loadNow,
@@ -292,6 +296,7 @@ class AdminServicer(admin_grpc.MeshAdminServicer):
                     capacityInBytes=v.record.capacity_bytes,
                     usedInBytes=v.used_bytes,
                     modelTypes=v.record.model_types,
+                    labels=v.record.labels,
                     models=sorted(c.model_id for c in v.copies),
                     loadsInFlight=v.loads_in_flight,
                     startedTime=v.record.started_ms,

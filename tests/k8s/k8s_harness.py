@@ -47,6 +47,9 @@ def settings_for_address(mesh_address: str, **overrides: Any) -> ControllerSetti
         "resync_seconds": 5.0,
         "request_timeout_seconds": 5.0,
         "watch_timeout_seconds": 30,
+        # One `mesh serve` plays every runtime's pods here, and its runtime carries no runtime's labels; the
+        # isolation test turns this on with runtimes of its own.
+        "isolate_runtimes": False,
     }
     values.update(overrides)
     return ControllerSettings(**values)

@@ -282,7 +282,8 @@ def test_mesh_controller_command_serves_until_sigterm(
     command += ["--image", "registry.example/mesh:test"]
     log = tmp_path / "controller.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        env = {**os.environ, "MESH_CONTROLLER_ISOLATE_RUNTIMES": "false"}  # the shared mesh's runtime has no labels
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for("Loaded", lambda: process.poll() is None and loaded(cluster, "team-i", "iris-cli"))
         process.send_signal(signal.SIGTERM)

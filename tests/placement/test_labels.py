@@ -18,6 +18,7 @@ def test_labels_are_stored_sorted_once_and_old_records_have_none() -> None:
     record = ModelRecord("m", "echo", labels=checked_labels(["rt:b", "rt:a", "rt:b"]))
     assert record.labels == ("rt:a", "rt:b")
     assert ModelRecord.from_bytes(record.to_bytes()) == record
+    assert checked_labels(label for label in "b,a,,b".split(",") if label) == ("a", "b")  # a generator, as flags give
     assert ModelRecord.from_bytes(b'{"model_id":"m","model_type":"echo"}').labels == ()
     assert InstanceRecord.from_bytes(b'{"instance_id":"i","endpoint":"e","capacity_bytes":1}').labels == ()
 
