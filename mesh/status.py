@@ -32,7 +32,7 @@ def snapshot(instances: admin.ListInstancesResponse, models: admin.ListModelsRes
     return {
         "instances": [_instance(i) for i in instances.instances],
         "models": [_model(m) for m in models.models],
-        "vmodels": [_vmodel(v) for v in models.vmodels],
+        "vmodels": [vmodel_row(v) for v in models.vmodels],
     }
 
 
@@ -74,7 +74,7 @@ def _model(entry: admin.ModelEntry) -> dict[str, Any]:
     }
 
 
-def _vmodel(entry: admin.VModelEntry) -> dict[str, Any]:
+def vmodel_row(entry: admin.VModelEntry) -> dict[str, Any]:
     status = entry.status
     return {
         "id": entry.vModelId,

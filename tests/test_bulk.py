@@ -15,7 +15,7 @@ import yaml
 from harness.serve import REPO, ServeProcess, serving
 
 from mesh import bulk
-from mesh.cli import ProgressBar
+from mesh.cli.models import ProgressBar
 from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.management import management_channel

@@ -226,8 +226,8 @@ def test_vmodel_routes_by_header_and_by_name(
     assert raised.value.status() == "StatusCode.NOT_FOUND"
 
 
-def _cli(mesh_server: ServeProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [*python_module_command("mesh"), "models", *args, "--address", mesh_server.grpc_address]
+def _cli(mesh_server: ServeProcess, *args: str, group: str = "models") -> subprocess.CompletedProcess[str]:
+    command = [*python_module_command("mesh"), group, *args, "--address", mesh_server.grpc_address]
     return subprocess.run(
         [*command, "--timeout", str(TIMEOUT_S)], cwd=REPO, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
     )
@@ -281,3 +281,28 @@ def test_cli_registers_a_model_that_requires_labels_and_says_why_nothing_holds_i
         assert "carries the labels it requires: tenant:x" in registered.stdout
     finally:
         management.unregisterModel(mm.UnregisterModelRequest(modelId="e2e-labelled"), timeout=TIMEOUT_S)
+
+
+def test_cli_sets_inspects_lists_and_deletes_a_vmodel(mesh_server: ServeProcess) -> None:
+    set_ = _cli(mesh_server, "set", "e2e-cli-alias", "text-upper", "--load-now", "--sync", group="vmodels")
+    try:
+        assert set_.returncode == 0, set_.stderr
+        assert set_.stdout.startswith("e2e-cli-alias: DEFINED -> text-upper (LOADED"), set_.stdout
+        shown = _cli(mesh_server, "status", "e2e-cli-alias", group="vmodels")
+        assert shown.returncode == 0 and shown.stdout.startswith("e2e-cli-alias: DEFINED -> text-upper"), shown
+        listed = _cli(mesh_server, "list", "--json", group="vmodels")
+        assert listed.returncode == 0, listed.stderr
+        rows = {v["id"]: v for v in json.loads(listed.stdout)["vmodels"]}
+        assert rows["e2e-cli-alias"]["active_model"] == "text-upper"
+        moved = _cli(mesh_server, "set", "e2e-cli-alias", "text-reverse", "--sync", "--load-now", group="vmodels")
+        assert moved.returncode == 0 and "-> text-reverse" in moved.stdout, moved
+        retarget = ("set", "e2e-cli-alias", "text-upper", "--expected-target", "text-upper")
+        refused = _cli(mesh_server, *retarget, group="vmodels")  # the target is text-reverse now
+        assert refused.returncode == 1 and refused.stderr.startswith("error: "), refused
+        no_type = _cli(mesh_server, "set", "e2e-cli-alias", "x", "--path", "/m", group="vmodels")
+        assert no_type.returncode == 2 and "give --type too" in no_type.stderr, no_type
+    finally:
+        deleted = _cli(mesh_server, "delete", "e2e-cli-alias", group="vmodels")
+    assert deleted.returncode == 0 and deleted.stdout.strip() == "e2e-cli-alias: deleted", deleted
+    gone = _cli(mesh_server, "status", "e2e-cli-alias", group="vmodels")
+    assert gone.returncode == 1 and gone.stdout.strip() == "e2e-cli-alias: NOT_FOUND", gone
