@@ -53,7 +53,8 @@ def test_management_and_runtime_field_numbers_match_modelmesh():
         "modelId": 1, "modelInfo": 2, "loadNow": 3, "sync": 4, "lastUsedTime": 5,
     }  # fmt: skip
     # mesh's own fields: numbers from 1000 on, named mesh*, so that ModelMesh's clients and servers skip them.
-    assert {name: number for name, number in register.items() if number >= 1000} == {"meshRequiredLabels": 1001}
+    extensions = {name: number for name, number in register.items() if number >= 1000}
+    assert extensions == {"meshRequiredLabels": 1001, "meshPinned": 1002}
     assert all(n.startswith("mesh") for n, number in _fields(rt.RuntimeStatusResponse).items() if number >= 1000)
     assert _fields(mm.SetVModelRequest)["owner"] == 10
     assert _fields(mm.SetVModelRequest)["expectedTargetModelId"] == 9

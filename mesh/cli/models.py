@@ -26,7 +26,12 @@ def _register(args: argparse.Namespace) -> int:
         raise UsageError("--type is required (or register many with -f FILE)")
     info = mm.ModelInfo(type=args.type, path=bulk.resolve_path(args.path, Path.cwd()), key=args.key)
     request = mm.RegisterModelRequest(
-        modelId=args.model_id, modelInfo=info, loadNow=args.load_now, sync=args.sync, meshRequiredLabels=args.label
+        modelId=args.model_id,
+        modelInfo=info,
+        loadNow=args.load_now,
+        sync=args.sync,
+        meshRequiredLabels=args.label,
+        meshPinned=args.pin,
     )
     print(f"{args.model_id}: {status_text(stub(args).registerModel(request, timeout=args.timeout))}")
     return 0
@@ -182,6 +187,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     reg.add_argument("--load-now", action="store_true")
     reg.add_argument("--sync", action="store_true", help="with --load-now: wait for the load")
     reg.add_argument("--label", action="append", default=[], help="load only on instances with it (repeatable)")
+    reg.add_argument("--pin", action="store_true", help="never evict it (register again without --pin to unpin)")
     reg.set_defaults(func=_register)
     lst = client_arguments(msub.add_parser("list", help="list registered models and vmodels"))
     lst.add_argument("--json", action="store_true")

@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterModelRequest(_message.Message):
-    __slots__ = ("modelId", "modelInfo", "loadNow", "sync", "lastUsedTime", "meshRequiredLabels")
+    __slots__ = ("modelId", "modelInfo", "loadNow", "sync", "lastUsedTime", "meshRequiredLabels", "meshPinned")
     MODELID_FIELD_NUMBER: _ClassVar[int]
     MODELINFO_FIELD_NUMBER: _ClassVar[int]
     LOADNOW_FIELD_NUMBER: _ClassVar[int]
     SYNC_FIELD_NUMBER: _ClassVar[int]
     LASTUSEDTIME_FIELD_NUMBER: _ClassVar[int]
     MESHREQUIREDLABELS_FIELD_NUMBER: _ClassVar[int]
+    MESHPINNED_FIELD_NUMBER: _ClassVar[int]
     modelId: str
     modelInfo: ModelInfo
     loadNow: bool
     sync: bool
     lastUsedTime: int
     meshRequiredLabels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, modelId: _Optional[str] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., loadNow: _Optional[bool] = ..., sync: _Optional[bool] = ..., lastUsedTime: _Optional[int] = ..., meshRequiredLabels: _Optional[_Iterable[str]] = ...) -> None: ...
+    meshPinned: bool
+    def __init__(self, modelId: _Optional[str] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., loadNow: _Optional[bool] = ..., sync: _Optional[bool] = ..., lastUsedTime: _Optional[int] = ..., meshRequiredLabels: _Optional[_Iterable[str]] = ..., meshPinned: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("type", "path", "key")

@@ -184,11 +184,15 @@ class CopyTable:
 
     # ---- as placement weighs them ------------------------------------------------------------------------
 
+    def _pinned(self, model_id: str) -> bool:
+        known = self._view.models.get(model_id)
+        return known is not None and known.record.pinned
+
     def instance_views(self, reachable_only: bool = True) -> list[policy.InstanceView]:
         """Every known instance (reachable_only: every reachable one) with the copies on its present incarnation,
         as placement weighs them: capacity as capped, copies with their use, evictable or not (a copy is not while
-        it loads, while this router evicts it or has requests on it, or while another router has demand for its
-        model)."""
+        it loads, while this router evicts it or has requests on it, while another router has demand for its
+        model, or when its model is pinned)."""
         resident: dict[str, list[policy.ResidentCopy]] = {}
         wanted_elsewhere = self._others_demand()
         instances = self._view.instances
@@ -203,6 +207,7 @@ class CopyTable:
                     and key not in self._evicting
                     and not self._in_flight[key]
                     and model_id not in wanted_elsewhere
+                    and not self._pinned(model_id)
                 )
                 resident.setdefault(instance_id, []).append(
                     self._usage.resident_copy(model_id, copy.size_bytes, evictable)

@@ -148,4 +148,7 @@ def why_unplaceable(
     largest = max(i.capacity_bytes for i in typed)
     if size_bytes > largest:
         return f"it needs {size_bytes} bytes but the largest instance for '{model_type}' holds {largest}", False
-    return "every instance that could hold it is busy loading or serving the models it would evict", True
+    return (
+        "every instance that could hold it is busy loading or serving the models it would evict (or they are pinned)",
+        True,
+    )

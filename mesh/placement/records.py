@@ -102,6 +102,8 @@ class ModelRecord(Record):
     # Labels an instance must carry, all of them, to hold a copy (a tenant's runtime, say): empty, any instance of
     # the model's type.
     labels: tuple[str, ...] = ()
+    # Its copies are never evicted to make room (idle extra copies may still be retired: one stays).
+    pinned: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:

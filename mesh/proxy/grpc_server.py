@@ -7,6 +7,7 @@ decoded here; only the routing headers and, lacking those, field 1 of the body a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -214,6 +215,7 @@ class ManagementServicer(mm_grpc.ModelMeshServicer):
     @maps_errors
     async def registerModel(self, request: mm.RegisterModelRequest, context: Any) -> mm.ModelStatusInfo:
         model = _model_record(request.modelId, request.modelInfo, request.meshRequiredLabels)
+        model = dataclasses.replace(model, pinned=request.meshPinned)
         return status_info(await self._registry.register(model, request.loadNow, request.sync))
 
     @maps_errors

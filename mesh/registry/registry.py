@@ -95,7 +95,8 @@ class ModelRegistry:
     # ---- models --------------------------------------------------------------------------------------
 
     async def register(self, model: ModelRecord, load_now: bool = False, sync: bool = False) -> ModelStatus:
-        """Add a model; the same spec again is a no-op, a different spec under the same id is refused."""
+        """Add a model; the same spec again is a no-op (but for pinning, which it sets), a different spec under the
+        same id is refused."""
         check_id(model.model_id, "modelId")
         check_id(model.model_type, f"modelInfo.type of model '{model.model_id}'")
         check_path(model.path, f"modelInfo.path of model '{model.model_id}'")
@@ -109,7 +110,8 @@ class ModelRegistry:
                     f"model '{model.model_id}' is already registered with type '{current.model_type}' and path "
                     f"'{current.path}'; unregister it first or use a new id"
                 )
-            return UNCHANGED
+            # Pinning is not the model's spec: registering it again pins or unpins it.
+            return dataclasses.replace(current, pinned=model.pinned) if current.pinned != model.pinned else UNCHANGED
 
         await self._store.update(Kind.MODEL, model.model_id, change)
         if load_now:
