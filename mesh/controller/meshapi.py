@@ -50,6 +50,7 @@ class MeshClient:
             loadNow=True,
             owner=spec.owner,
             meshRequiredLabels=spec.labels,
+            meshPinned=spec.pinned,
         )
         return self._mm.setVModel(request, timeout=self._timeout_s)
 

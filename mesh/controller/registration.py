@@ -33,7 +33,9 @@ class ModelSpec:
     path: str
     key: str
     labels: tuple[str, ...] = ()
-    """Required labels: the instances of the runtime the controller assigned (runtime_label)."""
+    """Required labels: the instances of the runtime the controller assigned (Runtime.instance_labels)."""
+    pinned: bool = False
+    """Never evicted to make room (the InferenceService's mesh.io/pinned annotation)."""
 
 
 def owner_of(namespace: str) -> str:
@@ -70,6 +72,7 @@ def model_spec(predictor: Predictor, labels: tuple[str, ...] = ()) -> ModelSpec:
         path=path,
         key=key_text,
         labels=labels,
+        pinned=predictor.pinned,
     )
 
 

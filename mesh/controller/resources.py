@@ -22,6 +22,8 @@ DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 MODEL_MESH = "ModelMesh"
 SECRET_KEY_ANNOTATION = "serving.kserve.io/secretKey"
 SCHEMA_PATH_ANNOTATION = "serving.kserve.io/schemaPath"
+PINNED_ANNOTATION = "mesh.io/pinned"
+"""On an InferenceService, "true": its model is never evicted to make room (registerModel's meshPinned)."""
 
 # KServe's older predictor form names the framework as a key (`predictor.sklearn.storageUri`); modelmesh-serving
 # accepts these as the model format of that name.
@@ -48,6 +50,7 @@ class Predictor:
     storage_path: str | None
     storage_params: dict[str, str] = field(default_factory=dict)
     schema_path: str | None = None
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,14 @@ def parse_predictor(isvc: dict[str, Any]) -> Predictor:
         storage_path=path if isinstance(path, str) and path else None,
         storage_params=dict(params),
         schema_path=storage.get("schemaPath") or annotations.get(SCHEMA_PATH_ANNOTATION) or None,
+        pinned=_pinned(annotations.get(PINNED_ANNOTATION)),
     )
+
+
+def _pinned(value: object) -> bool:
+    if value is None or value in ("true", "false"):
+        return value == "true"
+    raise SpecError(f'annotation {PINNED_ANNOTATION} must be "true" or "false", not {value!r}')
 
 
 def _model_spec(predictor: dict[str, Any]) -> tuple[dict[str, Any], str, str | None]:

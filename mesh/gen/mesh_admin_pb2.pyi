@@ -12,18 +12,22 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelEntry(_message.Message):
-    __slots__ = ("modelId", "modelInfo", "status", "sizeInBytes", "lastUsedTime")
+    __slots__ = ("modelId", "modelInfo", "status", "sizeInBytes", "lastUsedTime", "requiredLabels", "pinned")
     MODELID_FIELD_NUMBER: _ClassVar[int]
     MODELINFO_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     SIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
     LASTUSEDTIME_FIELD_NUMBER: _ClassVar[int]
+    REQUIREDLABELS_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
     modelId: str
     modelInfo: _model_mesh_pb2.ModelInfo
     status: _model_mesh_pb2.ModelStatusInfo
     sizeInBytes: int
     lastUsedTime: int
-    def __init__(self, modelId: _Optional[str] = ..., modelInfo: _Optional[_Union[_model_mesh_pb2.ModelInfo, _Mapping]] = ..., status: _Optional[_Union[_model_mesh_pb2.ModelStatusInfo, _Mapping]] = ..., sizeInBytes: _Optional[int] = ..., lastUsedTime: _Optional[int] = ...) -> None: ...
+    requiredLabels: _containers.RepeatedScalarFieldContainer[str]
+    pinned: bool
+    def __init__(self, modelId: _Optional[str] = ..., modelInfo: _Optional[_Union[_model_mesh_pb2.ModelInfo, _Mapping]] = ..., status: _Optional[_Union[_model_mesh_pb2.ModelStatusInfo, _Mapping]] = ..., sizeInBytes: _Optional[int] = ..., lastUsedTime: _Optional[int] = ..., requiredLabels: _Optional[_Iterable[str]] = ..., pinned: _Optional[bool] = ...) -> None: ...
 
 class VModelEntry(_message.Message):
     __slots__ = ("vModelId", "status")

@@ -123,7 +123,7 @@ class VModelStatusInfo(_message.Message):
     def __init__(self, status: _Optional[_Union[VModelStatusInfo.VModelStatus, str]] = ..., activeModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., activeModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., targetModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class SetVModelRequest(_message.Message):
-    __slots__ = ("vModelId", "targetModelId", "updateOnly", "modelInfo", "autoDeleteTargetModel", "loadNow", "force", "sync", "expectedTargetModelId", "owner", "meshRequiredLabels")
+    __slots__ = ("vModelId", "targetModelId", "updateOnly", "modelInfo", "autoDeleteTargetModel", "loadNow", "force", "sync", "expectedTargetModelId", "owner", "meshRequiredLabels", "meshPinned")
     VMODELID_FIELD_NUMBER: _ClassVar[int]
     TARGETMODELID_FIELD_NUMBER: _ClassVar[int]
     UPDATEONLY_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,7 @@ class SetVModelRequest(_message.Message):
     EXPECTEDTARGETMODELID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     MESHREQUIREDLABELS_FIELD_NUMBER: _ClassVar[int]
+    MESHPINNED_FIELD_NUMBER: _ClassVar[int]
     vModelId: str
     targetModelId: str
     updateOnly: bool
@@ -146,7 +147,8 @@ class SetVModelRequest(_message.Message):
     expectedTargetModelId: str
     owner: str
     meshRequiredLabels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, vModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., updateOnly: _Optional[bool] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., autoDeleteTargetModel: _Optional[bool] = ..., loadNow: _Optional[bool] = ..., force: _Optional[bool] = ..., sync: _Optional[bool] = ..., expectedTargetModelId: _Optional[str] = ..., owner: _Optional[str] = ..., meshRequiredLabels: _Optional[_Iterable[str]] = ...) -> None: ...
+    meshPinned: bool
+    def __init__(self, vModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., updateOnly: _Optional[bool] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., autoDeleteTargetModel: _Optional[bool] = ..., loadNow: _Optional[bool] = ..., force: _Optional[bool] = ..., sync: _Optional[bool] = ..., expectedTargetModelId: _Optional[str] = ..., owner: _Optional[str] = ..., meshRequiredLabels: _Optional[_Iterable[str]] = ..., meshPinned: _Optional[bool] = ...) -> None: ...
 
 class DeleteVModelRequest(_message.Message):
     __slots__ = ("vModelId", "owner")

@@ -237,7 +237,10 @@ class ManagementServicer(mm_grpc.ModelMeshServicer):
             request.vModelId,
             request.targetModelId,
             model=(
-                _model_record(request.targetModelId, request.modelInfo, request.meshRequiredLabels)
+                dataclasses.replace(
+                    _model_record(request.targetModelId, request.modelInfo, request.meshRequiredLabels),
+                    pinned=request.meshPinned,
+                )
                 if request.HasField("modelInfo")
                 else None
             ),
@@ -278,6 +281,8 @@ class AdminServicer(admin_grpc.MeshAdminServicer):
                 status=status_info(registry.status(m.model_id)),
                 sizeInBytes=registry.size_bytes(m.model_id),
                 lastUsedTime=registry.last_used_ms(m.model_id),
+                requiredLabels=m.labels,
+                pinned=m.pinned,
             )
             for m in sorted(registry.models(), key=lambda m: m.model_id)
         ]

@@ -122,11 +122,19 @@ class KubeCluster:
         body = runtime_body("ServingRuntime", name, formats, **spec)
         return self.custom.create_namespaced_custom_object(GROUP, "v1alpha1", namespace, "servingruntimes", body)
 
-    def isvc(self, namespace: str, name: str, model: dict[str, Any], annotated: bool = True) -> dict[str, Any]:
+    def isvc(
+        self,
+        namespace: str,
+        name: str,
+        model: dict[str, Any],
+        annotated: bool = True,
+        extra_annotations: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        annotations = {**(ANNOTATION if annotated else {}), **(extra_annotations or {})}
         body = {
             "apiVersion": f"{GROUP}/{ISVC_VERSION}",
             "kind": "InferenceService",
-            "metadata": {"name": name, "annotations": dict(ANNOTATION) if annotated else {}},
+            "metadata": {"name": name, "annotations": annotations},
             "spec": {"predictor": {"model": model}},
         }
         return self.custom.create_namespaced_custom_object(GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, body)

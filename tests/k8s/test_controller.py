@@ -99,6 +99,19 @@ def test_cluster_runtime_and_annotated_isvc_load_and_answer(
     assert {p["port"] for p in service["spec"]["ports"]} == {8033, 8008}
 
 
+def test_a_pinned_isvc_registers_a_pinned_model(
+    cluster: KubeCluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
+) -> None:
+    cluster.cluster_runtime("mlserver-1.x", SKLEARN)
+    cluster.isvc("team-p", "iris-pinned", sklearn(models["logreg"]), extra_annotations={"mesh.io/pinned": "true"})
+    with running(settings_for(mesh), api):
+        wait_for("the InferenceService to be Loaded", lambda: loaded(cluster, "team-p", "iris-pinned"))
+    target = vmodel_target(mesh, "iris-pinned")
+    assert target is not None
+    entry = next(m for m in listing(mesh).models if m.modelId == target)
+    assert entry.pinned and list(entry.requiredLabels) == []  # the shared mesh's tests run without isolation
+
+
 def test_isvc_without_the_model_mesh_annotation_is_left_alone(
     cluster: KubeCluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
 ) -> None:

@@ -119,3 +119,12 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     assert first["conditions"][1]["reason"] == "Loading"
     done = st.isvc_status({**loading, "states": {"activeModelState": "Loaded"}}, None, 1, first, now=300)
     assert done["conditions"][1]["lastTransitionTime"] == st.rfc3339(300)
+
+
+def test_the_pinned_annotation_pins_the_model_and_is_not_its_spec() -> None:
+    plain = spec_of({"storageUri": "s3://bucket/a.joblib"})
+    pinned = spec_of({"storageUri": "s3://bucket/a.joblib"}, annotations={"mesh.io/pinned": "true"})
+    assert pinned.pinned and not plain.pinned
+    assert pinned.model_id == plain.model_id  # pinning is not a new model
+    with pytest.raises(SpecError, match='mesh.io/pinned must be "true" or "false", not \'yes\''):
+        spec_of({"storageUri": "s3://bucket/a.joblib"}, annotations={"mesh.io/pinned": "yes"})
