@@ -43,11 +43,16 @@ class Settings:
     last_used_flush_seconds: float = 5.0
     """How often recency is written back to the store (batched, never per request)."""
     scale_up_rpm: float = 2000.0
-    """Requests per minute per copy, seen by one router, above which a model gets another copy."""
+    """Requests per minute per copy, across routers, above which a model gets another copy."""
     scale_up_in_flight: int = 16
     """Requests in flight on a model's least busy copy above which it gets another copy."""
     idle_copy_seconds: float = 300.0
-    """A model unused this long keeps one copy; its extra copies are unloaded."""
+    """A model unused this long keeps one copy (or its min_copies); its extra copies are unloaded."""
+    second_copy_after_seconds: float = 420.0
+    """A model in use for this long (with no pause longer than second_copy_max_gap_seconds) gets a second copy, so
+    that losing one runtime is not a cold load for it (ModelMesh's 7 minutes); 0: no second copies by use."""
+    second_copy_max_gap_seconds: float = 2400.0
+    """A pause in a model's use longer than this starts its use over (ModelMesh's 40 minutes)."""
     demand_publish_seconds: float = 0.25
     """How often (at most) this router publishes the models it has requests in flight or waiting for, so that no
     router sharing its store evicts their copies; 0: never (a router alone on its store needs none)."""

@@ -57,6 +57,13 @@ def client_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def positive(text: str) -> int:
     value = int(text)
     if value <= 0:

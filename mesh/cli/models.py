@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import TextIO
 
 from mesh import bulk
-from mesh.cli.common import UsageError, channel, client_arguments, client_tls_of, positive, status_text, stub
+from mesh.cli.common import (
+    UsageError,
+    channel,
+    client_arguments,
+    client_tls_of,
+    non_negative,
+    positive,
+    status_text,
+    stub,
+)
 from mesh.gen import mesh_admin_pb2 as admin
 from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
 from mesh.gen import model_mesh_pb2 as mm
@@ -32,6 +41,7 @@ def _register(args: argparse.Namespace) -> int:
         sync=args.sync,
         meshRequiredLabels=args.label,
         meshPinned=args.pin,
+        meshMinCopies=args.min_copies,
     )
     print(f"{args.model_id}: {status_text(stub(args).registerModel(request, timeout=args.timeout))}")
     return 0
@@ -158,7 +168,8 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'MODEL':<28} {'TYPE':<10} {'SIZE':>10}  STATUS")
     for m in listing.models:
-        print(f"{m.modelId:<28} {m.modelInfo.type:<10} {m.sizeInBytes:>10}  {status_text(m.status)}")
+        kept = ", pinned" * m.pinned + (f", min copies {m.minCopies}" if m.minCopies else "")
+        print(f"{m.modelId:<28} {m.modelInfo.type:<10} {m.sizeInBytes:>10}  {status_text(m.status)}{kept}")
     for v in listing.vmodels:
         print(f"{v.vModelId:<28} {'vmodel':<10} {'':>10}  -> {v.status.activeModelId}")
     return 0
@@ -188,6 +199,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     reg.add_argument("--sync", action="store_true", help="with --load-now: wait for the load")
     reg.add_argument("--label", action="append", default=[], help="load only on instances with it (repeatable)")
     reg.add_argument("--pin", action="store_true", help="never evict it (register again without --pin to unpin)")
+    reg.add_argument(
+        "--min-copies",
+        type=non_negative,
+        default=0,
+        help="keep this many copies loaded at all times, never evicted (register again to change it)",
+    )
     reg.set_defaults(func=_register)
     lst = client_arguments(msub.add_parser("list", help="list registered models and vmodels"))
     lst.add_argument("--json", action="store_true")

@@ -3,7 +3,7 @@ listings (every vmodel with its status and owner, every runtime instance) in one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mesh.controller.registration import ModelSpec
 from mesh.gen import mesh_admin_pb2 as admin
@@ -17,6 +17,8 @@ from mesh.management import management_channel
 class MeshState:
     vmodels: dict[str, mm.VModelStatusInfo]
     instances: list[admin.InstanceEntry]
+    kept: dict[str, tuple[bool, int]] = field(default_factory=dict)
+    """How each registered model is kept: (pinned, minimum copies)."""
 
     def serves(self, model_type: str, labels: tuple[str, ...] = ()) -> bool:
         """Whether a reachable runtime instance takes models of this type (one listing no types takes all) and
@@ -37,7 +39,11 @@ class MeshClient:
     def state(self) -> MeshState:
         models = self._admin.ListModels(admin.ListModelsRequest(), timeout=self._timeout_s)
         instances = self._admin.ListInstances(admin.ListInstancesRequest(), timeout=self._timeout_s)
-        return MeshState({v.vModelId: v.status for v in models.vmodels}, list(instances.instances))
+        return MeshState(
+            {v.vModelId: v.status for v in models.vmodels},
+            list(instances.instances),
+            {m.modelId: (m.pinned, m.minCopies) for m in models.models},
+        )
 
     def set_vmodel(self, spec: ModelSpec) -> mm.VModelStatusInfo:
         """Point the vmodel at the spec's model (registered here if new), loading it now; the previous model
@@ -51,6 +57,7 @@ class MeshClient:
             owner=spec.owner,
             meshRequiredLabels=spec.labels,
             meshPinned=spec.pinned,
+            meshMinCopies=spec.min_copies,
         )
         return self._mm.setVModel(request, timeout=self._timeout_s)
 

@@ -214,7 +214,8 @@ class Reconciler:
                     "already (one mesh serves every namespace: InferenceService names must differ)",
                 )
                 continue
-            if vmodel is not None and vmodel.targetModelId == spec.model_id:
+            unchanged = mesh.kept.get(spec.model_id) == (spec.pinned, spec.min_copies)
+            if vmodel is not None and vmodel.targetModelId == spec.model_id and unchanged:
                 entry.model_status = st.from_vmodel(vmodel)
                 continue
             if not mesh.serves(spec.model_type, spec.labels):

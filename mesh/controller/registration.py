@@ -36,6 +36,8 @@ class ModelSpec:
     """Required labels: the instances of the runtime the controller assigned (Runtime.instance_labels)."""
     pinned: bool = False
     """Never evicted to make room (the InferenceService's mesh.io/pinned annotation)."""
+    min_copies: int = 0
+    """Copies kept loaded at all times (its mesh.io/min-copies annotation)."""
 
 
 def owner_of(namespace: str) -> str:
@@ -73,6 +75,7 @@ def model_spec(predictor: Predictor, labels: tuple[str, ...] = ()) -> ModelSpec:
         key=key_text,
         labels=labels,
         pinned=predictor.pinned,
+        min_copies=predictor.min_copies,
     )
 
 

@@ -24,6 +24,9 @@ SECRET_KEY_ANNOTATION = "serving.kserve.io/secretKey"
 SCHEMA_PATH_ANNOTATION = "serving.kserve.io/schemaPath"
 PINNED_ANNOTATION = "mesh.io/pinned"
 """On an InferenceService, "true": its model is never evicted to make room (registerModel's meshPinned)."""
+MIN_COPIES_ANNOTATION = "mesh.io/min-copies"
+"""On an InferenceService, a count: copies of its model kept loaded at all times (registerModel's meshMinCopies)."""
+MAX_MIN_COPIES = 64
 
 # KServe's older predictor form names the framework as a key (`predictor.sklearn.storageUri`); modelmesh-serving
 # accepts these as the model format of that name.
@@ -51,6 +54,7 @@ class Predictor:
     storage_params: dict[str, str] = field(default_factory=dict)
     schema_path: str | None = None
     pinned: bool = False
+    min_copies: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ def parse_predictor(isvc: dict[str, Any]) -> Predictor:
         storage_params=dict(params),
         schema_path=storage.get("schemaPath") or annotations.get(SCHEMA_PATH_ANNOTATION) or None,
         pinned=_pinned(annotations.get(PINNED_ANNOTATION)),
+        min_copies=_min_copies(annotations.get(MIN_COPIES_ANNOTATION)),
     )
 
 
@@ -179,6 +184,16 @@ def _pinned(value: object) -> bool:
     if value is None or value in ("true", "false"):
         return value == "true"
     raise SpecError(f'annotation {PINNED_ANNOTATION} must be "true" or "false", not {value!r}')
+
+
+def _min_copies(value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, str) and value.isdigit() and int(value) <= MAX_MIN_COPIES:
+        return int(value)
+    raise SpecError(
+        f"annotation {MIN_COPIES_ANNOTATION} must be a whole number from 0 to {MAX_MIN_COPIES}, not {value!r}"
+    )
 
 
 def _model_spec(predictor: dict[str, Any]) -> tuple[dict[str, Any], str, str | None]:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x19mesh/gen/model-mesh.proto\x12\x05mmesh\"\xb3\x01\n\x14RegisterModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12#\n\tmodelInfo\x18\x02 \x01(\x0b\x32\x10.mmesh.ModelInfo\x12\x0f\n\x07loadNow\x18\x03 \x01(\x08\x12\x0c\n\x04sync\x18\x04 \x01(\x08\x12\x14\n\x0clastUsedTime\x18\x05 \x01(\x04\x12\x1b\n\x12meshRequiredLabels\x18\xe9\x07 \x03(\t\x12\x13\n\nmeshPinned\x18\xea\x07 \x01(\x08\"4\n\tModelInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\"\xe4\x02\n\x0fModelStatusInfo\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".mmesh.ModelStatusInfo.ModelStatus\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\t\x12<\n\x0emodelCopyInfos\x18\x03 \x03(\x0b\x32$.mmesh.ModelStatusInfo.ModelCopyInfo\x1ag\n\rModelCopyInfo\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x36\n\ncopyStatus\x18\x02 \x01(\x0e\x32\".mmesh.ModelStatusInfo.ModelStatus\x12\x0c\n\x04time\x18\x03 \x01(\x04\"f\n\x0bModelStatus\x12\r\n\tNOT_FOUND\x10\x00\x12\x0e\n\nNOT_LOADED\x10\x01\x12\x0b\n\x07LOADING\x10\x02\x12\n\n\x06LOADED\x10\x03\x12\x12\n\x0eLOADING_FAILED\x10\x04\x12\x0b\n\x07UNKNOWN\x10\x05\")\n\x16UnregisterModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"\x19\n\x17UnregisterModelResponse\"#\n\x10GetStatusRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"P\n\x13\x45nsureLoadedRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x14\n\x0clastUsedTime\x18\x02 \x01(\x04\x12\x0c\n\x04sync\x18\x04 \x01(\x08J\x04\x08\x03\x10\x04\"\xce\x02\n\x10VModelStatusInfo\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.mmesh.VModelStatusInfo.VModelStatus\x12\x15\n\ractiveModelId\x18\x02 \x01(\t\x12\x15\n\rtargetModelId\x18\x03 \x01(\t\x12\x31\n\x11\x61\x63tiveModelStatus\x18\x04 \x01(\x0b\x32\x16.mmesh.ModelStatusInfo\x12\x31\n\x11targetModelStatus\x18\x05 \x01(\x0b\x32\x16.mmesh.ModelStatusInfo\x12\r\n\x05owner\x18\x06 \x01(\t\"a\n\x0cVModelStatus\x12\r\n\tNOT_FOUND\x10\x00\x12\x0b\n\x07\x44\x45\x46INED\x10\x01\x12\x11\n\rTRANSITIONING\x10\x02\x12\x15\n\x11TRANSITION_FAILED\x10\x03\x12\x0b\n\x07UNKNOWN\x10\x05\"\xa1\x02\n\x10SetVModelRequest\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\x15\n\rtargetModelId\x18\x02 \x01(\t\x12\x12\n\nupdateOnly\x18\x03 \x01(\x08\x12#\n\tmodelInfo\x18\x04 \x01(\x0b\x32\x10.mmesh.ModelInfo\x12\x1d\n\x15\x61utoDeleteTargetModel\x18\x05 \x01(\x08\x12\x0f\n\x07loadNow\x18\x06 \x01(\x08\x12\r\n\x05\x66orce\x18\x07 \x01(\x08\x12\x0c\n\x04sync\x18\x08 \x01(\x08\x12\x1d\n\x15\x65xpectedTargetModelId\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\x12\x1b\n\x12meshRequiredLabels\x18\xe9\x07 \x03(\t\x12\x13\n\nmeshPinned\x18\xea\x07 \x01(\x08\"6\n\x13\x44\x65leteVModelRequest\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\"\x16\n\x14\x44\x65leteVModelResponse\"9\n\x16GetVModelStatusRequest\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t2\x8b\x04\n\tModelMesh\x12\x46\n\rregisterModel\x12\x1b.mmesh.RegisterModelRequest\x1a\x16.mmesh.ModelStatusInfo\"\x00\x12R\n\x0funregisterModel\x12\x1d.mmesh.UnregisterModelRequest\x1a\x1e.mmesh.UnregisterModelResponse\"\x00\x12\x43\n\x0egetModelStatus\x12\x17.mmesh.GetStatusRequest\x1a\x16.mmesh.ModelStatusInfo\"\x00\x12\x44\n\x0c\x65nsureLoaded\x12\x1a.mmesh.EnsureLoadedRequest\x1a\x16.mmesh.ModelStatusInfo\"\x00\x12?\n\tsetVModel\x12\x17.mmesh.SetVModelRequest\x1a\x17.mmesh.VModelStatusInfo\"\x00\x12I\n\x0c\x64\x65leteVModel\x12\x1a.mmesh.DeleteVModelRequest\x1a\x1b.mmesh.DeleteVModelResponse\"\x00\x12K\n\x0fgetVModelStatus\x12\x1d.mmesh.GetVModelStatusRequest\x1a\x17.mmesh.VModelStatusInfo\"\x00\x42(\n\x1c\x63om.ibm.watson.modelmesh.apiP\x01Z\x06/mmeshb\x06proto3')
+DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x19mesh/gen/model-mesh.proto\x12\x05mmesh\"\xcb\x01\n\x14RegisterModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12#\n\tmodelInfo\x18\x02 \x01(\x0b\x32\x10.mmesh.ModelInfo\x12\x0f\n\x07loadNow\x18\x03 \x01(\x08\x12\x0c\n\x04sync\x18\x04 \x01(\x08\x12\x14\n\x0clastUsedTime\x18\x05 \x01(\x04\x12\x1b\n\x12meshRequiredLabels\x18\xe9\x07 \x03(\t\x12\x13\n\nmeshPinned\x18\xea\x07 \x01(\x08\x12\x16\n\rmeshMinCopies\x18\xeb\x07 \x01(\r\"4\n\tModelInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\"\xe4\x02\n\x0fModelStatusInfo\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".mmesh.ModelStatusInfo.ModelStatus\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\t\x12<\n\x0emodelCopyInfos\x18\x03 \x03(\x0b\x32$.mmesh.ModelStatusInfo.ModelCopyInfo\x1ag\n\rModelCopyInfo\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x36\n\ncopyStatus\x18\x02 \x01(\x0e\x32\".mmesh.ModelStatusInfo.ModelStatus\x12\x0c\n\x04time\x18\x03 \x01(\x04\"f\n\x0bModelStatus\x12\r\n\tNOT_FOUND\x10\x00\x12\x0e\n\nNOT_LOADED\x10\x01\x12\x0b\n\x07LOADING\x10\x02\x12\n\n\x06LOADED\x10\x03\x12\x12\n\x0eLOADING_FAILED\x10\x04\x12\x0b\n\x07UNKNOWN\x10\x05\")\n\x16UnregisterModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"\x19\n\x17UnregisterModelResponse\"#\n\x10GetStatusRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"P\n\x13\x45nsureLoadedRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x14\n\x0clastUsedTime\x18\x02 \x01(\x04\x12\x0c\n\x04sync\x18\x04 \x01(\x08J\x04\x08\x03\x10\x04\"\xce\x02\n\x10VModelStatusInfo\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.mmesh.VModelStatusInfo.VModelStatus\x12\x15\n\ractiveModelId\x18\x02 \x01(\t\x12\x15\n\rtargetModelId\x18\x03 \x01(\t\x12\x31\n\x11\x61\x63tiveModelStatus\x18\x04 \x01(\x0b\x32\x16.mmesh.ModelStatusInfo\x12\x31\n\x11targetModelStatus\x18\x05 \x01(\x0b\x32\x16.mmesh.ModelStatusInfo\x12\r\n\x05owner\x18\x06 \x01(\t\"a\n\x0cVModelStatus\x12\r\n\tNOT_FOUND\x10\x00\x12\x0b\n\x07\x44\x45\x46INED\x10\x01\x12\x11\n\rTRANSITIONING\x10\x02\x12\x15\n\x11TRANSITION_FAILED\x10\x03\x12\x0b\n\x07UNKNOWN\x10\x05\"\xb9\x02\n\x10SetVModelRequest\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\x15\n\rtargetModelId\x18\x02 \x01(\t\x12\x12\n\nupdateOnly\x18\x03 \x01(\x08\x12#\n\tmodelInfo\x18\x04 \x01(\x0b\x32\x10.mmesh.ModelInfo\x12\x1d\n\x15\x61utoDeleteTargetModel\x18\x05 \x01(\x08\x12\x0f\n\x07loadNow\x18\x06 \x01(\x08\x12\r\n\x05\x66orce\x18\x07 \x01(\x08\x12\x0c\n\x04sync\x18\x08 \x01(\x08\x12\x1d\n\x15\x65xpectedTargetModelId\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\x12\x1b\n\x12meshRequiredLabels\x18\xe9\x07 \x03(\t\x12\x13\n\nmeshPinned\x18\xea\x07 \x01(\x08\x12\x16\n\rmeshMinCopies\x18\xeb\x07 \x01(\r\"6\n\x13\x44\x65leteVModelRequest\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\"\x16\n\x14\x44\x65leteVModelResponse\"9\n\x16GetVModelStatusRequest\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t2\x8b\x04\n\tModelMesh\x12\x46\n\rregisterModel\x12\x1b.mmesh.RegisterModelRequest\x1a\x16.mmesh.ModelStatusInfo\"\x00\x12R\n\x0funregisterModel\x12\x1d.mmesh.UnregisterModelRequest\x1a\x1e.mmesh.UnregisterModelResponse\"\x00\x12\x43\n\x0egetModelStatus\x12\x17.mmesh.GetStatusRequest\x1a\x16.mmesh.ModelStatusInfo\"\x00\x12\x44\n\x0c\x65nsureLoaded\x12\x1a.mmesh.EnsureLoadedRequest\x1a\x16.mmesh.ModelStatusInfo\"\x00\x12?\n\tsetVModel\x12\x17.mmesh.SetVModelRequest\x1a\x17.mmesh.VModelStatusInfo\"\x00\x12I\n\x0c\x64\x65leteVModel\x12\x1a.mmesh.DeleteVModelRequest\x1a\x1b.mmesh.DeleteVModelResponse\"\x00\x12K\n\x0fgetVModelStatus\x12\x1d.mmesh.GetVModelStatusRequest\x1a\x17.mmesh.VModelStatusInfo\"\x00\x42(\n\x1c\x63om.ibm.watson.modelmesh.apiP\x01Z\x06/mmeshb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,35 +34,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\034com.ibm.watson.modelmesh.apiP\001Z\006/mmesh'
   _globals['_REGISTERMODELREQUEST']._serialized_start=37
-  _globals['_REGISTERMODELREQUEST']._serialized_end=216
-  _globals['_MODELINFO']._serialized_start=218
-  _globals['_MODELINFO']._serialized_end=270
-  _globals['_MODELSTATUSINFO']._serialized_start=273
-  _globals['_MODELSTATUSINFO']._serialized_end=629
-  _globals['_MODELSTATUSINFO_MODELCOPYINFO']._serialized_start=422
-  _globals['_MODELSTATUSINFO_MODELCOPYINFO']._serialized_end=525
-  _globals['_MODELSTATUSINFO_MODELSTATUS']._serialized_start=527
-  _globals['_MODELSTATUSINFO_MODELSTATUS']._serialized_end=629
-  _globals['_UNREGISTERMODELREQUEST']._serialized_start=631
-  _globals['_UNREGISTERMODELREQUEST']._serialized_end=672
-  _globals['_UNREGISTERMODELRESPONSE']._serialized_start=674
-  _globals['_UNREGISTERMODELRESPONSE']._serialized_end=699
-  _globals['_GETSTATUSREQUEST']._serialized_start=701
-  _globals['_GETSTATUSREQUEST']._serialized_end=736
-  _globals['_ENSURELOADEDREQUEST']._serialized_start=738
-  _globals['_ENSURELOADEDREQUEST']._serialized_end=818
-  _globals['_VMODELSTATUSINFO']._serialized_start=821
-  _globals['_VMODELSTATUSINFO']._serialized_end=1155
-  _globals['_VMODELSTATUSINFO_VMODELSTATUS']._serialized_start=1058
-  _globals['_VMODELSTATUSINFO_VMODELSTATUS']._serialized_end=1155
-  _globals['_SETVMODELREQUEST']._serialized_start=1158
-  _globals['_SETVMODELREQUEST']._serialized_end=1447
-  _globals['_DELETEVMODELREQUEST']._serialized_start=1449
-  _globals['_DELETEVMODELREQUEST']._serialized_end=1503
-  _globals['_DELETEVMODELRESPONSE']._serialized_start=1505
-  _globals['_DELETEVMODELRESPONSE']._serialized_end=1527
-  _globals['_GETVMODELSTATUSREQUEST']._serialized_start=1529
-  _globals['_GETVMODELSTATUSREQUEST']._serialized_end=1586
-  _globals['_MODELMESH']._serialized_start=1589
-  _globals['_MODELMESH']._serialized_end=2112
+  _globals['_REGISTERMODELREQUEST']._serialized_end=240
+  _globals['_MODELINFO']._serialized_start=242
+  _globals['_MODELINFO']._serialized_end=294
+  _globals['_MODELSTATUSINFO']._serialized_start=297
+  _globals['_MODELSTATUSINFO']._serialized_end=653
+  _globals['_MODELSTATUSINFO_MODELCOPYINFO']._serialized_start=446
+  _globals['_MODELSTATUSINFO_MODELCOPYINFO']._serialized_end=549
+  _globals['_MODELSTATUSINFO_MODELSTATUS']._serialized_start=551
+  _globals['_MODELSTATUSINFO_MODELSTATUS']._serialized_end=653
+  _globals['_UNREGISTERMODELREQUEST']._serialized_start=655
+  _globals['_UNREGISTERMODELREQUEST']._serialized_end=696
+  _globals['_UNREGISTERMODELRESPONSE']._serialized_start=698
+  _globals['_UNREGISTERMODELRESPONSE']._serialized_end=723
+  _globals['_GETSTATUSREQUEST']._serialized_start=725
+  _globals['_GETSTATUSREQUEST']._serialized_end=760
+  _globals['_ENSURELOADEDREQUEST']._serialized_start=762
+  _globals['_ENSURELOADEDREQUEST']._serialized_end=842
+  _globals['_VMODELSTATUSINFO']._serialized_start=845
+  _globals['_VMODELSTATUSINFO']._serialized_end=1179
+  _globals['_VMODELSTATUSINFO_VMODELSTATUS']._serialized_start=1082
+  _globals['_VMODELSTATUSINFO_VMODELSTATUS']._serialized_end=1179
+  _globals['_SETVMODELREQUEST']._serialized_start=1182
+  _globals['_SETVMODELREQUEST']._serialized_end=1495
+  _globals['_DELETEVMODELREQUEST']._serialized_start=1497
+  _globals['_DELETEVMODELREQUEST']._serialized_end=1551
+  _globals['_DELETEVMODELRESPONSE']._serialized_start=1553
+  _globals['_DELETEVMODELRESPONSE']._serialized_end=1575
+  _globals['_GETVMODELSTATUSREQUEST']._serialized_start=1577
+  _globals['_GETVMODELSTATUSREQUEST']._serialized_end=1634
+  _globals['_MODELMESH']._serialized_start=1637
+  _globals['_MODELMESH']._serialized_end=2160
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterModelRequest(_message.Message):
-    __slots__ = ("modelId", "modelInfo", "loadNow", "sync", "lastUsedTime", "meshRequiredLabels", "meshPinned")
+    __slots__ = ("modelId", "modelInfo", "loadNow", "sync", "lastUsedTime", "meshRequiredLabels", "meshPinned", "meshMinCopies")
     MODELID_FIELD_NUMBER: _ClassVar[int]
     MODELINFO_FIELD_NUMBER: _ClassVar[int]
     LOADNOW_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class RegisterModelRequest(_message.Message):
     LASTUSEDTIME_FIELD_NUMBER: _ClassVar[int]
     MESHREQUIREDLABELS_FIELD_NUMBER: _ClassVar[int]
     MESHPINNED_FIELD_NUMBER: _ClassVar[int]
+    MESHMINCOPIES_FIELD_NUMBER: _ClassVar[int]
     modelId: str
     modelInfo: ModelInfo
     loadNow: bool
@@ -23,7 +24,8 @@ class RegisterModelRequest(_message.Message):
     lastUsedTime: int
     meshRequiredLabels: _containers.RepeatedScalarFieldContainer[str]
     meshPinned: bool
-    def __init__(self, modelId: _Optional[str] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., loadNow: _Optional[bool] = ..., sync: _Optional[bool] = ..., lastUsedTime: _Optional[int] = ..., meshRequiredLabels: _Optional[_Iterable[str]] = ..., meshPinned: _Optional[bool] = ...) -> None: ...
+    meshMinCopies: int
+    def __init__(self, modelId: _Optional[str] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., loadNow: _Optional[bool] = ..., sync: _Optional[bool] = ..., lastUsedTime: _Optional[int] = ..., meshRequiredLabels: _Optional[_Iterable[str]] = ..., meshPinned: _Optional[bool] = ..., meshMinCopies: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("type", "path", "key")
@@ -123,7 +125,7 @@ class VModelStatusInfo(_message.Message):
     def __init__(self, status: _Optional[_Union[VModelStatusInfo.VModelStatus, str]] = ..., activeModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., activeModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., targetModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class SetVModelRequest(_message.Message):
-    __slots__ = ("vModelId", "targetModelId", "updateOnly", "modelInfo", "autoDeleteTargetModel", "loadNow", "force", "sync", "expectedTargetModelId", "owner", "meshRequiredLabels", "meshPinned")
+    __slots__ = ("vModelId", "targetModelId", "updateOnly", "modelInfo", "autoDeleteTargetModel", "loadNow", "force", "sync", "expectedTargetModelId", "owner", "meshRequiredLabels", "meshPinned", "meshMinCopies")
     VMODELID_FIELD_NUMBER: _ClassVar[int]
     TARGETMODELID_FIELD_NUMBER: _ClassVar[int]
     UPDATEONLY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +138,7 @@ class SetVModelRequest(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     MESHREQUIREDLABELS_FIELD_NUMBER: _ClassVar[int]
     MESHPINNED_FIELD_NUMBER: _ClassVar[int]
+    MESHMINCOPIES_FIELD_NUMBER: _ClassVar[int]
     vModelId: str
     targetModelId: str
     updateOnly: bool
@@ -148,7 +151,8 @@ class SetVModelRequest(_message.Message):
     owner: str
     meshRequiredLabels: _containers.RepeatedScalarFieldContainer[str]
     meshPinned: bool
-    def __init__(self, vModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., updateOnly: _Optional[bool] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., autoDeleteTargetModel: _Optional[bool] = ..., loadNow: _Optional[bool] = ..., force: _Optional[bool] = ..., sync: _Optional[bool] = ..., expectedTargetModelId: _Optional[str] = ..., owner: _Optional[str] = ..., meshRequiredLabels: _Optional[_Iterable[str]] = ..., meshPinned: _Optional[bool] = ...) -> None: ...
+    meshMinCopies: int
+    def __init__(self, vModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., updateOnly: _Optional[bool] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., autoDeleteTargetModel: _Optional[bool] = ..., loadNow: _Optional[bool] = ..., force: _Optional[bool] = ..., sync: _Optional[bool] = ..., expectedTargetModelId: _Optional[str] = ..., owner: _Optional[str] = ..., meshRequiredLabels: _Optional[_Iterable[str]] = ..., meshPinned: _Optional[bool] = ..., meshMinCopies: _Optional[int] = ...) -> None: ...
 
 class DeleteVModelRequest(_message.Message):
     __slots__ = ("vModelId", "owner")

@@ -138,6 +138,11 @@ class CopyTable:
         copies = placement.record.copies.items()
         return [(i, c) for i, c in copies if c.state is CopyState.LOADED and self.counts(i, c)]
 
+    def placement(self, model_id: str) -> PlacementRecord | None:
+        """The model's placement record, if it has one."""
+        placement = self._view.placements.get(model_id)
+        return placement.record if placement else None
+
     def placed_models(self) -> list[str]:
         """Every model with a placement record (copies, failures or a last use)."""
         return list(self._view.placements)
@@ -184,30 +189,35 @@ class CopyTable:
 
     # ---- as placement weighs them ------------------------------------------------------------------------
 
-    def _pinned(self, model_id: str) -> bool:
+    def _kept(self, model_id: str, loaded: int) -> bool:
+        """The model's copies stay: it is pinned, or it has no more than its minimum copies loaded."""
         known = self._view.models.get(model_id)
-        return known is not None and known.record.pinned
+        return known is not None and (known.record.pinned or loaded <= known.record.min_copies)
 
     def instance_views(self, reachable_only: bool = True) -> list[policy.InstanceView]:
         """Every known instance (reachable_only: every reachable one) with the copies on its present incarnation,
         as placement weighs them: capacity as capped, copies with their use, evictable or not (a copy is not while
         it loads, while this router evicts it or has requests on it, while another router has demand for its
-        model, or when its model is pinned)."""
+        model, or when its model is pinned or down to its minimum copies)."""
         resident: dict[str, list[policy.ResidentCopy]] = {}
         wanted_elsewhere = self._others_demand()
         instances = self._view.instances
         for model_id, placement in self._view.placements.items():
-            for instance_id, copy in placement.record.copies.items():
-                known = instances.get(instance_id)
-                if known is None or copy.incarnation != known.record.started_ms:
-                    continue  # not on this instance any more: it restarted empty, or is gone
+            present = [
+                (instance_id, copy)
+                for instance_id, copy in placement.record.copies.items()
+                # not on its instance any more when it restarted empty or is gone
+                if (known := instances.get(instance_id)) is not None and copy.incarnation == known.record.started_ms
+            ]
+            kept = self._kept(model_id, sum(c.state is CopyState.LOADED for _, c in present))
+            for instance_id, copy in present:
                 key = (model_id, instance_id)
                 evictable = (
                     copy.state is CopyState.LOADED
                     and key not in self._evicting
                     and not self._in_flight[key]
                     and model_id not in wanted_elsewhere
-                    and not self._pinned(model_id)
+                    and not kept
                 )
                 resident.setdefault(instance_id, []).append(
                     self._usage.resident_copy(model_id, copy.size_bytes, evictable)

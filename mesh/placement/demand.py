@@ -5,6 +5,9 @@ request of its own is using. With several routers on one store, a copy busy on r
 so each router publishes its demand, as one small record under its lease, at most every `period` seconds and
 only when it changed, and no router evicts a copy of a model in another router's demand. The record vanishes
 with its router (the lease), and a router alone on its store reads no one else's.
+
+The same record carries the router's request rate per model, as its last rate review measured it, so that the
+rate that decides a scale-up is the cluster's (the sum over routers), not what one router happens to see.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from mesh.placement.view import LocalView
 log = logging.getLogger(__name__)
 
 MAX_MODELS = 1000
-"""At most this many models in one record (a router with more in flight publishes the first ones)."""
+"""At most this many models in one record (a router with more in flight publishes the first ones), and at most this
+many rates (the highest)."""
 
 
 class DemandBoard:
@@ -36,7 +40,8 @@ class DemandBoard:
         self._publisher = publisher
         self._local = local
         self._period = period
-        self._published: tuple[str, ...] | None = None
+        self._rates: dict[str, float] = {}
+        self._published: DemandRecord | None = None
         self._task: asyncio.Task[None] | None = None
 
     def others(self) -> frozenset[str]:
@@ -47,6 +52,21 @@ class DemandBoard:
             if router_id != self.router_id
             for model in demand.record.models
         )
+
+    def set_rates(self, rates: dict[str, float]) -> None:
+        """This router's requests per minute per model, from its last rate review (published with the demand)."""
+        top = sorted(rates.items(), key=lambda mr: -mr[1])[:MAX_MODELS]
+        self._rates = {model_id: round(rate, 1) for model_id, rate in top if rate > 0}
+
+    def cluster_rates(self) -> dict[str, float]:
+        """Requests per minute per model across routers: this router's last review plus every other router's last
+        published one."""
+        rates = dict(self._rates)
+        for router_id, demand in self._view.demands.items():
+            if router_id != self.router_id:
+                for model_id, rate in demand.record.rates.items():
+                    rates[model_id] = rates.get(model_id, 0.0) + rate
+        return rates
 
     def others_present(self) -> bool:
         """Another router shares the store (its demand record is in the view, under its lease)."""
@@ -64,10 +84,10 @@ class DemandBoard:
                 await self._task
 
     async def publish(self) -> None:
-        """Publish this router's demand if it changed since the last time."""
-        models = tuple(sorted(self._local()))[:MAX_MODELS]
-        if models == self._published:
+        """Publish this router's demand and rates if they changed since the last time."""
+        record = DemandRecord(self.router_id, tuple(sorted(self._local()))[:MAX_MODELS], self._rates)
+        if record == self._published:
             return
-        written = await self._publisher.put(Kind.DEMAND, self.router_id, DemandRecord(self.router_id, models))
+        written = await self._publisher.put(Kind.DEMAND, self.router_id, record)
         self._view.apply_put(written)
-        self._published = models
+        self._published = record

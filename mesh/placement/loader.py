@@ -320,30 +320,41 @@ class Loader:
 
     # ---- extra copies ------------------------------------------------------------------------------------
 
-    async def add_copy(self, model_id: str) -> None:
-        """Load one more copy on another instance, into free space only: an extra copy never evicts a model.
-        A copy that cannot be added is logged, not raised (the scaler calls this in the background)."""
+    async def add_copy(self, model_id: str, may_evict: bool = False) -> None:
+        """Load one more copy on another instance. may_evict: the copy is one of the model's minimum copies, and may
+        evict others to make room (and be its first copy); else it takes free space only: an extra copy never
+        evicts a model. A copy that cannot be added is logged, not raised (the scaler calls this in the
+        background)."""
         try:
             model = self._model(model_id)
             async with self._decide:
-                placement = self._view.placements.get(model_id)
-                record = placement.record if placement else PlacementRecord()
+                record = self._copies.placement(model_id) or PlacementRecord()
                 live = self._copies.live_copies(record)
-                if not live or any(record.copies[i].state is CopyState.LOADING for i in live):
+                if any(record.copies[i].state is CopyState.LOADING for i in live):
                     return
-                size = record.size_bytes
-                excluded = frozenset(live) | frozenset(self._recent_failures(record))
-                instances = _with_free_slot(self._copies.instance_views())
-                choice = policy.choose_instance(model.model_type, size, instances, excluded, self._policy, model.labels)
-                if choice is None or choice.victims:
+                first = not live
+                if first and not may_evict:
                     return
-                incarnation = self._view.instances[choice.instance_id].record.started_ms
-                if not await self._claims.claim(
-                    model_id, choice.instance_id, size, incarnation, expected_live=len(live)
-                ):
-                    return
-                self._start_load(model_id, choice)
-            log.info("adding copy %d of model %s on %s to follow load", len(live) + 1, model_id, choice.instance_id)
+                if not first:
+                    size = record.size_bytes
+                    excluded = frozenset(live) | frozenset(self._recent_failures(record))
+                    instances = _with_free_slot(self._copies.instance_views())
+                    choice = policy.choose_instance(
+                        model.model_type, size, instances, excluded, self._policy, model.labels
+                    )
+                    if choice is None or (choice.victims and not may_evict):
+                        return
+                    incarnation = self._view.instances[choice.instance_id].record.started_ms
+                    if not await self._claims.claim(
+                        model_id, choice.instance_id, size, incarnation, expected_live=len(live)
+                    ):
+                        return
+                    self._start_load(model_id, choice)
+            if first:
+                log.debug("loading model %s: it keeps %d copies loaded", model_id, model.min_copies)
+                await self.ensure_loaded(model_id)
+                return
+            log.info("adding copy %d of model %s on %s", len(live) + 1, model_id, choice.instance_id)
             await self._load_claimed(model, choice, incarnation)
         except (MeshError, _InstanceUnreachable, _TryElsewhere) as exc:
             log.warning("extra copy of model %s not added: %s", model_id, exc)

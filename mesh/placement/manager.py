@@ -110,7 +110,9 @@ class PlacementManager:
             settings,
             self.copies,
             self.usage.take_request_counts,
+            self._cluster_rates,
             self.usage.last_used_ms,
+            self._min_copies,
             self._loader.loading,
             self._loader.add_copy,
             self._evictor.unload_copy,
@@ -278,7 +280,21 @@ class PlacementManager:
     # ---- maintenance -------------------------------------------------------------------------------------
 
     async def maintain(self) -> None:
-        """One round: write recency to the store, review request rates, retire idle extra copies."""
+        """One round: write recency to the store, review request rates, keep minimum copies, retire idle extra
+        copies."""
         await self.usage.flush()
         self._scaler.review_rates()
+        self._scaler.keep_min_copies()
         await self._scaler.retire_idle_copies()
+
+    async def copies_settled(self) -> None:
+        """Wait until the copies maintenance started adding are loaded, or failed."""
+        await self._scaler.settled()
+
+    def _cluster_rates(self, local: dict[str, float]) -> dict[str, float]:
+        """Given this router's requests per minute per model, the cluster's (published with the demand)."""
+        self.demand.set_rates(local)
+        return self.demand.cluster_rates()
+
+    def _min_copies(self) -> dict[str, int]:
+        return {m: known.record.min_copies for m, known in self.view.models.items() if known.record.min_copies}

@@ -104,6 +104,9 @@ class ModelRecord(Record):
     labels: tuple[str, ...] = ()
     # Its copies are never evicted to make room (idle extra copies may still be retired: one stays).
     pinned: bool = False
+    # Copies kept loaded at all times (on as many instances, as far as they exist): loaded without waiting for a
+    # request, and never evicted or retired below this many. 0: none kept (the first request loads it).
+    min_copies: int = 0
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
@@ -229,7 +232,10 @@ class DemandRecord(Record):
 
     router_id: str
     models: tuple[str, ...] = ()
+    # Requests per minute this router routed (or its engine served) per model over its last rate review: the
+    # cluster's rate of a model is the sum over routers (scaling.py).
+    rates: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
-        return cls(raw["router_id"], tuple(raw.get("models", ())))
+        return cls(raw["router_id"], tuple(raw.get("models", ())), dict(raw.get("rates", {})))

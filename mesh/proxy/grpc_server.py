@@ -215,7 +215,7 @@ class ManagementServicer(mm_grpc.ModelMeshServicer):
     @maps_errors
     async def registerModel(self, request: mm.RegisterModelRequest, context: Any) -> mm.ModelStatusInfo:
         model = _model_record(request.modelId, request.modelInfo, request.meshRequiredLabels)
-        model = dataclasses.replace(model, pinned=request.meshPinned)
+        model = dataclasses.replace(model, pinned=request.meshPinned, min_copies=request.meshMinCopies)
         return status_info(await self._registry.register(model, request.loadNow, request.sync))
 
     @maps_errors
@@ -240,6 +240,7 @@ class ManagementServicer(mm_grpc.ModelMeshServicer):
                 dataclasses.replace(
                     _model_record(request.targetModelId, request.modelInfo, request.meshRequiredLabels),
                     pinned=request.meshPinned,
+                    min_copies=request.meshMinCopies,
                 )
                 if request.HasField("modelInfo")
                 else None
@@ -283,6 +284,7 @@ class AdminServicer(admin_grpc.MeshAdminServicer):
                 lastUsedTime=registry.last_used_ms(m.model_id),
                 requiredLabels=m.labels,
                 pinned=m.pinned,
+                minCopies=m.min_copies,
             )
             for m in sorted(registry.models(), key=lambda m: m.model_id)
         ]

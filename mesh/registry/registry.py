@@ -110,8 +110,9 @@ class ModelRegistry:
                     f"model '{model.model_id}' is already registered with type '{current.model_type}' and path "
                     f"'{current.path}'; unregister it first or use a new id"
                 )
-            # Pinning is not the model's spec: registering it again pins or unpins it.
-            return dataclasses.replace(current, pinned=model.pinned) if current.pinned != model.pinned else UNCHANGED
+            # How it is kept (pinned, minimum copies) is not the model's spec: registering it again sets it anew.
+            kept = dataclasses.replace(current, pinned=model.pinned, min_copies=model.min_copies)
+            return kept if kept != current else UNCHANGED
 
         await self._store.update(Kind.MODEL, model.model_id, change)
         if load_now:
@@ -186,6 +187,16 @@ class ModelRegistry:
 
     # ---- vmodels -------------------------------------------------------------------------------------
 
+    def _registers(self, model_id: str, model: ModelRecord) -> bool:
+        """Whether a setVModel that carries a model registers it: when it is new, or when it is registered with
+        the same spec but kept otherwise (pinned, minimum copies), which the call then updates. Another spec
+        under the id is left as it is (the call points the vmodel at the registered model)."""
+        known = self._view.models.get(model_id)
+        if known is None:
+            return True
+        current = known.record
+        return current.same_spec(model) and (current.pinned, current.min_copies) != (model.pinned, model.min_copies)
+
     async def set_vmodel(
         self,
         vmodel_id: str,
@@ -203,7 +214,7 @@ class ModelRegistry:
         """Point a vmodel at a model; the old target keeps serving until the new one has loaded."""
         check_id(vmodel_id, "vModelId")
         check_id(target_model_id, "targetModelId")
-        if model is not None and target_model_id not in self._view.models:
+        if model is not None and self._registers(target_model_id, model):
             await self.register(dataclasses.replace(model, model_id=target_model_id, registered_ms=0))
         if target_model_id not in self._view.models:
             raise ModelNotFound(target_model_id)

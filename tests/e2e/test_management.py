@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -281,6 +282,27 @@ def test_cli_registers_a_model_that_requires_labels_and_says_why_nothing_holds_i
         assert "carries the labels it requires: tenant:x" in registered.stdout
     finally:
         management.unregisterModel(mm.UnregisterModelRequest(modelId="e2e-labelled"), timeout=TIMEOUT_S)
+
+
+def test_cli_registers_a_model_kept_with_min_copies_and_pinned_and_lists_how_it_is_kept(
+    mesh_server: ServeProcess, management: mm_grpc.ModelMeshStub, tmp_path: Path
+) -> None:
+    path = _text_model(tmp_path, "upper")
+    args = ("register", "e2e-kept", "--type", "text", "--path", path, "--min-copies", "1", "--pin")
+    registered = _cli(mesh_server, *args)
+    try:
+        assert registered.returncode == 0, registered.stderr
+        # No request and no --load-now: the minimum copy loads by itself (the next maintenance round).
+        deadline = time.monotonic() + 30
+        while _status(management, "e2e-kept").status != mm.ModelStatusInfo.LOADED:
+            assert time.monotonic() < deadline, "the model's minimum copy was never loaded"
+            time.sleep(0.05)
+        row = next(line for line in _cli(mesh_server, "list").stdout.splitlines() if line.startswith("e2e-kept "))
+        assert row.endswith("=LOADED], pinned, min copies 1"), row
+        refused = _cli(mesh_server, *args[:6], "--min-copies", "-1")
+        assert refused.returncode == 2 and "must be 0 or more, got -1" in refused.stderr
+    finally:
+        management.unregisterModel(mm.UnregisterModelRequest(modelId="e2e-kept"), timeout=TIMEOUT_S)
 
 
 def test_cli_sets_inspects_lists_and_deletes_a_vmodel(mesh_server: ServeProcess) -> None:

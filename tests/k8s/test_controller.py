@@ -99,17 +99,27 @@ def test_cluster_runtime_and_annotated_isvc_load_and_answer(
     assert {p["port"] for p in service["spec"]["ports"]} == {8033, 8008}
 
 
-def test_a_pinned_isvc_registers_a_pinned_model(
+def test_a_pinned_isvc_registers_a_pinned_model_and_annotation_changes_reach_it(
     cluster: KubeCluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
 ) -> None:
     cluster.cluster_runtime("mlserver-1.x", SKLEARN)
     cluster.isvc("team-p", "iris-pinned", sklearn(models["logreg"]), extra_annotations={"mesh.io/pinned": "true"})
+
+    def kept() -> tuple[bool, int] | None:
+        target = vmodel_target(mesh, "iris-pinned")
+        entry = next((m for m in listing(mesh).models if m.modelId == target), None)
+        return None if entry is None else (entry.pinned, entry.minCopies)
+
     with running(settings_for(mesh), api):
         wait_for("the InferenceService to be Loaded", lambda: loaded(cluster, "team-p", "iris-pinned"))
-    target = vmodel_target(mesh, "iris-pinned")
-    assert target is not None
-    entry = next(m for m in listing(mesh).models if m.modelId == target)
-    assert entry.pinned and list(entry.requiredLabels) == []  # the shared mesh's tests run without isolation
+        target = vmodel_target(mesh, "iris-pinned")
+        entry = next(m for m in listing(mesh).models if m.modelId == target)
+        assert entry.pinned and list(entry.requiredLabels) == []  # the shared mesh's tests run without isolation
+        # Annotations are not the model's spec: changing them keeps the model and changes how it is kept.
+        annotations = {"mesh.io/pinned": "false", "mesh.io/min-copies": "1"}
+        cluster.patch_isvc("team-p", "iris-pinned", {"metadata": {"annotations": annotations}})
+        wait_for("the model unpinned and kept with one copy", lambda: kept() == (False, 1))
+    assert vmodel_target(mesh, "iris-pinned") == target
 
 
 def test_isvc_without_the_model_mesh_annotation_is_left_alone(

@@ -121,6 +121,16 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     assert done["conditions"][1]["lastTransitionTime"] == st.rfc3339(300)
 
 
+def test_the_min_copies_annotation_is_a_count_and_not_the_models_spec() -> None:
+    plain = spec_of({"storageUri": "s3://bucket/a.joblib"})
+    kept = spec_of({"storageUri": "s3://bucket/a.joblib"}, annotations={"mesh.io/min-copies": "2"})
+    assert (kept.min_copies, plain.min_copies) == (2, 0)
+    assert kept.model_id == plain.model_id
+    for bad in ("-1", "two", "65"):
+        with pytest.raises(SpecError, match=f"mesh.io/min-copies must be a whole number from 0 to 64, not '{bad}'"):
+            spec_of({"storageUri": "s3://bucket/a.joblib"}, annotations={"mesh.io/min-copies": bad})
+
+
 def test_the_pinned_annotation_pins_the_model_and_is_not_its_spec() -> None:
     plain = spec_of({"storageUri": "s3://bucket/a.joblib"})
     pinned = spec_of({"storageUri": "s3://bucket/a.joblib"}, annotations={"mesh.io/pinned": "true"})
