@@ -30,6 +30,9 @@ class Settings:
     for DATA_DIR/kv.log."""
     kv_prefix: str = "mesh"
     """Key prefix, so two meshes can share one store."""
+    namespace: str = ""
+    """The Kubernetes namespace this router serves (a runtime pod's router): a request's bare name `fraud` means
+    that namespace's InferenceService `fraud.<namespace>` first (registry/naming.py). Empty: names are exact."""
     instance_lease_seconds: float = 10.0
     """A runtime instance whose record is not refreshed within this time disappears from routing."""
     load_failure_backoff_seconds: float = 30.0

@@ -122,9 +122,14 @@ class Router:
         return self._kv
 
     async def add_instance(
-        self, instance_id: str, endpoint: str, model_types: tuple[str, ...] = (), tls: bool | None = None
+        self,
+        instance_id: str,
+        endpoint: str,
+        model_types: tuple[str, ...] = (),
+        tls: bool | None = None,
+        labels: tuple[str, ...] = (),
     ) -> None:
-        await self.manager.add_instance(instance_id, endpoint, model_types, tls)
+        await self.manager.add_instance(instance_id, endpoint, model_types, tls, labels)
         await self.readiness.check()
 
     async def remove_instance(self, instance_id: str) -> None:

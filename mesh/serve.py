@@ -45,6 +45,9 @@ class ServeOptions:
     runtime_endpoints: tuple[tuple[str, str], ...] = ()
     """(instance id, endpoint) of runtimes running apart from this process (adapters): probed and routed to,
     not started or supervised here."""
+    runtime_labels: tuple[str, ...] = ()
+    """Labels the runtime_endpoints carry besides those they report (a runtime serving the SPI itself reports
+    none): models that require them load there."""
 
 
 class RuntimeProcess:
@@ -155,7 +158,7 @@ class EmbeddedMesh:
                 await self.router.add_instance(runtime.instance_id, endpoint, tls=False)  # our child: plaintext
                 self._supervisors.append(asyncio.create_task(self._supervise(runtime)))
             for instance_id, endpoint in self.options.runtime_endpoints:
-                await self.router.add_instance(instance_id, endpoint)
+                await self.router.add_instance(instance_id, endpoint, labels=self.options.runtime_labels)
             if self.options.examples_dir is not None:
                 await self._register_examples(self.options.examples_dir)
             await self.router.readiness.release(starting)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mesh.cli.common import UsageError
 from mesh.config import DATAPLANES, Settings
+from mesh.placement.records import checked_labels
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -36,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level.upper(),
         log_format=args.log_format,
         runtime_endpoints=tuple(args.runtime_endpoint),
+        runtime_labels=_labels(args.runtime_labels),
     )
     try:
         event_loop_factory(settings.event_loop)  # a MESH_EVENT_LOOP that names no loop, or uvloop not installed
@@ -65,6 +67,13 @@ def _controller(args: argparse.Namespace) -> int:
     except (ValueError, ConfigError) as exc:  # a MESH_CONTROLLER_* value that does not parse; no image known
         raise UsageError(str(exc)) from exc
     return 0
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    try:
+        return checked_labels(label for label in text.split(",") if label)
+    except ValueError as exc:
+        raise UsageError(f"--runtime-labels: {exc}") from None
 
 
 def _runtime_endpoint(text: str) -> tuple[str, str]:
@@ -97,6 +106,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         type=_runtime_endpoint,
         metavar="ID=HOST:PORT",
         help="also route to a runtime running apart (an adapter beside MLServer, TorchServe or Triton); repeatable",
+    )
+    serve.add_argument(
+        "--runtime-labels",
+        default="",
+        metavar="L1,L2",
+        help="labels the --runtime-endpoint runtimes carry besides their own (models requiring them load there)",
     )
     serve.add_argument("--no-examples", action="store_true", help="do not register the example models")
     serve.add_argument("--port-file", help="write the bound ports as JSON here once serving")

@@ -6,13 +6,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 
 from kubernetes import client, config
 
 from mesh.controller.kube import Informer, Kube
+from mesh.controller.leader import LeaderElection, LeaseTiming
 from mesh.controller.meshapi import MeshClient
 from mesh.controller.reconcile import Reconciler, Snapshot
 from mesh.controller.settings import ControllerSettings
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
+LEASE_NAME = "mesh-controller"
 
 
 def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
@@ -50,6 +54,7 @@ class Controller:
             name: Informer(self._kube, kind, self._wake.set, settings.watch_timeout_seconds)
             for name, kind in self._kube.kinds().items()
         }
+        self.election = election(settings, api) if settings.leader_election else None
         self.passes = 0
         """Reconciliations done so far (for tests and logs)."""
 
@@ -58,13 +63,19 @@ class Controller:
         self._wake.set()
 
     def run(self) -> None:
-        """Reconcile until stop(); then stop the informers (each within a bounded wait)."""
+        """Reconcile while leading (always, without leader election) until stop(); then hand the Lease back and
+        stop the informers (each within a bounded wait). Informers run on every replica: a new leader's picture is
+        complete the moment it takes over."""
+        if self.election is not None:
+            self.election.start()
         for informer in self._informers.values():
             informer.start()
         try:
             if self._wait_synced():
                 self._loop()
         finally:
+            if self.election is not None:
+                self.election.stop()
             for informer in self._informers.values():
                 informer.stop()
             for name, informer in self._informers.items():
@@ -94,6 +105,9 @@ class Controller:
             # Let a burst of events (a kubectl apply of many objects) settle into one pass.
             self._stop.wait(self.settings.debounce_seconds)
             self._wake.clear()
+            if not self.leading():
+                delay = self.settings.lease_seconds / 10  # look again soon: take over at once when it is ours
+                continue
             try:
                 unsettled = self._reconciler.reconcile(self._snapshot())
             except Exception:
@@ -101,6 +115,9 @@ class Controller:
                 unsettled = True
             self.passes += 1
             delay = self.settings.poll_seconds if unsettled else self.settings.resync_seconds
+
+    def leading(self) -> bool:
+        return self.election is None or self.election.is_leader()
 
     def _snapshot(self) -> Snapshot:
         i = self._informers
@@ -111,6 +128,19 @@ class Controller:
             deployments=i["deployment"].snapshot(),
             services=i["service"].snapshot(),
         )
+
+
+def election(
+    settings: ControllerSettings, api: client.ApiClient, environ: Mapping[str, str] = os.environ
+) -> LeaderElection:
+    """The controller's candidacy: its pod's name (else host name and a random suffix) for the Lease."""
+    namespace = settings.leader_election_namespace or environ.get("POD_NAMESPACE") or "mesh-system"
+    identity = environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    lease = settings.lease_seconds
+    timing = LeaseTiming(lease, lease * 2 / 3, lease / 7.5)
+    return LeaderElection(
+        api, namespace, LEASE_NAME, identity, timing, request_timeout_s=settings.request_timeout_seconds
+    )
 
 
 class ConfigError(Exception):

@@ -115,8 +115,9 @@ class Reconciler:
                     entry.problem = (chosen.reason, chosen.message)
                     continue
                 entry.runtime = chosen
-                isolated = self.settings.isolate_runtimes
-                entry.spec = model_spec(predictor, chosen.instance_labels(predictor.namespace) if isolated else ())
+                labels = chosen.instance_labels(predictor.namespace) if self.settings.isolate_runtimes else ()
+                vmodel_id = self.settings.vmodel_id(predictor.namespace, predictor.name)
+                entry.spec = model_spec(predictor, labels, vmodel_id)
                 entry.workload = build(chosen, predictor.namespace, self.settings)
             except r.SpecError as exc:
                 entry.problem = (st.INVALID_PREDICTOR_SPEC, str(exc))
@@ -211,7 +212,8 @@ class Reconciler:
                 entry.problem = (
                     VMODEL_TAKEN,
                     f"the name '{spec.vmodel_id}' is served for namespace '{owner_namespace(vmodel.owner)}' "
-                    "already (one mesh serves every namespace: InferenceService names must differ)",
+                    "already (vmodel ids are bare names: InferenceService names must differ across namespaces, "
+                    "unless the controller runs with MESH_CONTROLLER_VMODEL_IDS=namespaced)",
                 )
                 continue
             unchanged = mesh.kept.get(spec.model_id) == (spec.pinned, spec.min_copies)
@@ -245,7 +247,9 @@ class Reconciler:
 
     def _sweep(self, entries: list[Entry], mesh: MeshState) -> None:
         """Delete the vmodels of InferenceServices that are gone (or no longer ModelMesh): their models go too."""
-        present = {e.key for e in entries}
+        present = {
+            (namespace, self.settings.vmodel_id(namespace, name)) for namespace, name in (e.key for e in entries)
+        }
         for vmodel_id, vmodel in mesh.vmodels.items():
             namespace = owner_namespace(vmodel.owner)
             if namespace is None or (namespace, vmodel_id) in present:

@@ -49,9 +49,9 @@ def owner_namespace(owner: str) -> str | None:
     return owner[len(OWNER_PREFIX) :] if owner.startswith(OWNER_PREFIX) else None
 
 
-def model_spec(predictor: Predictor, labels: tuple[str, ...] = ()) -> ModelSpec:
-    """The registration of a predictor, loading only on instances carrying `labels` (its runtime's); SpecError for
-    storage mesh's puller cannot read."""
+def model_spec(predictor: Predictor, labels: tuple[str, ...] = (), vmodel_id: str = "") -> ModelSpec:
+    """The registration of a predictor, loading only on instances carrying `labels` (its runtime's), as `vmodel_id`
+    (default: the InferenceService's name); SpecError for storage mesh's puller cannot read."""
     path, params = _storage(predictor)
     key: dict[str, Any] = {"model_type": {"name": predictor.model_format}}
     if predictor.format_version is not None:
@@ -67,7 +67,7 @@ def model_spec(predictor: Predictor, labels: tuple[str, ...] = ()) -> ModelSpec:
     spec = json.dumps([predictor.model_format, path, key_text, *labels], separators=(",", ":"))
     digest = hashlib.sha256(spec.encode()).hexdigest()[:HASH_CHARS]
     return ModelSpec(
-        vmodel_id=predictor.name,
+        vmodel_id=vmodel_id or predictor.name,
         owner=owner_of(predictor.namespace),
         model_id=f"{predictor.namespace}.{predictor.name}__isvc-{digest}",
         model_type=predictor.model_format,

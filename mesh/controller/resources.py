@@ -110,8 +110,9 @@ class Runtime:
     def instance_labels(self, namespace: str) -> tuple[str, ...]:
         """The labels its instances in `namespace` carry, which the models assigned to it there require, so that
         they load nowhere else (another namespace's runtime of the same format included): `rt:<namespace>/<name>`.
-        Empty for a runtime without a built-in adapter: it serves the SPI itself, and reports no labels."""
-        return (f"rt:{namespace}/{self.name}",) if self.server_type is not None else ()
+        Its adapter reports them; a runtime without a built-in adapter serves the SPI itself, and the router
+        beside it that publishes it adds them (`mesh serve --runtime-labels`)."""
+        return (f"rt:{namespace}/{self.name}",)
 
     @property
     def ref(self) -> str:

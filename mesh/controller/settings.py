@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.env_settings import from_env
+from mesh.naming import namespaced_id
+
+VMODEL_IDS = ("namespaced", "name")
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,12 @@ class ControllerSettings:
     created (no pod start on the next first model, idle pods meanwhile)."""
     isolate_runtimes: bool = True
     """A model loads only on the instances of the runtime the controller assigned it, in its namespace (required
-    label `rt:<namespace>/<runtime>`, carried by those instances' adapters); off, on any instance of its format,
-    as in ModelMesh. Runtimes without a built-in adapter report no labels: their models are never restricted."""
+    label `rt:<namespace>/<runtime>`, reported by those instances' adapters, or added by the router that publishes a
+    runtime serving the SPI itself); off, on any instance of its format, as in ModelMesh."""
+    vmodel_ids: str = "namespaced"
+    """How an InferenceService's vmodel is named: `namespaced`, `<name>.<namespace>` (two namespaces may each have
+    a `fraud`; the runtime pods' routers, told their namespace, also answer the bare name); `name`, the bare name
+    (unique across the namespaces, as ModelMesh's single-namespace meshes had it)."""
     default_replicas: int = 1
     """Runtime pods per runtime, when its ServingRuntime does not say (spec.replicas)."""
     default_capacity_bytes: int = 1024 * 1024 * 1024
@@ -40,6 +47,12 @@ class ControllerSettings:
     storage_secret: str = "storage-config"
     """KServe's storage-config secret (one key per storage), mounted read-only into adapters when it exists in the
     runtime's namespace."""
+    leader_election: bool = True
+    """Run as one of several replicas: only the holder of the Lease `mesh-controller` reconciles (leader.py)."""
+    leader_election_namespace: str = ""
+    """Where the Lease is: empty, the controller pod's namespace (POD_NAMESPACE), else mesh-system."""
+    lease_seconds: float = 15.0
+    """A leader that stops renewing is replaced after this long (it stops acting itself after two thirds of it)."""
     resync_seconds: float = 60.0
     """A full reconciliation at least this often, besides the ones events trigger."""
     poll_seconds: float = 2.0
@@ -54,4 +67,11 @@ class ControllerSettings:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ControllerSettings:
         """Defaults, then MESH_CONTROLLER_* variables, then explicit overrides that are not None."""
-        return from_env(cls, "MESH_CONTROLLER_", environ, **overrides)
+        settings = from_env(cls, "MESH_CONTROLLER_", environ, **overrides)
+        if settings.vmodel_ids not in VMODEL_IDS:
+            raise ValueError(f"vmodel_ids must be one of {', '.join(VMODEL_IDS)}, not {settings.vmodel_ids!r}")
+        return settings
+
+    def vmodel_id(self, namespace: str, name: str) -> str:
+        """The vmodel id of the InferenceService `name` in `namespace`."""
+        return namespaced_id(name, namespace) if self.vmodel_ids == "namespaced" else name

@@ -207,7 +207,7 @@ def _pod_spec(runtime: Runtime, namespace: str, settings: ControllerSettings) ->
     spi_port = _port(spec.get("grpcEndpoint"), ADAPTER_PORT)
     if runtime.server_type is not None:
         containers.append(_adapter(runtime, spi_port, settings, runtime.instance_labels(namespace)))
-    containers.append(_router(runtime, spi_port, settings))
+    containers.append(_router(runtime, spi_port, settings, runtime.instance_labels(namespace)))
     volumes = [v for v in spec.get("volumes") or [] if v.get("name") not in (MODELS_VOLUME, STORAGE_VOLUME)]
     volumes.append({"name": MODELS_VOLUME, "emptyDir": {}})
     volumes.append({"name": STORAGE_VOLUME, "secret": {"secretName": settings.storage_secret, "optional": True}})
@@ -289,12 +289,20 @@ def _adapter(runtime: Runtime, spi_port: int, settings: ControllerSettings, labe
     }
 
 
-def _router(runtime: Runtime, spi_port: int, settings: ControllerSettings) -> dict[str, Any]:
+def _namespace_env(settings: ControllerSettings) -> list[dict[str, Any]]:
+    """The router answers its namespace's bare InferenceService names (mesh/naming.py) when vmodels are
+    namespaced."""
+    if settings.vmodel_ids != "namespaced":
+        return []
+    return [{"name": "MESH_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
+
+
+def _router(runtime: Runtime, spi_port: int, settings: ControllerSettings, labels: tuple[str, ...]) -> dict[str, Any]:
     args = ["serve", "--runtimes", "0", "--no-examples", "--host", "0.0.0.0", "--kv", settings.kv]
     args += ["--data-dir", "/tmp/mesh"]
     if runtime.server_type is None:
         # No built-in adapter: the runtime serves the SPI itself, and this router publishes it for all.
-        args += ["--runtime-endpoint", f"$(POD_NAME)=$(POD_IP):{spi_port}"]
+        args += ["--runtime-endpoint", f"$(POD_NAME)=$(POD_IP):{spi_port}", "--runtime-labels", ",".join(labels)]
     health = {"path": "/v2/health/ready", "port": "http"}
     return {
         "name": "mesh-router",
@@ -302,7 +310,7 @@ def _router(runtime: Runtime, spi_port: int, settings: ControllerSettings) -> di
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["mesh"],
         "args": args,
-        "env": [*_POD_ENV, {"name": "MESH_KV_PREFIX", "value": settings.kv_prefix}],
+        "env": [*_POD_ENV, {"name": "MESH_KV_PREFIX", "value": settings.kv_prefix}, *_namespace_env(settings)],
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT},
             {"name": "http", "containerPort": REST_PORT},

@@ -27,6 +27,7 @@ import grpc
 from mesh.engine.driver import EngineDriver, EngineError, LatencyCounts, ModelTraffic
 from mesh.engine.routes import RouteUpdate, model_copies, plan_routes, vmodel_target
 from mesh.metrics import RouterMetrics, method_label
+from mesh.naming import LocalNames
 from mesh.periodic import every, woken_or_after
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import InstanceRecord, Kind
@@ -96,6 +97,7 @@ class EngineControl:
         self._resync_s = resync_s
         self._usage_s = usage_s
         self._drain_timeout_s = drain_timeout_s
+        self._names = LocalNames(manager.settings.namespace)
         self._stale = asyncio.Event()
         self._stale_models: set[str] = set()
         self._stale_vmodels: set[str] = set()
@@ -136,6 +138,9 @@ class EngineControl:
             self._stale_models.add(record_id)
         elif kind is Kind.VMODEL:
             self._stale_vmodels.add(record_id)
+            bare = self._names.local_name(record_id)
+            if bare is not None:
+                self._stale_vmodels.add(bare)
         elif kind is Kind.INSTANCE:
             self._stale_all = True
         else:
@@ -167,7 +172,7 @@ class EngineControl:
             reachable = ((i, engine_endpoint(known.record)) for i, known in view.instances.items())
             endpoints = {instance_id: endpoint for instance_id, endpoint in reachable if endpoint is not None}
             await self.driver.set_instances(endpoints)
-            await self.driver.set_routes(plan_routes(view, self._manager.copies, engine_reachable))
+            await self.driver.set_routes(plan_routes(view, self._manager.copies, engine_reachable, self._names))
 
     async def _sync_stale(self, *models: str) -> None:
         """The routes of the models and vmodels that changed since the last sync (and of `models`)."""
@@ -182,7 +187,7 @@ class EngineControl:
                 RouteUpdate(
                     {m: holders for m, (holders, _) in routes.items()},
                     {m: readers for m, (_, readers) in routes.items()},
-                    {v: vmodel_target(view, v) for v in stale_vmodels},
+                    {v: vmodel_target(view, v, self._names) for v in stale_vmodels},
                 )
             )
 

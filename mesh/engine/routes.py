@@ -21,9 +21,13 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from mesh.naming import LocalNames
 from mesh.placement.copies import CopyTable
 from mesh.placement.records import InstanceRecord
 from mesh.placement.view import LocalView
+
+EXACT = LocalNames()
+"""Names as they are: a router serving no namespace."""
 
 # Ids an engine's tables hold: map files split lines at whitespace and the runtime API at spaces and ';', and a
 # stick-table key has a fixed length. Other ids (valid for mesh, 512 bytes of any printable text) keep working
@@ -71,10 +75,11 @@ def model_copies(
     return holders, tuple(i for i in holders if instances[i].record.reads_model_header)
 
 
-def vmodel_target(view: LocalView, vmodel_id: str) -> str | None:
+def vmodel_target(view: LocalView, vmodel_id: str, names: LocalNames = EXACT) -> str | None:
     """The model a vmodel's requests go to natively: its active model while it is not in transition. The engine
-    looks that model up among its header routes, so a vmodel of a model without a copy still reaches mesh."""
-    known = view.vmodels.get(vmodel_id)
+    looks that model up among its header routes, so a vmodel of a model without a copy still reaches mesh.
+    names: what a name means in this router's namespace (a bare name of it is routed as its vmodel)."""
+    known = names.lookup(view.vmodels, vmodel_id)
     if known is None or not engine_safe(vmodel_id):
         return None
     record = known.record
@@ -82,10 +87,13 @@ def vmodel_target(view: LocalView, vmodel_id: str) -> str | None:
 
 
 def plan_routes(
-    view: LocalView, copies: CopyTable, routable: Callable[[InstanceRecord], bool] = lambda record: True
+    view: LocalView,
+    copies: CopyTable,
+    routable: Callable[[InstanceRecord], bool] = lambda record: True,
+    names: LocalNames = EXACT,
 ) -> RouteSet:
     """Every route placement allows now. routable: the instances the engine can reach (an engine that cannot dial
-    TLS runtimes, say, leaves their copies to mesh's door)."""
+    TLS runtimes, say, leaves their copies to mesh's door); names: as vmodel_target."""
     by_name: dict[str, tuple[str, ...]] = {}
     by_header: dict[str, tuple[str, ...]] = {}
     for model_id in view.placements:
@@ -94,5 +102,5 @@ def plan_routes(
             by_name[model_id] = holders
         if readers:
             by_header[model_id] = readers
-    vmodels = {v: m for v in view.vmodels if (m := vmodel_target(view, v)) is not None}
+    vmodels = {v: m for v in names.names(view.vmodels) if (m := vmodel_target(view, v, names)) is not None}
     return RouteSet(by_name, by_header, vmodels)

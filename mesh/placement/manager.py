@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -239,18 +240,27 @@ class PlacementManager:
     # ---- instances ---------------------------------------------------------------------------------------
 
     async def add_instance(
-        self, instance_id: str, endpoint: str, model_types: tuple[str, ...] = (), tls: bool | None = None
+        self,
+        instance_id: str,
+        endpoint: str,
+        model_types: tuple[str, ...] = (),
+        tls: bool | None = None,
+        labels: tuple[str, ...] = (),
     ) -> None:
         """Probe a runtime this router started (or was told of) and publish its record under this router's lease.
 
         The probe purges the runtime, so the record is a new incarnation and any copies recorded on the
         instance before are dropped. tls: dial it over TLS; None: when runtime TLS is configured and the
-        endpoint is not a unix socket.
+        endpoint is not a unix socket. labels: carried besides those it reports (a runtime that serves the SPI
+        itself reports none; its router labels it).
         """
         if tls is None:
             tls = self.clients.tls is not None and not endpoint.startswith("unix:")
         runtime_tls = (self.clients.tls or ClientTLS()) if tls else None
-        await self.publish_instance(await probe_runtime(instance_id, endpoint, model_types, tls=runtime_tls))
+        record = await probe_runtime(instance_id, endpoint, model_types, tls=runtime_tls)
+        if labels:
+            record = dataclasses.replace(record, labels=tuple(sorted({*record.labels, *labels})))
+        await self.publish_instance(record)
 
     async def publish_instance(self, record: InstanceRecord) -> None:
         """Publish the record of an instance that answered (a new incarnation) and route to it at once."""

@@ -13,6 +13,7 @@ import enum
 import logging
 
 from mesh.errors import AlreadyExists, Conflict, MeshError, ModelNotFound
+from mesh.naming import LocalNames
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import CopyState, Kind, ModelRecord, VModelRecord, now_ms
 from mesh.placement.store import UNCHANGED
@@ -46,13 +47,14 @@ class ModelRegistry:
         self._view = manager.view
         self._store = manager.store
         self._background: set[asyncio.Task[object]] = set()
+        self.names = LocalNames(manager.settings.namespace)
 
     # ---- lookups for the data path -------------------------------------------------------------------
 
     def resolve(self, name: str, naming: Naming = Naming.BODY) -> str:
         """The concrete model id a request names. No I/O: on the data path."""
         if naming is not Naming.MODEL_HEADER:
-            alias = self._view.vmodels.get(name)
+            alias = self.names.lookup(self._view.vmodels, name)
             if alias is not None:
                 return alias.record.active_model_id
             if naming is Naming.VMODEL_HEADER:
@@ -73,7 +75,8 @@ class ModelRegistry:
             # No registration can have this name (and an error echoing 64 MiB of it could not be sent).
             check_id(name, _WHAT_NAMES[naming])
             if naming is not Naming.MODEL_HEADER:
-                await self._view.refresh(Kind.VMODEL, name)
+                for vmodel_id in self.names.candidates(name):
+                    await self._view.refresh(Kind.VMODEL, vmodel_id)
             if naming is not Naming.VMODEL_HEADER:
                 await self._view.refresh(Kind.MODEL, name)
             return self.resolve(name, naming)

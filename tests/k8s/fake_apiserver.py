@@ -50,6 +50,7 @@ BUILTIN_TYPES = (
     ResourceType("apps", "v1", "deployments", "Deployment"),
     ResourceType("", "v1", "services", "Service"),
     ResourceType("", "v1", "namespaces", "Namespace", namespaced=False),
+    ResourceType("coordination.k8s.io", "v1", "leases", "Lease"),
 )
 
 

@@ -47,6 +47,7 @@ def settings_for_address(mesh_address: str, **overrides: Any) -> ControllerSetti
         "resync_seconds": 5.0,
         "request_timeout_seconds": 5.0,
         "watch_timeout_seconds": 30,
+        "lease_seconds": 3.0,  # a second controller takes over within seconds of the first stopping
         # One `mesh serve` plays every runtime's pods here, and its runtime carries no runtime's labels; the
         # isolation test turns this on with runtimes of its own.
         "isolate_runtimes": False,

@@ -76,7 +76,7 @@ def test_cluster_runtime_and_annotated_isvc_load_and_answer(
     with running(settings_for(mesh), api):
         wait_for("the InferenceService to be Loaded", lambda: loaded(cluster, "team-a", "iris-seed"))
         status = cluster.get_isvc("team-a", "iris-seed")["status"]
-        assert infer(mesh, "iris-seed") == [0, 0, 0]  # the vmodel name the client knows
+        assert infer(mesh, "iris-seed.team-a") == [0, 0, 0]  # the vmodel name the client knows
 
     assert status["url"].startswith("grpc://mesh-runtime-mlserver-1-x-") and status["url"].endswith(".team-a:8033")
     assert status["components"]["predictor"]["restUrl"].endswith(".team-a:8008")
@@ -106,20 +106,20 @@ def test_a_pinned_isvc_registers_a_pinned_model_and_annotation_changes_reach_it(
     cluster.isvc("team-p", "iris-pinned", sklearn(models["logreg"]), extra_annotations={"mesh.io/pinned": "true"})
 
     def kept() -> tuple[bool, int] | None:
-        target = vmodel_target(mesh, "iris-pinned")
+        target = vmodel_target(mesh, "iris-pinned.team-p")
         entry = next((m for m in listing(mesh).models if m.modelId == target), None)
         return None if entry is None else (entry.pinned, entry.minCopies)
 
     with running(settings_for(mesh), api):
         wait_for("the InferenceService to be Loaded", lambda: loaded(cluster, "team-p", "iris-pinned"))
-        target = vmodel_target(mesh, "iris-pinned")
+        target = vmodel_target(mesh, "iris-pinned.team-p")
         entry = next(m for m in listing(mesh).models if m.modelId == target)
         assert entry.pinned and list(entry.requiredLabels) == []  # the shared mesh's tests run without isolation
         # Annotations are not the model's spec: changing them keeps the model and changes how it is kept.
         annotations = {"mesh.io/pinned": "false", "mesh.io/min-copies": "1"}
         cluster.patch_isvc("team-p", "iris-pinned", {"metadata": {"annotations": annotations}})
         wait_for("the model unpinned and kept with one copy", lambda: kept() == (False, 1))
-    assert vmodel_target(mesh, "iris-pinned") == target
+    assert vmodel_target(mesh, "iris-pinned.team-p") == target
 
 
 def test_isvc_without_the_model_mesh_annotation_is_left_alone(
@@ -132,7 +132,7 @@ def test_isvc_without_the_model_mesh_annotation_is_left_alone(
         wait_for("a reconciliation", lambda: controller.passes >= 1)  # it saw the InferenceService
     assert "status" not in cluster.get_isvc("team-a", "kserve-raw")
     assert cluster.deployments("team-a") == {}
-    assert vmodel_target(mesh, "kserve-raw") is None
+    assert vmodel_target(mesh, "kserve-raw.team-a") is None
 
 
 def test_namespace_runtime_named_by_the_predictor_wins_over_the_cluster_runtime(
@@ -192,11 +192,11 @@ def test_storage_change_moves_the_name_to_a_new_model_and_removes_the_old(
     cluster.cluster_runtime("mlserver-1.x", SKLEARN)
     cluster.isvc("team-d", "iris-swap", sklearn(models["logreg"]))
     with running(settings_for(mesh), api):
-        first = wait_for("the first model", lambda: vmodel_target(mesh, "iris-swap"))
+        first = wait_for("the first model", lambda: vmodel_target(mesh, "iris-swap.team-d"))
         wait_for("Loaded", lambda: loaded(cluster, "team-d", "iris-swap"))
         new_model = sklearn(models["tree"])
         cluster.patch_isvc("team-d", "iris-swap", {"spec": {"predictor": {"model": new_model}}})
-        second = wait_for("the second model", lambda: (t := vmodel_target(mesh, "iris-swap")) != first and t)
+        second = wait_for("the second model", lambda: (t := vmodel_target(mesh, "iris-swap.team-d")) != first and t)
         wait_for("the first model to be unregistered", lambda: first not in model_ids(mesh))
         wait_for(
             "Loaded with generation 2",
@@ -206,7 +206,7 @@ def test_storage_change_moves_the_name_to_a_new_model_and_removes_the_old(
             ),
         )
     assert first.startswith("team-d.iris-swap__isvc-") and second.startswith("team-d.iris-swap__isvc-")
-    assert infer(mesh, "iris-swap") == [0, 0, 0]
+    assert infer(mesh, "iris-swap.team-d") == [0, 0, 0]
 
 
 def test_deleting_the_isvc_unregisters_it_and_removes_the_unused_runtime(
@@ -215,10 +215,10 @@ def test_deleting_the_isvc_unregisters_it_and_removes_the_unused_runtime(
     cluster.cluster_runtime("mlserver-1.x", SKLEARN)
     cluster.isvc("team-e", "iris-gone", sklearn(models["logreg"]))
     with running(settings_for(mesh), api):
-        model_id = wait_for("registration", lambda: vmodel_target(mesh, "iris-gone"))
+        model_id = wait_for("registration", lambda: vmodel_target(mesh, "iris-gone.team-e"))
         assert cluster.deployments("team-e") and cluster.services("team-e")
         cluster.delete_isvc("team-e", "iris-gone")
-        wait_for("the vmodel to go", lambda: vmodel_target(mesh, "iris-gone") is None)
+        wait_for("the vmodel to go", lambda: vmodel_target(mesh, "iris-gone.team-e") is None)
         wait_for("the model to be unregistered", lambda: model_id not in model_ids(mesh))
         wait_for("the Deployment to go", lambda: cluster.deployments("team-e") == {})
         wait_for("the Service to go", lambda: cluster.services("team-e") == {})
@@ -232,7 +232,7 @@ def test_without_scale_to_zero_an_unused_runtime_keeps_running(
     with running(settings_for(mesh, scale_to_zero=False, resync_seconds=0.3), api) as controller:
         wait_for("the Deployment", lambda: cluster.deployments("team-f"))
         cluster.delete_isvc("team-f", "iris-kept")
-        wait_for("the vmodel to go", lambda: vmodel_target(mesh, "iris-kept") is None)
+        wait_for("the vmodel to go", lambda: vmodel_target(mesh, "iris-kept.team-f") is None)
         passes = controller.passes
         wait_for("two more reconciliations", lambda: controller.passes >= passes + 2)
         assert len(cluster.deployments("team-f")) == 1 and len(cluster.services("team-f")) == 1
@@ -245,19 +245,24 @@ def test_a_restarted_controller_writes_nothing_that_is_right(
     cluster.isvc("team-g", "iris-restart", sklearn(models["logreg"]))
     cluster.isvc("team-g", "iris-broken", {"modelFormat": {"name": "pmml"}, "storageUri": "s3://bucket/m.pmml"})
     settings = settings_for(mesh, resync_seconds=0.3)
+
+    def object_writes() -> list[tuple[str, str]]:
+        """Writes of InferenceServices, runtimes and workloads (a leader renewing its Lease writes all along)."""
+        return [w for w in apiserver.writes if "/leases" not in w[1]]
+
     with running(settings, api) as controller:
         wait_for("Loaded", lambda: loaded(cluster, "team-g", "iris-restart"))
         wait_for("the broken one's status", lambda: cluster.model_state("team-g", "iris-broken") == "FailedToLoad")
         # Settle: a pass after the last write has seen it through the watch.
-        writes = len(apiserver.writes)
+        writes = len(object_writes())
         passes = controller.passes
         wait_for("a quiet pass", lambda: controller.passes >= passes + 2)
-        assert len(apiserver.writes) == writes, apiserver.writes[writes:]
+        assert len(object_writes()) == writes, object_writes()[writes:]
     before = (cluster.get_isvc("team-g", "iris-restart"), listing(mesh))
-    writes = len(apiserver.writes)
+    writes = len(object_writes())
     with running(settings, api) as controller:
         wait_for("three reconciliations", lambda: controller.passes >= 3)
-    assert apiserver.writes[writes:] == []
+    assert object_writes()[writes:] == []
     assert (cluster.get_isvc("team-g", "iris-restart"), listing(mesh)) == before
 
 

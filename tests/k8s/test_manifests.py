@@ -123,3 +123,15 @@ def test_the_router_pod_runs_the_engine_beside_mesh_on_a_shared_directory() -> N
     assert {"grpc", "http"} <= engine_ports
     declared = {p["name"] for c in containers.values() for p in c.get("ports", [])}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= declared
+
+
+def test_the_controller_runs_as_two_replicas_allowed_to_hold_its_lease() -> None:
+    controller = documents((DEPLOY / "base" / "controller.yaml").read_text())[0]
+    assert controller["spec"]["replicas"] == 2
+    env = {e["name"] for e in controller["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert {"POD_NAME", "POD_NAMESPACE"} <= env  # the candidate's identity and the Lease's namespace
+    role = next(d for d in documents((DEPLOY / "base" / "rbac.yaml").read_text()) if d["kind"] == "Role")
+    rules = [r for r in role["rules"] if r["apiGroups"] == ["coordination.k8s.io"]]
+    assert rules == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
