@@ -56,6 +56,9 @@ class Settings:
     that losing one runtime is not a cold load for it (ModelMesh's 7 minutes); 0: no second copies by use."""
     second_copy_max_gap_seconds: float = 2400.0
     """A pause in a model's use longer than this starts its use over (ModelMesh's 40 minutes)."""
+    working_set_seconds: float = 600.0
+    """The window of the working set the scaling signal weighs (modelmesh_working_set_bytes): models used within
+    it are the ones the runtimes should hold."""
     demand_publish_seconds: float = 0.25
     """How often (at most) this router publishes the models it has requests in flight or waiting for, so that no
     router sharing its store evicts their copies; 0: never (a router alone on its store needs none)."""

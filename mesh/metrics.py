@@ -26,12 +26,14 @@ from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from mesh.placement.records import now_ms
@@ -112,19 +114,29 @@ class RouterMetrics:
         self._load_ms = Histogram(
             "modelmesh_loadmodel_milliseconds",
             "Successful loadModel calls to runtimes.",
+            model,
             buckets=LOAD_MS_BUCKETS,
             registry=r,
         )
-        self._load_failures = Counter("modelmesh_loadmodel_failure", "loadModel calls that failed.", registry=r)
+        self._load_failures = Counter("modelmesh_loadmodel_failure", "loadModel calls that failed.", model, registry=r)
         self._unload_ms = Histogram(
             "modelmesh_unloadmodel_milliseconds",
             "Successful unloadModel calls to runtimes.",
+            model,
             buckets=LOAD_MS_BUCKETS,
             registry=r,
         )
-        self._unload_failures = Counter("modelmesh_unloadmodel_failure", "unloadModel calls that failed.", registry=r)
+        self._unload_failures = Counter(
+            "modelmesh_unloadmodel_failure", "unloadModel calls that failed.", model, registry=r
+        )
         self._evictions = Counter(
-            "modelmesh_model_evicted", "Copies evicted to make room for another model (LRU).", registry=r
+            "modelmesh_model_evicted", "Copies evicted to make room for another model (LRU).", model, registry=r
+        )
+        self._evicted_age = Gauge(
+            "modelmesh_evicted_copy_age_seconds",
+            "How long the copy this router evicted last had gone unused when it was evicted: the cache's reach. "
+            "Low values mean models in use are pushed out (the cache is too small for the working set).",
+            registry=r,
         )
         self._age_at_eviction = Histogram(
             "modelmesh_age_at_eviction_milliseconds",
@@ -230,25 +242,31 @@ class RouterMetrics:
 
     # ---- placement ---------------------------------------------------------------------------------------
 
-    def loaded(self, started: float, size_bytes: int) -> None:
+    def _of(self, metric: MetricWrapperBase, model: str) -> MetricWrapperBase:
+        """The metric's child for the model with per_model (the empty label for names not registered), else itself."""
+        return metric.labels(model if self._known(model) else "") if self.per_model else metric
+
+    def loaded(self, model: str, started: float, size_bytes: int) -> None:
         """A loadModel call that started at `started` (perf_counter) succeeded with a copy of size_bytes."""
-        self._load_ms.observe((time.perf_counter() - started) * 1000)
+        self._of(self._load_ms, model).observe((time.perf_counter() - started) * 1000)  # type: ignore[attr-defined]
         self._loaded_size.observe(size_bytes)
 
-    def load_failed(self) -> None:
-        self._load_failures.inc()
+    def load_failed(self, model: str) -> None:
+        self._of(self._load_failures, model).inc()  # type: ignore[attr-defined]
 
-    def unloaded(self, started: float) -> None:
-        self._unload_ms.observe((time.perf_counter() - started) * 1000)
+    def unloaded(self, model: str, started: float) -> None:
+        self._of(self._unload_ms, model).observe((time.perf_counter() - started) * 1000)  # type: ignore[attr-defined]
 
-    def unload_failed(self) -> None:
-        self._unload_failures.inc()
+    def unload_failed(self, model: str) -> None:
+        self._of(self._unload_failures, model).inc()  # type: ignore[attr-defined]
 
-    def evicted(self, last_used_ms: int) -> None:
+    def evicted(self, model: str, last_used_ms: int) -> None:
         """A copy is evicted; its model was last used at last_used_ms (0: never, so no age is observed)."""
-        self._evictions.inc()
+        self._of(self._evictions, model).inc()  # type: ignore[attr-defined]
         if last_used_ms:
-            self._age_at_eviction.observe(max(now_ms() - last_used_ms, 0))
+            age_ms = max(now_ms() - last_used_ms, 0)
+            self._age_at_eviction.observe(age_ms)
+            self._evicted_age.set(age_ms / 1000)
 
 
 # ---- the endpoint ------------------------------------------------------------------------------------------

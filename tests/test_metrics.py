@@ -226,6 +226,17 @@ async def test_gauges_match_list_instances_and_the_registry(mesh: Fixture) -> No
     assert value(samples, "modelmesh_models_with_failure_total") == states.count(ModelState.LOADING_FAILED) == 1
     assert value(samples, "modelmesh_requests_waiting_for_load") == 0
 
+    # The scaling signal: a, b and c were used just now (the window is 10 minutes), at their measured sizes; the
+    # broken model has no size. Three of them do not fit in a capacity for two.
+    sizes = {m: registry.size_bytes(m) for m in ("a", "b", "c")}
+    assert all(size > BALLAST for size in sizes.values())
+    assert value(samples, "modelmesh_working_set_bytes") == sum(sizes.values())
+    assert value(samples, "modelmesh_capacity_bytes") == CAPACITY
+    assert value(samples, "modelmesh_cache_pressure") == pytest.approx(sum(sizes.values()) / CAPACITY)
+    assert value(samples, "modelmesh_cache_pressure") > 1
+    # a was evicted for c moments after it was used.
+    assert 0 <= value(samples, "modelmesh_evicted_copy_age_seconds") < 60
+
 
 async def test_no_series_names_a_model_by_default(mesh: Fixture) -> None:
     await mesh.register("a")
@@ -235,6 +246,23 @@ async def test_no_series_names_a_model_by_default(mesh: Fixture) -> None:
     assert value(samples, "modelmesh_api_request_milliseconds_count", method=INFER, code="OK") == 1
     labelled = {name for name, labels in samples if "model" in dict(labels) or "modelId" in dict(labels)}
     assert labelled == set()
+
+
+async def test_metrics_per_model_count_loads_evictions_and_unloads_per_model(per_model_mesh: Fixture) -> None:
+    mesh = per_model_mesh
+    for model_id in ("a", "b", "c"):
+        await mesh.register(model_id)
+    await mesh.register("broken", "sklearn", b"not a pickle")
+    for model_id in ("a", "b", "c", "broken"):  # room for two: c evicts a (the least recently used)
+        await mesh.infer(model_id)
+    samples = await mesh.scrape()
+    for model_id, loads in (("a", 1), ("b", 1), ("c", 1), ("broken", 0)):
+        assert value(samples, "modelmesh_loadmodel_milliseconds_count", model=model_id) == loads, model_id
+        assert value(samples, "modelmesh_cache_miss_total", model=model_id) == 1, model_id
+    assert value(samples, "modelmesh_loadmodel_failure_total", model="broken") == 1
+    assert value(samples, "modelmesh_model_evicted_total", model="a") == 1
+    assert value(samples, "modelmesh_unloadmodel_milliseconds_count", model="a") == 1
+    assert value(samples, "modelmesh_model_evicted_total", model="b") == 0
 
 
 async def test_metrics_per_model_labels_registered_names_only(per_model_mesh: Fixture) -> None:
@@ -251,6 +279,7 @@ async def test_metrics_per_model_labels_registered_names_only(per_model_mesh: Fi
     assert value(samples, "modelmesh_invoke_model_milliseconds_count", method=INFER, model="a") == 2
     assert value(samples, "modelmesh_cache_miss_total", model="a") == 1
     assert value(samples, "modelmesh_cache_miss_milliseconds_count", model="a") == 1
+    assert value(samples, "modelmesh_loadmodel_milliseconds_count", model="a") == 1
     assert not any(dict(labels).get("model") == "invented-by-a-client" for _name, labels in samples)
 
 

@@ -6,7 +6,7 @@ The steps, in order:
 1. each ModelMesh InferenceService: its predictor, its runtime (selection.py) and its registration
    (registration.py), or why it cannot be served;
 2. workloads: a Deployment and a Service per runtime in use per namespace (workloads.py); those of runtimes no
-   longer used are removed (unless scale-to-zero is off);
+   longer used are removed once unused for the grace period (unless scale-to-zero is off);
 3. mesh: each predictor's vmodel is pointed at its model once a runtime instance serving its type is up; vmodels
    owned by InferenceServices that are gone are deleted;
 4. status: each InferenceService's status is written when it differs from what it holds.
@@ -15,6 +15,7 @@ The steps, in order:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,8 @@ class Reconciler:
         self.settings = settings
         self.kube = kube
         self.mesh = mesh
+        # (kind, namespace, name) of workloads no InferenceService uses → when this controller first saw that.
+        self._unused_since: dict[tuple[str, str, str], float] = {}
 
     def reconcile(self, snapshot: Snapshot) -> bool:
         """One pass; True when something is still on its way (loading, starting) and worth a look again soon."""
@@ -92,7 +95,8 @@ class Reconciler:
             # Without mesh's answer a model's state is unknown: the status it has stays (it may well be right).
             if mesh_state is not None or entry.problem is not None:
                 self._write_status(entry)
-        return mesh_state is None or not all(st.settled(e.model_status) for e in entries)
+        removal_pending = bool(self._unused_since)  # look again soon: remove them when their grace ends
+        return mesh_state is None or removal_pending or not all(st.settled(e.model_status) for e in entries)
 
     # ---- 1. predictors and runtimes --------------------------------------------------------------------
 
@@ -136,13 +140,23 @@ class Reconciler:
             for key, workload in wanted.items():
                 desired = workload.deployment if kind == "Deployment" else workload.service
                 self._apply(kind, desired, existing.get(key))
-            for key in existing.keys() - wanted.keys():
-                self._write(
-                    f"delete {kind} {key[0]}/{key[1]} (no InferenceService uses its runtime)",
-                    self.kube.delete,
-                    kind,
-                    *key,
-                )
+            unused = existing.keys() - wanted.keys()
+            for key in unused:
+                if self._grace_over(kind, key):
+                    self._write(
+                        f"delete {kind} {key[0]}/{key[1]} (no InferenceService used its runtime for "
+                        f"{self.settings.scale_to_zero_grace_seconds:.0f} s)",
+                        self.kube.delete,
+                        kind,
+                        *key,
+                    )
+            for gone in [k for k in self._unused_since if k[0] == kind and k[1:] not in unused]:
+                del self._unused_since[gone]  # used again, or removed
+
+    def _grace_over(self, kind: str, key: Key) -> bool:
+        """Whether an unused workload has been unused for the grace period (counted from this call's first)."""
+        first_seen = self._unused_since.setdefault((kind, *key), time.monotonic())
+        return time.monotonic() - first_seen >= self.settings.scale_to_zero_grace_seconds
 
     def _kept(self, snapshot: Snapshot, wanted: dict[Key, Workload]) -> dict[Key, Workload]:
         """With scale-to-zero off: the workloads that exist and whose runtime still does, kept up to date."""

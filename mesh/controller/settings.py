@@ -32,6 +32,10 @@ class ControllerSettings:
     scale_to_zero: bool = True
     """Remove a runtime's Deployment and Service when no InferenceService uses it; false keeps them running once
     created (no pod start on the next first model, idle pods meanwhile)."""
+    scale_to_zero_grace_seconds: float = 300.0
+    """How long a runtime's Deployment and Service outlive the last InferenceService using it: a model deleted and
+    created again (a redeploy) finds its runtime pods still running. Counted by the leading controller from when it
+    first saw the runtime unused."""
     isolate_runtimes: bool = True
     """A model loads only on the instances of the runtime the controller assigned it, in its namespace (required
     label `rt:<namespace>/<runtime>`, reported by those instances' adapters, or added by the router that publishes a

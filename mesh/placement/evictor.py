@@ -55,7 +55,7 @@ class Evictor:
         decision that chose them); each is unmarked once gone. All leave routing and drain together, then unload."""
         self._usage.evicted(victims)
         for victim in victims:
-            self._metrics.evicted(victim.last_used_ms)
+            self._metrics.evicted(victim.model_id, victim.last_used_ms)
             age_s = (now_ms() - victim.last_used_ms) / 1000 if victim.last_used_ms else float("inf")
             log.info(
                 "evicting model %s from %s (last used %.0fs ago) to make room for %s",
@@ -105,7 +105,7 @@ class Evictor:
         try:
             await self._clients.get(instance_id).unload(model_id)
         except (grpc.aio.AioRpcError, Unavailable) as exc:
-            self._metrics.unload_failed()
+            self._metrics.unload_failed(model_id)
             log.warning(
                 "unload of model %s from %s failed: %s",
                 model_id,
@@ -114,7 +114,7 @@ class Evictor:
                 extra={"event": "unload_failed", "model": model_id, "instance": instance_id, "error": str(exc)},
             )
             return
-        self._metrics.unloaded(started)
+        self._metrics.unloaded(model_id, started)
         ms = round((time.perf_counter() - started) * 1000)
         log.info(
             "unloaded model %s from %s in %d ms",

@@ -1,5 +1,6 @@
 """Placement gauges, computed when /metrics is scraped from the router's view (the hot path keeps no bookkeeping
-for them): what each instance holds, how many models are loaded or failing, how many requests wait for a load."""
+for them): what each instance holds, how many models are loaded or failing, how many requests wait for a load,
+and the signal to scale runtimes on: the bytes of the models in use (the working set) against the capacity."""
 
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ class PlacementGauges:
         self._registry = registry
 
     def describe(self) -> Iterable[Metric]:
-        return self._families()
+        return self.families()
 
     def collect(self) -> Iterable[Metric]:
-        capacity, used, lru_age, models, loaded, managed, failing, waiting = families = self._families()
+        capacity, used, lru_age, models, loaded, managed, failing, waiting, *scaling = families = self.families()
         now = now_ms()
-        for view in self._manager.instance_views():
+        views = self._manager.instance_views()
+        for view in views:
             instance = [view.record.instance_id]
             capacity.add_metric(instance, view.record.capacity_bytes)
             used.add_metric(instance, view.used_bytes)
@@ -39,10 +41,27 @@ class PlacementGauges:
         managed.add_metric([], states.total())
         failing.add_metric([], states[ModelState.LOADING_FAILED])
         waiting.add_metric([], self._manager.waiting_for_load)
+        self._scaling_signal(scaling, sum(v.record.capacity_bytes for v in views), now)
         return families
 
+    def _scaling_signal(self, families: list[GaugeMetricFamily], capacity_bytes: int, now: int) -> None:
+        """The working set (models used within working_set_seconds, cluster-wide last use, at their measured size)
+        against the capacity of the reachable instances: above 1, the models in use do not fit, and copies of them
+        are evicted to load others."""
+        working_set, capacity, pressure = families
+        horizon = now - self._manager.settings.working_set_seconds * 1000
+        usage = self._manager.usage
+        wanted = sum(
+            placement.record.size_bytes
+            for model_id, placement in self._manager.view.placements.items()
+            if usage.last_used_ms(model_id) >= horizon
+        )
+        working_set.add_metric([], wanted)
+        capacity.add_metric([], capacity_bytes)
+        pressure.add_metric([], wanted / capacity_bytes if capacity_bytes else float(wanted > 0) * 1e9)
+
     @staticmethod
-    def _families() -> list[GaugeMetricFamily]:
+    def families() -> list[GaugeMetricFamily]:
         # Not "instance": Prometheus sets that label on every series to name the scraped target.
         instance = ["instance_id"]
         return [
@@ -69,5 +88,15 @@ class PlacementGauges:
             ),
             GaugeMetricFamily(
                 "modelmesh_requests_waiting_for_load", "Requests on this router waiting for their model to load."
+            ),
+            GaugeMetricFamily(
+                "modelmesh_working_set_bytes",
+                "Bytes of the models used within MESH_WORKING_SET_SECONDS (cluster-wide), at their measured sizes.",
+            ),
+            GaugeMetricFamily("modelmesh_capacity_bytes", "Model memory of the reachable runtime instances."),
+            GaugeMetricFamily(
+                "modelmesh_cache_pressure",
+                "Working set over capacity: the autoscaling signal (above 1 the models in use do not fit; 1e9 when "
+                "models are in use and no instance is reachable).",
             ),
         ]

@@ -280,9 +280,9 @@ class Loader:
         try:
             size = await self._clients.get(instance_id).load(model, self._health.load_timeout(instance_id))
         except grpc.aio.AioRpcError:
-            self._metrics.load_failed()
+            self._metrics.load_failed(model.model_id)
             raise
-        self._metrics.loaded(started, size)
+        self._metrics.loaded(model.model_id, started, size)
         return size
 
     async def _load_failed(

@@ -48,6 +48,7 @@ def settings_for_address(mesh_address: str, **overrides: Any) -> ControllerSetti
         "request_timeout_seconds": 5.0,
         "watch_timeout_seconds": 30,
         "lease_seconds": 3.0,  # a second controller takes over within seconds of the first stopping
+        "scale_to_zero_grace_seconds": 0.0,  # unused runtimes go at once, unless a test sets a grace
         # One `mesh serve` plays every runtime's pods here, and its runtime carries no runtime's labels; the
         # isolation test turns this on with runtimes of its own.
         "isolate_runtimes": False,

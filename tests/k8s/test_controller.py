@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,29 @@ def test_deleting_the_isvc_unregisters_it_and_removes_the_unused_runtime(
         wait_for("the model to be unregistered", lambda: model_id not in model_ids(mesh))
         wait_for("the Deployment to go", lambda: cluster.deployments("team-e") == {})
         wait_for("the Service to go", lambda: cluster.services("team-e") == {})
+
+
+def test_an_unused_runtime_outlives_its_last_model_by_the_grace_period(
+    cluster: KubeCluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
+) -> None:
+    cluster.cluster_runtime("mlserver-1.x", SKLEARN)
+    cluster.isvc("team-k", "iris-redeployed", sklearn(models["logreg"]))
+    grace_s = 1.5
+    with running(settings_for(mesh, scale_to_zero_grace_seconds=grace_s), api):
+        wait_for("Loaded", lambda: loaded(cluster, "team-k", "iris-redeployed"))
+        deployment = next(iter(cluster.deployments("team-k")))
+        # A redeploy: the InferenceService deleted and created again within the grace keeps the runtime's pods.
+        cluster.delete_isvc("team-k", "iris-redeployed")
+        wait_for("the vmodel to go", lambda: vmodel_target(mesh, "iris-redeployed.team-k") is None)
+        cluster.isvc("team-k", "iris-redeployed", sklearn(models["logreg"]))
+        wait_for("Loaded again", lambda: loaded(cluster, "team-k", "iris-redeployed"))
+        assert list(cluster.deployments("team-k")) == [deployment]
+        # Deleted for good: the Deployment goes, but only once the grace has passed.
+        cluster.delete_isvc("team-k", "iris-redeployed")
+        deleted_at = time.monotonic()
+        wait_for("the Deployment to go", lambda: cluster.deployments("team-k") == {})
+        assert time.monotonic() - deleted_at >= grace_s
+        wait_for("the Service to go", lambda: cluster.services("team-k") == {})
 
 
 def test_without_scale_to_zero_an_unused_runtime_keeps_running(

@@ -17,7 +17,9 @@ from crd_schema import REPO, custom_kinds, validators
 from mesh.controller.registration import model_spec
 from mesh.controller.resources import CLUSTER_SERVING_RUNTIME, is_model_mesh, parse_predictor, parse_runtime
 from mesh.controller.selection import select_runtime
+from mesh.controller.workloads import workload_name
 from mesh.engine.haproxy_process import sidecar_command
+from mesh.placement.gauges import PlacementGauges
 
 K8S_VERSION = "1.32"
 DEPLOY = REPO / "deploy"
@@ -135,3 +137,11 @@ def test_the_controller_runs_as_two_replicas_allowed_to_hold_its_lease() -> None
     assert rules == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
     ]
+
+
+def test_the_hpa_example_scales_the_runtime_deployment_the_controller_makes_on_the_pressure_gauge() -> None:
+    hpa = documents((DEPLOY / "examples" / "hpa-runtime.yaml").read_text())[0]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == workload_name("mlserver-1.x")
+    metric = hpa["spec"]["metrics"][0]["external"]["metric"]["name"]
+    assert metric == "modelmesh_cache_pressure"
+    assert metric in {family.name for family in PlacementGauges.families()}
