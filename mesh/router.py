@@ -70,6 +70,7 @@ class Router:
         self.manager = PlacementManager(self._kv, settings, self.metrics)
         await self.manager.start()
         self.registry = ModelRegistry(self.manager)
+        self.registry.start()
         self.metrics.collectors.register(PlacementGauges(self.manager, self.registry))
         view = self.manager.view
         self.metrics.label_models(lambda name: name in view.models or name in view.vmodels)

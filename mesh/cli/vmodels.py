@@ -22,6 +22,9 @@ def vmodel_text(info: mm.VModelStatusInfo) -> str:
     text = f"{state} -> {info.activeModelId} ({status_text(info.activeModelStatus)})"
     if info.targetModelId and info.targetModelId != info.activeModelId:
         text += f", moving to {info.targetModelId} ({status_text(info.targetModelStatus)})"
+        if info.meshTargetCopiesWanted:
+            loaded = sum(c.copyStatus == mm.ModelStatusInfo.LOADED for c in info.targetModelStatus.modelCopyInfos)
+            text += f", {loaded} of {info.meshTargetCopiesWanted} copies loaded"
     return text
 
 

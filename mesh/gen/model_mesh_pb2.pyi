@@ -97,7 +97,7 @@ class EnsureLoadedRequest(_message.Message):
     def __init__(self, modelId: _Optional[str] = ..., lastUsedTime: _Optional[int] = ..., sync: _Optional[bool] = ...) -> None: ...
 
 class VModelStatusInfo(_message.Message):
-    __slots__ = ("status", "activeModelId", "targetModelId", "activeModelStatus", "targetModelStatus", "owner")
+    __slots__ = ("status", "activeModelId", "targetModelId", "activeModelStatus", "targetModelStatus", "owner", "meshTargetCopiesWanted")
     class VModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         NOT_FOUND: _ClassVar[VModelStatusInfo.VModelStatus]
@@ -116,13 +116,15 @@ class VModelStatusInfo(_message.Message):
     ACTIVEMODELSTATUS_FIELD_NUMBER: _ClassVar[int]
     TARGETMODELSTATUS_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    MESHTARGETCOPIESWANTED_FIELD_NUMBER: _ClassVar[int]
     status: VModelStatusInfo.VModelStatus
     activeModelId: str
     targetModelId: str
     activeModelStatus: ModelStatusInfo
     targetModelStatus: ModelStatusInfo
     owner: str
-    def __init__(self, status: _Optional[_Union[VModelStatusInfo.VModelStatus, str]] = ..., activeModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., activeModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., targetModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
+    meshTargetCopiesWanted: int
+    def __init__(self, status: _Optional[_Union[VModelStatusInfo.VModelStatus, str]] = ..., activeModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., activeModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., targetModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., owner: _Optional[str] = ..., meshTargetCopiesWanted: _Optional[int] = ...) -> None: ...
 
 class SetVModelRequest(_message.Message):
     __slots__ = ("vModelId", "targetModelId", "updateOnly", "modelInfo", "autoDeleteTargetModel", "loadNow", "force", "sync", "expectedTargetModelId", "owner", "meshRequiredLabels", "meshPinned", "meshMinCopies")

@@ -189,9 +189,10 @@ class PlacementManager:
         """The instance holding a loaded copy, starting the one load for this model if there is none."""
         return await self._loader.ensure_loaded(model_id)
 
-    async def add_copy(self, model_id: str) -> None:
-        """Load one more copy of a loaded model on another instance, into free space only (never evicting)."""
-        await self._loader.add_copy(model_id)
+    async def add_copy(self, model_id: str, may_evict: bool = False) -> None:
+        """Load one more copy of a model on another instance: into free space only (never evicting), unless
+        may_evict (a copy the model must have: its minimum, a vmodel target's); its first copy too then."""
+        await self._loader.add_copy(model_id, may_evict)
 
     def loading(self, model_id: str) -> bool:
         """This router is loading the model's first copy now."""

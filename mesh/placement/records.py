@@ -11,6 +11,7 @@ Ids are percent-encoded in keys so any string (including '/') is a valid id.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import re
@@ -224,6 +225,17 @@ class VModelRecord(Record):
     owner: str = ""
     auto_delete: bool = False
     failed: bool = False
+    # While moving: the copies the target must have before the vmodel switches (the active model's, when the move
+    # began).
+    copies_wanted: int = 1
+
+    def moved(self) -> VModelRecord:
+        """The move is done: the target is the active model."""
+        return VModelRecord(self.vmodel_id, self.target_model_id, self.target_model_id, self.owner, self.auto_delete)
+
+    def failed_move(self) -> VModelRecord:
+        """The target did not load: the active model stays, and says so."""
+        return dataclasses.replace(self, failed=True)
 
 
 @dataclass(frozen=True)

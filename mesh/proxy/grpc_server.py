@@ -195,6 +195,7 @@ def vmodel_status_info(status: VModelStatus) -> mm.VModelStatusInfo:
         activeModelStatus=status_info(status.active),
         targetModelStatus=status_info(status.target),
         owner=status.owner,
+        meshTargetCopiesWanted=status.copies_wanted,
     )
 
 

@@ -19,6 +19,7 @@ from mesh.placement.records import CopyState, Kind, ModelRecord, VModelRecord, n
 from mesh.placement.store import UNCHANGED
 from mesh.registry.ids import check_id, check_path
 from mesh.registry.status import CopyStatus, ModelState, ModelStatus, VModelState, VModelStatus
+from mesh.registry.transitions import VModelTransitions
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class ModelRegistry:
         self._store = manager.store
         self._background: set[asyncio.Task[object]] = set()
         self.names = LocalNames(manager.settings.namespace)
+        self._transitions = VModelTransitions(manager, self._delete_if_unused, manager.settings.last_used_flush_seconds)
 
     # ---- lookups for the data path -------------------------------------------------------------------
 
@@ -236,41 +238,29 @@ class ModelRegistry:
             if current.target_model_id == target_model_id and not current.failed:
                 return UNCHANGED
             active = target_model_id if force else current.active_model_id
-            return VModelRecord(vmodel_id, active, target_model_id, current.owner or owner, auto_delete)
+            wanted = self._transitions.copies_wanted(active)
+            return VModelRecord(vmodel_id, active, target_model_id, current.owner or owner, auto_delete, False, wanted)
 
         record: VModelRecord = await self._store.update(Kind.VMODEL, vmodel_id, change)
-        if record.active_model_id != record.target_model_id or load_now:
-            transition = self._transition(vmodel_id, record.target_model_id)
+        if record.active_model_id != record.target_model_id:
+            move = self._transitions.drive(vmodel_id)
             if sync:
-                await transition
+                await asyncio.shield(move)  # a caller that gives up leaves the move running
+        elif load_now:
+            loading = self._load_quietly(vmodel_id, record.target_model_id)
+            if sync:
+                await loading
             else:
-                self._spawn(transition)
+                self._spawn(loading)
         await self._manager.routes_published()
         return self.vmodel_status(vmodel_id)
 
-    async def _transition(self, vmodel_id: str, target: str) -> None:
+    async def _load_quietly(self, vmodel_id: str, model_id: str) -> None:
+        """Load a vmodel's model now (setVModel's loadNow); a failure shows in the model's status."""
         try:
-            await self._manager.ensure_loaded(target)
-            failed = False
+            await self._manager.ensure_loaded(model_id)
         except MeshError as exc:
-            log.warning("vmodel %s: target %s did not load: %s", vmodel_id, target, exc.message)
-            failed = True
-        retired: list[str] = []
-
-        def change(current: VModelRecord | None) -> object:
-            if current is None or current.target_model_id != target:
-                return UNCHANGED  # deleted or retargeted meanwhile
-            if failed:
-                return VModelRecord(
-                    vmodel_id, current.active_model_id, target, current.owner, current.auto_delete, True
-                )
-            if current.active_model_id != target and current.auto_delete:
-                retired.append(current.active_model_id)
-            return VModelRecord(vmodel_id, target, target, current.owner, current.auto_delete)
-
-        await self._store.update(Kind.VMODEL, vmodel_id, change)
-        for model_id in retired:
-            await self._delete_if_unused(model_id)
+            log.warning("vmodel %s: model %s did not load: %s", vmodel_id, model_id, exc.message)
 
     async def delete_vmodel(self, vmodel_id: str, owner: str = "") -> None:
         existing = self._view.vmodels.get(vmodel_id)
@@ -307,6 +297,7 @@ class ModelRegistry:
             self.status(record.active_model_id),
             self.status(record.target_model_id),
             record.owner,
+            record.copies_wanted if state is not VModelState.DEFINED else 0,
         )
 
     def _spawn(self, coro: object) -> None:
@@ -315,7 +306,16 @@ class ModelRegistry:
         task.add_done_callback(self._background.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: failures are recorded
 
+    def start(self) -> None:
+        """Drive the vmodel moves under way in the store (another router's too, should it die) from now on."""
+        self._transitions.start()
+
+    async def resume_moves(self) -> None:
+        """Drive, now, every vmodel move under way that this router is not driving (start() does it periodically)."""
+        await self._transitions.resume()
+
     async def close(self) -> None:
+        await self._transitions.close()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -44,3 +44,5 @@ class VModelStatus:
     active: ModelStatus = ModelStatus(ModelState.NOT_FOUND)
     target: ModelStatus = ModelStatus(ModelState.NOT_FOUND)
     owner: str = ""
+    copies_wanted: int = 0
+    """While moving: the loaded copies the target must have before the vmodel switches (0 when not moving)."""
