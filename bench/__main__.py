@@ -22,8 +22,9 @@ from pathlib import Path
 from bench.common import REPO, loadavg, machine
 
 # In the order they run; scale and cache_sim are scenarios 3 and 4, profile is the router's hot path under load,
-# churn is scenario 6 (many models, few runtimes, rising concurrency), native scenario 7 (the HAProxy data plane).
-SCENARIOS = ("hop", "rest", "scale", "cache_sim", "coldstart", "profile", "churn", "native")
+# churn is scenario 6 (many models, few runtimes, rising concurrency), native scenario 7 (the HAProxy data plane),
+# rollout scenario 8 (a rolling restart of the runtimes, with the hand-off and without).
+SCENARIOS = ("hop", "rest", "scale", "cache_sim", "coldstart", "profile", "churn", "native", "rollout")
 
 
 def _names(text: str) -> list[str]:

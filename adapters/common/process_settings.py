@@ -69,6 +69,14 @@ class ProcessSettings:
     etcd_tls_key: str = ""
     labels: tuple[str, ...] = ()
     """Labels this instance carries (meshLabels): models registered with required labels load only where all are."""
+    handoff_grace_s: float = 30.0
+    """On SIGTERM, with kv set: how long the runtime keeps serving while routers load its recently used models on
+    other instances, before it leaves routing (0: leave at once). Keep the pod's termination grace above it."""
+    handoff_recent_s: float = 600.0
+    """Models used within this long are handed off (the routers' MESH_WORKING_SET_SECONDS)."""
+    left_marker: Path | None = None
+    """A file written once the process has left routing and no call comes any more (removed at start): a model
+    server beside it (its pod's preStop hook) waits for it before stopping."""
 
 
 def positive(text: str) -> int:
@@ -101,6 +109,14 @@ def add_process_arguments(parser: argparse.ArgumentParser, defaults: ProcessSett
     parser.add_argument("--default-model-size-bytes", type=positive, default=d.default_model_size_bytes)
     parser.add_argument("--parent-pid", type=positive, help="stop when this process exits")
     parser.add_argument("--shutdown-grace-s", type=float, default=d.shutdown_grace_s)
+    parser.add_argument(
+        "--handoff-grace-s",
+        type=float,
+        default=d.handoff_grace_s,
+        help="on SIGTERM: seconds to wait for recently used models to load elsewhere before leaving (0: leave now)",
+    )
+    parser.add_argument("--handoff-recent-s", type=float, default=d.handoff_recent_s)
+    parser.add_argument("--left-marker", type=Path, help="write this file once out of routing, on the way out")
     parser.add_argument("--log-level", default=d.log_level)
     parser.add_argument("--log-format", choices=("text", "json"), default=d.log_format)
     parser.add_argument("--kv", default=d.kv, help="publish this instance in the mesh's store (etcd://h:p, file://P)")
@@ -120,7 +136,7 @@ _FROM_FLAGS = (
     "host", "port", "uds", "port_file", "capacity_bytes", "max_loading_concurrency", "load_timeout_ms",
     "default_model_size_bytes", "parent_pid", "shutdown_grace_s", "log_format", "kv", "kv_prefix", "advertise",
     "lease_seconds", "tls_cert", "tls_key", "tls_client_ca", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key",
-    "labels",
+    "labels", "handoff_grace_s", "handoff_recent_s", "left_marker",
 )  # fmt: skip
 
 

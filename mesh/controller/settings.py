@@ -36,6 +36,10 @@ class ControllerSettings:
     """How long a runtime's Deployment and Service outlive the last InferenceService using it: a model deleted and
     created again (a redeploy) finds its runtime pods still running. Counted by the leading controller from when it
     first saw the runtime unused."""
+    handoff_grace_seconds: float = 30.0
+    """A runtime pod told to stop keeps serving this long at most while its recently used models load on other
+    pods (its adapter's --handoff-grace-s); its model server waits for the adapter to leave routing (a preStop
+    hook), and the pod's termination grace covers both."""
     isolate_runtimes: bool = True
     """A model loads only on the instances of the runtime the controller assigned it, in its namespace (required
     label `rt:<namespace>/<runtime>`, reported by those instances' adapters, or added by the router that publishes a

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -30,6 +31,12 @@ SELECTOR = f"{MANAGED_BY}={CONTROLLER}"
 """The label selector of every object the controller manages."""
 
 MODELS_VOLUME, MODELS_DIR = "models-dir", "/models"
+LEFT_MARKER = f"{MODELS_DIR}/.mesh-left"
+"""Written by the adapter once it has left routing (--left-marker): the model server's preStop hook waits for it."""
+QUIET_MARGIN_S = 10.0
+"""Beyond the hand-off grace: the adapter's wait for calls to stop coming (5 s at most), and some slack."""
+STOP_MARGIN_S = 30.0
+"""The pod's termination grace beyond the hand-off: the quiet wait, the servers' own graceful stops."""
 STORAGE_VOLUME, STORAGE_DIR = "storage-config", "/storage-config"
 ADAPTER_PORT = 8085
 GRPC_PORT, REST_PORT, METRICS_PORT = 8033, 8008, 2112
@@ -206,16 +213,33 @@ def _pod_spec(runtime: Runtime, namespace: str, settings: ControllerSettings) ->
         raise WorkloadError(f"{runtime.ref} has no containers")
     spi_port = _port(spec.get("grpcEndpoint"), ADAPTER_PORT)
     if runtime.server_type is not None:
+        containers = [_waits_for_the_adapter(c, settings) for c in containers]
         containers.append(_adapter(runtime, spi_port, settings, runtime.instance_labels(namespace)))
     containers.append(_router(runtime, spi_port, settings, runtime.instance_labels(namespace)))
     volumes = [v for v in spec.get("volumes") or [] if v.get("name") not in (MODELS_VOLUME, STORAGE_VOLUME)]
     volumes.append({"name": MODELS_VOLUME, "emptyDir": {}})
     volumes.append({"name": STORAGE_VOLUME, "secret": {"secretName": settings.storage_secret, "optional": True}})
-    pod: dict[str, Any] = {"containers": containers, "volumes": volumes}
+    pod: dict[str, Any] = {
+        "containers": containers,
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": math.ceil(settings.handoff_grace_seconds + STOP_MARGIN_S),
+    }
     for key in ("nodeSelector", "affinity", "tolerations", "imagePullSecrets"):
         if spec.get(key):
             pod[key] = spec[key]
     return pod
+
+
+def _waits_for_the_adapter(container: dict[str, Any], settings: ControllerSettings) -> dict[str, Any]:
+    """A model server container that stops only once the adapter has left routing (its hand-off done, or its
+    grace over): Kubernetes signals every container of a pod at once, and a model server stopping at once would
+    fail the requests the hand-off keeps sending it. A preStop hook the runtime sets itself is kept."""
+    if (container.get("lifecycle") or {}).get("preStop"):
+        return container
+    limit = math.ceil(settings.handoff_grace_seconds + QUIET_MARGIN_S)
+    wait = f"i=0; while [ ! -e {LEFT_MARKER} ] && [ $i -lt {limit} ]; do sleep 1; i=$((i+1)); done"
+    hook = {"preStop": {"exec": {"command": ["/bin/sh", "-c", wait]}}}
+    return {**container, "lifecycle": {**(container.get("lifecycle") or {}), **hook}}
 
 
 def _with_models_volume(container: dict[str, Any]) -> dict[str, Any]:
@@ -265,6 +289,8 @@ def _adapter(runtime: Runtime, spi_port: int, settings: ControllerSettings, labe
         "--capacity-bytes", str(capacity_bytes(runtime, settings)),
         "--storage-config-dir", STORAGE_DIR,
         "--labels", ",".join(labels),
+        "--handoff-grace-s", str(settings.handoff_grace_seconds),
+        "--left-marker", LEFT_MARKER,
     ]  # fmt: skip
     if adapter.get("modelLoadingTimeoutMillis"):
         args += ["--load-timeout-ms", str(int(adapter["modelLoadingTimeoutMillis"]))]

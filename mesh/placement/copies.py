@@ -138,6 +138,21 @@ class CopyTable:
         copies = placement.record.copies.items()
         return [(i, c) for i, c in copies if c.state is CopyState.LOADED and self.counts(i, c)]
 
+    def draining(self, instance_id: str) -> bool:
+        """The instance was told to stop: it serves what it holds and takes no new copy."""
+        known = self._view.instances.get(instance_id)
+        return known is not None and known.record.draining
+
+    def held_by(self, instance_id: str) -> list[str]:
+        """The models with a loaded copy on the instance that counts."""
+        return [
+            model_id
+            for model_id, placement in self._view.placements.items()
+            if (copy := placement.record.copies.get(instance_id)) is not None
+            and copy.state is CopyState.LOADED
+            and self.counts(instance_id, copy)
+        ]
+
     def placement(self, model_id: str) -> PlacementRecord | None:
         """The model's placement record, if it has one."""
         placement = self._view.placements.get(model_id)

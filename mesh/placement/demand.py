@@ -68,6 +68,12 @@ class DemandBoard:
                     rates[model_id] = rates.get(model_id, 0.0) + rate
         return rates
 
+    def leads(self) -> bool:
+        """This router is the one of the routers sharing the store (those with a demand record) with the lowest id:
+        the one that does what only one should (a draining instance's hand-off). When it goes, its record goes
+        with its lease, and the next takes over."""
+        return self.router_id <= min(self._view.demands, default=self.router_id)
+
     def others_present(self) -> bool:
         """Another router shares the store (its demand record is in the view, under its lease)."""
         return any(router_id != self.router_id for router_id in self._view.demands)

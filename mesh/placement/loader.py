@@ -189,7 +189,7 @@ class Loader:
         record = placement.record if placement else PlacementRecord()
         failed = self._recent_failures(record)
         excluded = frozenset(self._copies.live_copies(record)) | frozenset(failed)
-        instances = self._copies.instance_views()
+        instances = self._candidates(model)
         choice = policy.choose_instance(
             model.model_type, size, _with_free_slot(instances), excluded, self._policy, model.labels
         )
@@ -336,17 +336,12 @@ class Loader:
                 if first and not may_evict:
                     return
                 if not first:
-                    size = record.size_bytes
-                    excluded = frozenset(live) | frozenset(self._recent_failures(record))
-                    instances = _with_free_slot(self._copies.instance_views())
-                    choice = policy.choose_instance(
-                        model.model_type, size, instances, excluded, self._policy, model.labels
-                    )
-                    if choice is None or (choice.victims and not may_evict):
+                    choice = self._choose_extra(model, record, live, may_evict)
+                    if choice is None:
                         return
                     incarnation = self._view.instances[choice.instance_id].record.started_ms
                     if not await self._claims.claim(
-                        model_id, choice.instance_id, size, incarnation, expected_live=len(live)
+                        model_id, choice.instance_id, record.size_bytes, incarnation, expected_live=len(live)
                     ):
                         return
                     self._start_load(model_id, choice)
@@ -359,6 +354,28 @@ class Loader:
         except (MeshError, _InstanceUnreachable, _TryElsewhere) as exc:
             log.warning("extra copy of model %s not added: %s", model_id, exc)
 
+    def _choose_extra(
+        self, model: ModelRecord, record: PlacementRecord, live: list[str], may_evict: bool
+    ) -> policy.LoadPlan | None:
+        """Where one more copy goes now: an instance with a free load slot, not draining. One where it would evict
+        only with may_evict, and only when no instance that has room is merely out of load slots (the copy waits
+        for one there rather than push models out elsewhere)."""
+        excluded = frozenset(live) | frozenset(self._recent_failures(record))
+        staying = _staying(self._copies.instance_views())
+
+        def choose(instances: list[policy.InstanceView]) -> policy.LoadPlan | None:
+            return policy.choose_instance(
+                model.model_type, record.size_bytes, instances, excluded, self._policy, model.labels
+            )
+
+        choice = choose(_with_free_slot(staying))
+        if choice is None or not choice.victims:
+            return choice
+        if not may_evict:
+            return None
+        best = choose(staying)
+        return choice if best is None or best.victims else None
+
     # ---- what a load needs to know -----------------------------------------------------------------------
 
     def _model(self, model_id: str) -> ModelRecord:
@@ -366,6 +383,13 @@ class Loader:
         if known is None:
             raise ModelNotFound(model_id)
         return known.record
+
+    def _candidates(self, model: ModelRecord) -> list[policy.InstanceView]:
+        """The instances a copy of the model may go to: those not draining, unless only draining ones take it
+        (a copy on an instance about to stop beats no copy while it drains)."""
+        views = self._copies.instance_views()
+        staying = _staying(views)
+        return staying if any(v.record.supports(model.model_type, model.labels) for v in staying) else views
 
     def _recent_failures(self, record: PlacementRecord) -> dict[str, LoadFailure]:
         horizon = now_ms() - self._settings.load_failure_backoff_seconds * 1000
@@ -388,6 +412,11 @@ class Loader:
         except grpc.aio.AioRpcError:
             predicted = 0
         return predicted or candidates[0].default_model_size
+
+
+def _staying(instances: list[policy.InstanceView]) -> list[policy.InstanceView]:
+    """The instances that are not draining (told to stop: they take no new copy)."""
+    return [v for v in instances if not v.record.draining]
 
 
 def _with_free_slot(instances: list[policy.InstanceView]) -> list[policy.InstanceView]:

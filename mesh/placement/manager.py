@@ -112,6 +112,7 @@ class PlacementManager:
             self.copies,
             self.usage.take_request_counts,
             self._cluster_rates,
+            self.demand.leads,
             self.usage.last_used_ms,
             self._min_copies,
             self._loader.loading,
@@ -282,6 +283,8 @@ class PlacementManager:
     def _on_view_change(self, kind: Kind, record_id: str) -> None:
         if kind is Kind.PLACEMENT:
             self._loader.placement_changed(record_id)
+        elif kind is Kind.INSTANCE and self.copies.draining(record_id):
+            self._scaler.hand_off(record_id)
         elif kind is Kind.INSTANCE and record_id in self.view.instances:
             # A runtime that published itself again restarted empty; clean up what it held before.
             task = asyncio.get_running_loop().create_task(self._evictor.drop_stale_copies(record_id))
@@ -294,6 +297,9 @@ class PlacementManager:
         """One round: write recency to the store, review request rates, keep minimum copies, retire idle extra
         copies."""
         await self.usage.flush()
+        for instance_id, known in self.view.instances.items():
+            if known.record.draining:
+                self._scaler.hand_off(instance_id)  # again, should a hand-off have ended early
         self._scaler.review_rates()
         self._scaler.keep_min_copies()
         await self._scaler.retire_idle_copies()

@@ -201,6 +201,9 @@ class InstanceRecord(Record):
     reads_model_header: bool = False
     # What this instance offers beyond its types (meshLabels): models that require labels load only where all are.
     labels: tuple[str, ...] = ()
+    # Told to stop: it serves what it holds while its recently used models are loaded elsewhere, and takes no
+    # new copy (adapters/common/handoff.py).
+    draining: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:

@@ -12,7 +12,12 @@ A model gets one more copy when
 At most one copy per model is being added at a time. The copy itself is placed and loaded by the loader.
 
 All but the oldest copy (or the oldest min_copies) of a model idle for idle_copy_seconds (cluster-wide last use)
-are unloaded.
+are unloaded, copies on instances that are not draining kept first.
+
+An instance told to stop (its record says draining) hands off: each model it holds that was used within
+working_set_seconds gets a copy on another instance, most recently used first, retried while the instance is
+there, and these may evict (the runtime waits for them before it leaves: adapters/common/handoff.py). One
+router does it, the one with the lowest id (DemandBoard.leads): several placing at once over-fill instances.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from mesh.placement.copies import CopyTable
 from mesh.placement.records import now_ms
 
 log = logging.getLogger(__name__)
+
+HANDOFF_RETRY_S = 0.25
+"""A model whose hand-off copy could not start (every load slot taken) tries again this soon."""
 
 
 class UseStreaks:
@@ -59,6 +67,7 @@ class CopyScaler:
         copies: CopyTable,
         request_counts: Callable[[], Counter[str]],
         rates: Callable[[dict[str, float]], dict[str, float]],
+        leads: Callable[[], bool],
         last_used_ms: Callable[[str], int],
         min_copies: Callable[[], Mapping[str, int]],
         loading: Callable[[str], bool],
@@ -66,7 +75,8 @@ class CopyScaler:
         unload_copy: Callable[[str, str], Awaitable[None]],
     ) -> None:
         """request_counts: requests routed per model since it was last called; rates: given this router's requests
-        per minute per model, the cluster's (demand.py); last_used_ms: a model's cluster-wide last use; min_copies:
+        per minute per model, the cluster's (demand.py); leads: whether this router is the one that hands off
+        draining instances; last_used_ms: a model's cluster-wide last use; min_copies:
         the models that keep copies loaded, with how many; loading: whether its first load is under way;
         add_copy(model id, may_evict): load one more copy of a model (or its first); unload_copy: unload one copy
         (model id, instance id)."""
@@ -74,6 +84,7 @@ class CopyScaler:
         self._copies = copies
         self._request_counts = request_counts
         self._rates = rates
+        self._leads = leads
         self._last_used_ms = last_used_ms
         self._min_copies = min_copies
         self._loading = loading
@@ -83,12 +94,39 @@ class CopyScaler:
         self._rate_window_start = time.monotonic()
         self._scaling: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handing_off: dict[str, asyncio.Task[None]] = {}
 
     async def stop(self) -> None:
-        """Cancel copies being added and wait for them to finish."""
-        for task in self._tasks:
+        """Cancel copies being added and hand-offs, and wait for them to finish."""
+        tasks = [*self._tasks, *self._handing_off.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def hand_off(self, instance_id: str) -> None:
+        """Start moving the recently used models of a draining instance to others (once per instance), if this
+        router leads: routers placing copies at once, each unaware of the other's loads in flight, over-fill
+        instances and evict what is in use."""
+        if instance_id in self._handing_off or not self._leads():
+            return
+        task = asyncio.get_running_loop().create_task(self._hand_off(instance_id), name=f"hand-off-{instance_id}")
+        self._handing_off[instance_id] = task
+        task.add_done_callback(lambda _t: self._handing_off.pop(instance_id, None))
+
+    async def _hand_off(self, instance_id: str) -> None:
+        horizon = now_ms() - self._settings.working_set_seconds * 1000
+        recent = [m for m in self._copies.held_by(instance_id) if self._last_used_ms(m) >= horizon]
+        recent.sort(key=self._last_used_ms, reverse=True)
+        log.info("instance %s is draining: loading its %d recently used model(s) elsewhere", instance_id, len(recent))
+        await asyncio.gather(*(self._move_off(model_id, instance_id) for model_id in recent))
+
+    async def _move_off(self, model_id: str, instance_id: str) -> None:
+        """Add a copy of the model elsewhere until one is loaded, while the draining instance is there."""
+        while self._copies.draining(instance_id):
+            if any(not self._copies.draining(i) for i, _ in self._copies.loaded_copies(model_id)):
+                return
+            await self._add_copy(model_id, True)
+            await asyncio.sleep(HANDOFF_RETRY_S)
 
     async def settled(self) -> None:
         """Wait until the copies being added now are loaded, or failed."""
@@ -146,8 +184,10 @@ class CopyScaler:
             newest_copy_ms = max((c.since_ms for _, c in loaded), default=0)
             if len(loaded) <= keep or max(self._last_used_ms(model_id), newest_copy_ms) > horizon:
                 continue
-            # Every router picks the same survivors, so two routers retiring at once agree.
-            survivors = {i for i, _c in sorted(loaded, key=lambda ic: (ic[1].since_ms, ic[0]))[:keep]}
+            # Every router picks the same survivors, so two routers retiring at once agree; a draining instance's
+            # copy goes first (its instance is about to).
+            by_age = sorted(loaded, key=lambda ic: (self._copies.draining(ic[0]), ic[1].since_ms, ic[0]))
+            survivors = {i for i, _c in by_age[:keep]}
             for instance_id, _copy in loaded:
                 if instance_id not in survivors and not self._copies.in_flight(model_id, instance_id):
                     log.info("unloading idle extra copy of model %s from %s", model_id, instance_id)

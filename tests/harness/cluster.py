@@ -205,7 +205,9 @@ class Cluster:
                 "--kv", kv, "--kv-prefix", self.prefix, "--lease-seconds", str(LEASE_SECONDS),
                 "--log-level", "DEBUG",
                 # Stops by itself should this test process die before its teardown.
-                "--parent-pid", str(os.getpid()), *runtime_args,
+                "--parent-pid", str(os.getpid()),
+                # Stopped runtimes leave at once (a test of the hand-off asks for one in runtime_args).
+                "--handoff-grace-s", "0", *runtime_args,
             ]  # fmt: skip
             self.runtimes.append(self._spawn(Runtime, instance_id, command, base_env))
         shared_env = {

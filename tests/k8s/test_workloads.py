@@ -136,3 +136,25 @@ def test_names_are_dns_labels_and_distinct() -> None:
     assert "mesh-runtime-mlserver" in names
     for name in names:
         assert len(name) <= 63 and name.replace("-", "").isalnum() and name == name.lower()
+
+
+def test_a_pod_told_to_stop_hands_its_models_over_before_its_model_server_stops() -> None:
+    settings = ControllerSettings(kv="etcd://etcd.mesh-system:2379", image="mesh:1", handoff_grace_seconds=45)
+    workload = build(runtime(), "team-a", settings)
+    kubernetes_validate.validate(workload.deployment, K8S_VERSION, strict=True)
+    pod = workload.deployment["spec"]["template"]["spec"]
+    adapter_args = container(workload, "mesh-adapter")["args"]
+    marker = adapter_args[adapter_args.index("--left-marker") + 1]
+    assert adapter_args[adapter_args.index("--handoff-grace-s") + 1] == "45"
+    assert marker == "/models/.mesh-left"
+    # The model server's preStop waits for the adapter's marker (bounded), on the volume both mount.
+    hook = container(workload, "triton")["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook[:2] == ["/bin/sh", "-c"] and f"[ ! -e {marker} ]" in hook[2] and "-lt 55 ]" in hook[2]
+    assert {"name": "models-dir", "mountPath": "/models"} in container(workload, "triton")["volumeMounts"]
+    assert pod["terminationGracePeriodSeconds"] == 75  # the hand-off, the quiet wait, the servers' own stops
+    # A runtime's own preStop hook is kept; a runtime without an adapter has no marker to wait for.
+    own = {"preStop": {"httpGet": {"path": "/drain", "port": 8000}}}
+    containers = [{"name": "triton", "image": "tritonserver", "lifecycle": own}]
+    assert container(build(runtime(containers=containers), "team-a", settings), "triton")["lifecycle"] == own
+    custom = build(runtime(builtInAdapter=None, grpcEndpoint="port:9000", kind=SERVING_RUNTIME), "ns", settings)
+    assert "lifecycle" not in container(custom, "triton")
