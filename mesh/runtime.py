@@ -6,7 +6,7 @@ import grpc
 
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
-from mesh.placement.records import ModelRecord
+from mesh.placement.records import Footprint, ModelRecord
 from mesh.tls import ClientTLS
 
 PROBE_METHOD = "/mesh.RuntimeProbe/Answer"
@@ -85,21 +85,23 @@ class RuntimeClient:
     async def status(self, timeout: float) -> rt.RuntimeStatusResponse:
         return await self._spi.runtimeStatus(rt.RuntimeStatusRequest(), timeout=timeout, wait_for_ready=True)
 
-    async def predict_size(self, model: ModelRecord, timeout: float) -> int:
+    async def predict_size(self, model: ModelRecord, timeout: float) -> Footprint:
         request = rt.PredictModelSizeRequest(
             modelId=model.model_id, modelType=model.model_type, modelPath=model.path, modelKey=model.key
         )
-        return (await self._spi.predictModelSize(request, timeout=timeout)).sizeInBytes
+        predicted = await self._spi.predictModelSize(request, timeout=timeout)
+        return Footprint(predicted.sizeInBytes, predicted.meshDeviceSizeInBytes)
 
-    async def load(self, model: ModelRecord, timeout: float) -> int:
-        """Load and return the size in bytes (asking modelSize when the load response says 0)."""
+    async def load(self, model: ModelRecord, timeout: float) -> Footprint:
+        """Load and return the memory the copy holds (asking modelSize when the load response says 0)."""
         request = rt.LoadModelRequest(
             modelId=model.model_id, modelType=model.model_type, modelPath=model.path, modelKey=model.key
         )
-        size = (await self._spi.loadModel(request, timeout=timeout)).sizeInBytes
-        if size == 0:
-            size = (await self._spi.modelSize(rt.ModelSizeRequest(modelId=model.model_id), timeout=30)).sizeInBytes
-        return size
+        loaded = await self._spi.loadModel(request, timeout=timeout)
+        if loaded.sizeInBytes:
+            return Footprint(loaded.sizeInBytes, loaded.meshDeviceSizeInBytes)
+        measured = await self._spi.modelSize(rt.ModelSizeRequest(modelId=model.model_id), timeout=30)
+        return Footprint(measured.sizeInBytes, measured.meshDeviceSizeInBytes or loaded.meshDeviceSizeInBytes)
 
     async def unload(self, model_id: str, timeout: float = 30) -> None:
         await self._spi.unloadModel(rt.UnloadModelRequest(modelId=model_id), timeout=timeout)

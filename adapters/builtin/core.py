@@ -47,17 +47,17 @@ class BuiltinRuntime:
         self._loading: SingleFlight[str, Model] = SingleFlight("load")
         self._load_slots = asyncio.Semaphore(settings.max_loading_concurrency)
 
-    async def load(self, model_id: str, type_name: str, model_path: str) -> int:
-        """Loads the model (once, however many callers ask) and returns its measured size in bytes."""
+    async def load(self, model_id: str, type_name: str, model_path: str) -> Model:
+        """Loads the model (once, however many callers ask) and returns it (its measured sizes with it)."""
         if not model_id:
             raise InvalidArgument("modelId is empty")
         kind = model_type(type_name)
         if (model := self._models.get(model_id)) is not None:
-            return model.size_bytes
+            return model
         try:
             # A caller that goes away does not stop a load others may be waiting on; the router follows a cancelled
             # loadModel with unloadModel, which cancels the load itself.
-            return (await self._loading.run(model_id, self._load, model_id, kind, model_path)).size_bytes
+            return await self._loading.run(model_id, self._load, model_id, kind, model_path)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and not current.cancelling():
@@ -90,12 +90,27 @@ class BuiltinRuntime:
             raise OutOfMemory(
                 f"model {model_id} needs {model.size_bytes} bytes; this runtime holds {held} of its {limit}-byte limit"
             )
+        self._check_device_memory(model_id, kind.name, model)
         self._models[model_id] = model
         self._model_types[model_id] = kind.name
         self._metrics.loaded(kind.name, start, model.size_bytes)
         elapsed_ms = (time.perf_counter() - start) * 1000
         log.info("loaded model %s (type %s, %d bytes) in %.1f ms", model_id, kind.name, model.size_bytes, elapsed_ms)
         return model
+
+    def _check_device_memory(self, model_id: str, kind: str, model: Model) -> None:
+        """OutOfMemory when the model's (simulated) accelerator memory does not fit beside the others'."""
+        devices = self._settings.device_capacity_bytes
+        held = sum(m.device_bytes for m in self._models.values())
+        if model.device_bytes and held + model.device_bytes > sum(devices):
+            self._metrics.load_failed(kind)
+            raise OutOfMemory(
+                f"model {model_id} needs {model.device_bytes} bytes of accelerator memory; this runtime holds "
+                f"{held} of its {sum(devices)}"
+            )
+
+    def device_used_bytes(self) -> int:
+        return sum(m.device_bytes for m in self._models.values())
 
     def unload(self, model_id: str) -> None:
         """Drops the model, cancelling its load if one is in flight; an unknown id is not an error."""
@@ -121,9 +136,11 @@ class BuiltinRuntime:
         if ids:
             log.info("purged %d models", len(ids))
 
-    def predict_size(self, type_name: str, model_path: str) -> int:
-        """A fast, conservative estimate from the file on disk (see each model type's multiplier)."""
-        return model_type(type_name).estimate_size(model_path)
+    def predict_size(self, type_name: str, model_path: str) -> tuple[int, int]:
+        """A fast, conservative estimate from the file on disk (see each model type's multiplier): host bytes and
+        accelerator bytes."""
+        kind = model_type(type_name)
+        return kind.estimate_size(model_path), kind.estimate_device_size(model_path)
 
     def model(self, model_id: str) -> Model:
         """The loaded model, or ModelNotLoaded."""

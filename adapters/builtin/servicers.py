@@ -38,8 +38,8 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
     @maps_errors
     async def loadModel(self, request: rt.LoadModelRequest, context: grpc.aio.ServicerContext) -> rt.LoadModelResponse:
         log.debug("loadModel %s (type %s) requested", request.modelId, request.modelType)
-        size = await self._core.load(request.modelId, request.modelType, request.modelPath)
-        return rt.LoadModelResponse(sizeInBytes=size)
+        model = await self._core.load(request.modelId, request.modelType, request.modelPath)
+        return rt.LoadModelResponse(sizeInBytes=model.size_bytes, meshDeviceSizeInBytes=model.device_bytes)
 
     @maps_errors
     async def unloadModel(
@@ -52,11 +52,13 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
     async def predictModelSize(
         self, request: rt.PredictModelSizeRequest, context: grpc.aio.ServicerContext
     ) -> rt.PredictModelSizeResponse:
-        return rt.PredictModelSizeResponse(sizeInBytes=self._core.predict_size(request.modelType, request.modelPath))
+        size, device = self._core.predict_size(request.modelType, request.modelPath)
+        return rt.PredictModelSizeResponse(sizeInBytes=size, meshDeviceSizeInBytes=device)
 
     @maps_errors
     async def modelSize(self, request: rt.ModelSizeRequest, context: grpc.aio.ServicerContext) -> rt.ModelSizeResponse:
-        return rt.ModelSizeResponse(sizeInBytes=self._core.model(request.modelId).size_bytes)
+        model = self._core.model(request.modelId)
+        return rt.ModelSizeResponse(sizeInBytes=model.size_bytes, meshDeviceSizeInBytes=model.device_bytes)
 
     @maps_errors
     async def runtimeStatus(
@@ -80,6 +82,7 @@ def status_response(settings: RuntimeSettings) -> rt.RuntimeStatusResponse:
         meshModelTypes=sorted(MODEL_TYPES),
         meshReadsModelIdHeader=True,
         meshLabels=settings.labels,
+        meshDevices=[rt.DeviceMemory(capacityInBytes=c) for c in settings.device_capacity_bytes],
     )
 
 

@@ -131,4 +131,5 @@ class AdapterCore:
             meshDataEndpoint=s.advertise_data or server.data_endpoint,
             meshModelTypes=server.model_types,
             meshLabels=s.labels,
+            meshDevices=[rt.DeviceMemory(capacityInBytes=c) for c in s.device_capacity_bytes],
         )

@@ -32,6 +32,9 @@ class ProcessSettings:
     """Names this process in logs, the port file and the mesh; defaults to [<runtime>-]<hostname>-<pid>."""
     capacity_bytes: int = 256 * 1024 * 1024
     """Model memory reported in runtimeStatus: the router fills up to it."""
+    device_capacity_bytes: tuple[int, ...] = ()
+    """Accelerator (GPU) memory per device, reported in runtimeStatus (meshDevices): models that need device memory
+    are placed where the sum has room. Empty: host memory only."""
     max_loading_concurrency: int = 2
     """Loads that may run at once; further loadModel calls wait their turn."""
     load_timeout_ms: int = 30_000
@@ -87,6 +90,17 @@ def positive(text: str) -> int:
     return value
 
 
+def devices_flag(text: str) -> tuple[int, ...]:
+    """argparse type for --device-capacity-bytes: bytes per device, comma-separated."""
+    try:
+        devices = tuple(int(part) for part in text.split(",") if part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected bytes per device, comma-separated, got {text!r}") from None
+    if any(d <= 0 for d in devices):
+        raise argparse.ArgumentTypeError(f"each device's bytes must be positive, got {text!r}")
+    return devices
+
+
 def labels_flag(text: str) -> tuple[str, ...]:
     """argparse type for --labels: comma-separated labels."""
     try:
@@ -104,6 +118,12 @@ def add_process_arguments(parser: argparse.ArgumentParser, defaults: ProcessSett
     parser.add_argument("--port-file", type=Path, help="write the bound port here as JSON once serving")
     parser.add_argument("--instance-id", default="")
     parser.add_argument("--capacity-bytes", type=positive, default=d.capacity_bytes)
+    parser.add_argument(
+        "--device-capacity-bytes",
+        type=devices_flag,
+        default=d.device_capacity_bytes,
+        help="accelerator memory per device, comma-separated (one value per GPU); default: none",
+    )
     parser.add_argument("--max-loading-concurrency", type=positive, default=d.max_loading_concurrency)
     parser.add_argument("--load-timeout-ms", type=positive, default=d.load_timeout_ms)
     parser.add_argument("--default-model-size-bytes", type=positive, default=d.default_model_size_bytes)
@@ -136,7 +156,7 @@ _FROM_FLAGS = (
     "host", "port", "uds", "port_file", "capacity_bytes", "max_loading_concurrency", "load_timeout_ms",
     "default_model_size_bytes", "parent_pid", "shutdown_grace_s", "log_format", "kv", "kv_prefix", "advertise",
     "lease_seconds", "tls_cert", "tls_key", "tls_client_ca", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key",
-    "labels", "handoff_grace_s", "handoff_recent_s", "left_marker",
+    "labels", "handoff_grace_s", "handoff_recent_s", "left_marker", "device_capacity_bytes",
 )  # fmt: skip
 
 

@@ -52,7 +52,7 @@ class ListInstancesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InstanceEntry(_message.Message):
-    __slots__ = ("instanceId", "endpoint", "capacityInBytes", "usedInBytes", "modelTypes", "models", "loadsInFlight", "startedTime", "reachable", "labels")
+    __slots__ = ("instanceId", "endpoint", "capacityInBytes", "usedInBytes", "modelTypes", "models", "loadsInFlight", "startedTime", "reachable", "labels", "deviceCapacityInBytes", "deviceUsedInBytes", "draining")
     INSTANCEID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     CAPACITYINBYTES_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,9 @@ class InstanceEntry(_message.Message):
     STARTEDTIME_FIELD_NUMBER: _ClassVar[int]
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    DEVICECAPACITYINBYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICEUSEDINBYTES_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     instanceId: str
     endpoint: str
     capacityInBytes: int
@@ -73,7 +76,10 @@ class InstanceEntry(_message.Message):
     startedTime: int
     reachable: bool
     labels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, instanceId: _Optional[str] = ..., endpoint: _Optional[str] = ..., capacityInBytes: _Optional[int] = ..., usedInBytes: _Optional[int] = ..., modelTypes: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[str]] = ..., loadsInFlight: _Optional[int] = ..., startedTime: _Optional[int] = ..., reachable: _Optional[bool] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+    deviceCapacityInBytes: int
+    deviceUsedInBytes: int
+    draining: bool
+    def __init__(self, instanceId: _Optional[str] = ..., endpoint: _Optional[str] = ..., capacityInBytes: _Optional[int] = ..., usedInBytes: _Optional[int] = ..., modelTypes: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[str]] = ..., loadsInFlight: _Optional[int] = ..., startedTime: _Optional[int] = ..., reachable: _Optional[bool] = ..., labels: _Optional[_Iterable[str]] = ..., deviceCapacityInBytes: _Optional[int] = ..., deviceUsedInBytes: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class ListInstancesResponse(_message.Message):
     __slots__ = ("instances",)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x1cmesh/gen/model-runtime.proto\x12\x05mmesh\"[\n\x10LoadModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x11\n\tmodelType\x18\x02 \x01(\t\x12\x11\n\tmodelPath\x18\x03 \x01(\t\x12\x10\n\x08modelKey\x18\x04 \x01(\t\"@\n\x11LoadModelResponse\x12\x13\n\x0bsizeInBytes\x18\x01 \x01(\x04\x12\x16\n\x0emaxConcurrency\x18\x02 \x01(\r\"%\n\x12UnloadModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse\"b\n\x17PredictModelSizeRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x11\n\tmodelType\x18\x02 \x01(\t\x12\x11\n\tmodelPath\x18\x03 \x01(\t\x12\x10\n\x08modelKey\x18\x04 \x01(\t\"/\n\x18PredictModelSizeResponse\x12\x13\n\x0bsizeInBytes\x18\x01 \x01(\x04\"#\n\x10ModelSizeRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"(\n\x11ModelSizeResponse\x12\x13\n\x0bsizeInBytes\x18\x01 \x01(\x04\"\x16\n\x14RuntimeStatusRequest\"\x98\x05\n\x15RuntimeStatusResponse\x12\x33\n\x06status\x18\x01 \x01(\x0e\x32#.mmesh.RuntimeStatusResponse.Status\x12\x17\n\x0f\x63\x61pacityInBytes\x18\x02 \x01(\x04\x12\x1d\n\x15maxLoadingConcurrency\x18\x03 \x01(\r\x12\x1d\n\x15modelLoadingTimeoutMs\x18\x04 \x01(\r\x12\x1f\n\x17\x64\x65\x66\x61ultModelSizeInBytes\x18\x05 \x01(\x04\x12\x16\n\x0eruntimeVersion\x18\x06 \x01(\t\x12!\n\x15numericRuntimeVersion\x18\x07 \x01(\x04\x42\x02\x18\x01\x12\x42\n\x0bmethodInfos\x18\x08 \x03(\x0b\x32-.mmesh.RuntimeStatusResponse.MethodInfosEntry\x12\x1d\n\x15limitModelConcurrency\x18\t \x01(\x08\x12\x16\n\x0e\x61llowAnyMethod\x18\n \x01(\x08\x12\x19\n\x10meshDataEndpoint\x18\xe9\x07 \x01(\t\x12\x17\n\x0emeshModelTypes\x18\xea\x07 \x03(\t\x12\x1f\n\x16meshReadsModelIdHeader\x18\xeb\x07 \x01(\x08\x12\x13\n\nmeshLabels\x18\xec\x07 \x03(\t\x1a%\n\nMethodInfo\x12\x17\n\x0fidInjectionPath\x18\x01 \x03(\r\x1a[\n\x10MethodInfosEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x36\n\x05value\x18\x02 \x01(\x0b\x32\'.mmesh.RuntimeStatusResponse.MethodInfo:\x02\x38\x01\".\n\x06Status\x12\x0c\n\x08STARTING\x10\x00\x12\t\n\x05READY\x10\x01\x12\x0b\n\x07\x46\x41ILING\x10\x02\x32\xff\x02\n\x0cModelRuntime\x12@\n\tloadModel\x12\x17.mmesh.LoadModelRequest\x1a\x18.mmesh.LoadModelResponse\"\x00\x12\x46\n\x0bunloadModel\x12\x19.mmesh.UnloadModelRequest\x1a\x1a.mmesh.UnloadModelResponse\"\x00\x12U\n\x10predictModelSize\x12\x1e.mmesh.PredictModelSizeRequest\x1a\x1f.mmesh.PredictModelSizeResponse\"\x00\x12@\n\tmodelSize\x12\x17.mmesh.ModelSizeRequest\x1a\x18.mmesh.ModelSizeResponse\"\x00\x12L\n\rruntimeStatus\x12\x1b.mmesh.RuntimeStatusRequest\x1a\x1c.mmesh.RuntimeStatusResponse\"\x00\x42(\n\x1c\x63om.ibm.watson.modelmesh.apiP\x01Z\x06/mmeshb\x06proto3')
+DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x1cmesh/gen/model-runtime.proto\x12\x05mmesh\"[\n\x10LoadModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x11\n\tmodelType\x18\x02 \x01(\t\x12\x11\n\tmodelPath\x18\x03 \x01(\t\x12\x10\n\x08modelKey\x18\x04 \x01(\t\"`\n\x11LoadModelResponse\x12\x13\n\x0bsizeInBytes\x18\x01 \x01(\x04\x12\x16\n\x0emaxConcurrency\x18\x02 \x01(\r\x12\x1e\n\x15meshDeviceSizeInBytes\x18\xe9\x07 \x01(\x04\"%\n\x12UnloadModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse\"b\n\x17PredictModelSizeRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x11\n\tmodelType\x18\x02 \x01(\t\x12\x11\n\tmodelPath\x18\x03 \x01(\t\x12\x10\n\x08modelKey\x18\x04 \x01(\t\"O\n\x18PredictModelSizeResponse\x12\x13\n\x0bsizeInBytes\x18\x01 \x01(\x04\x12\x1e\n\x15meshDeviceSizeInBytes\x18\xe9\x07 \x01(\x04\"#\n\x10ModelSizeRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"H\n\x11ModelSizeResponse\x12\x13\n\x0bsizeInBytes\x18\x01 \x01(\x04\x12\x1e\n\x15meshDeviceSizeInBytes\x18\xe9\x07 \x01(\x04\"\x16\n\x14RuntimeStatusRequest\"\xc3\x05\n\x15RuntimeStatusResponse\x12\x33\n\x06status\x18\x01 \x01(\x0e\x32#.mmesh.RuntimeStatusResponse.Status\x12\x17\n\x0f\x63\x61pacityInBytes\x18\x02 \x01(\x04\x12\x1d\n\x15maxLoadingConcurrency\x18\x03 \x01(\r\x12\x1d\n\x15modelLoadingTimeoutMs\x18\x04 \x01(\r\x12\x1f\n\x17\x64\x65\x66\x61ultModelSizeInBytes\x18\x05 \x01(\x04\x12\x16\n\x0eruntimeVersion\x18\x06 \x01(\t\x12!\n\x15numericRuntimeVersion\x18\x07 \x01(\x04\x42\x02\x18\x01\x12\x42\n\x0bmethodInfos\x18\x08 \x03(\x0b\x32-.mmesh.RuntimeStatusResponse.MethodInfosEntry\x12\x1d\n\x15limitModelConcurrency\x18\t \x01(\x08\x12\x16\n\x0e\x61llowAnyMethod\x18\n \x01(\x08\x12\x19\n\x10meshDataEndpoint\x18\xe9\x07 \x01(\t\x12\x17\n\x0emeshModelTypes\x18\xea\x07 \x03(\t\x12\x1f\n\x16meshReadsModelIdHeader\x18\xeb\x07 \x01(\x08\x12\x13\n\nmeshLabels\x18\xec\x07 \x03(\t\x12)\n\x0bmeshDevices\x18\xed\x07 \x03(\x0b\x32\x13.mmesh.DeviceMemory\x1a%\n\nMethodInfo\x12\x17\n\x0fidInjectionPath\x18\x01 \x03(\r\x1a[\n\x10MethodInfosEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x36\n\x05value\x18\x02 \x01(\x0b\x32\'.mmesh.RuntimeStatusResponse.MethodInfo:\x02\x38\x01\".\n\x06Status\x12\x0c\n\x08STARTING\x10\x00\x12\t\n\x05READY\x10\x01\x12\x0b\n\x07\x46\x41ILING\x10\x02\"<\n\x0c\x44\x65viceMemory\x12\x17\n\x0f\x63\x61pacityInBytes\x18\x01 \x01(\x04\x12\x13\n\x0busedInBytes\x18\x02 \x01(\x04\x32\xff\x02\n\x0cModelRuntime\x12@\n\tloadModel\x12\x17.mmesh.LoadModelRequest\x1a\x18.mmesh.LoadModelResponse\"\x00\x12\x46\n\x0bunloadModel\x12\x19.mmesh.UnloadModelRequest\x1a\x1a.mmesh.UnloadModelResponse\"\x00\x12U\n\x10predictModelSize\x12\x1e.mmesh.PredictModelSizeRequest\x1a\x1f.mmesh.PredictModelSizeResponse\"\x00\x12@\n\tmodelSize\x12\x17.mmesh.ModelSizeRequest\x1a\x18.mmesh.ModelSizeResponse\"\x00\x12L\n\rruntimeStatus\x12\x1b.mmesh.RuntimeStatusRequest\x1a\x1c.mmesh.RuntimeStatusResponse\"\x00\x42(\n\x1c\x63om.ibm.watson.modelmesh.apiP\x01Z\x06/mmeshb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,29 +40,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADMODELREQUEST']._serialized_start=39
   _globals['_LOADMODELREQUEST']._serialized_end=130
   _globals['_LOADMODELRESPONSE']._serialized_start=132
-  _globals['_LOADMODELRESPONSE']._serialized_end=196
-  _globals['_UNLOADMODELREQUEST']._serialized_start=198
-  _globals['_UNLOADMODELREQUEST']._serialized_end=235
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=237
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=258
-  _globals['_PREDICTMODELSIZEREQUEST']._serialized_start=260
-  _globals['_PREDICTMODELSIZEREQUEST']._serialized_end=358
-  _globals['_PREDICTMODELSIZERESPONSE']._serialized_start=360
-  _globals['_PREDICTMODELSIZERESPONSE']._serialized_end=407
-  _globals['_MODELSIZEREQUEST']._serialized_start=409
-  _globals['_MODELSIZEREQUEST']._serialized_end=444
-  _globals['_MODELSIZERESPONSE']._serialized_start=446
-  _globals['_MODELSIZERESPONSE']._serialized_end=486
-  _globals['_RUNTIMESTATUSREQUEST']._serialized_start=488
-  _globals['_RUNTIMESTATUSREQUEST']._serialized_end=510
-  _globals['_RUNTIMESTATUSRESPONSE']._serialized_start=513
-  _globals['_RUNTIMESTATUSRESPONSE']._serialized_end=1177
-  _globals['_RUNTIMESTATUSRESPONSE_METHODINFO']._serialized_start=999
-  _globals['_RUNTIMESTATUSRESPONSE_METHODINFO']._serialized_end=1036
-  _globals['_RUNTIMESTATUSRESPONSE_METHODINFOSENTRY']._serialized_start=1038
-  _globals['_RUNTIMESTATUSRESPONSE_METHODINFOSENTRY']._serialized_end=1129
-  _globals['_RUNTIMESTATUSRESPONSE_STATUS']._serialized_start=1131
-  _globals['_RUNTIMESTATUSRESPONSE_STATUS']._serialized_end=1177
-  _globals['_MODELRUNTIME']._serialized_start=1180
-  _globals['_MODELRUNTIME']._serialized_end=1563
+  _globals['_LOADMODELRESPONSE']._serialized_end=228
+  _globals['_UNLOADMODELREQUEST']._serialized_start=230
+  _globals['_UNLOADMODELREQUEST']._serialized_end=267
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=269
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=290
+  _globals['_PREDICTMODELSIZEREQUEST']._serialized_start=292
+  _globals['_PREDICTMODELSIZEREQUEST']._serialized_end=390
+  _globals['_PREDICTMODELSIZERESPONSE']._serialized_start=392
+  _globals['_PREDICTMODELSIZERESPONSE']._serialized_end=471
+  _globals['_MODELSIZEREQUEST']._serialized_start=473
+  _globals['_MODELSIZEREQUEST']._serialized_end=508
+  _globals['_MODELSIZERESPONSE']._serialized_start=510
+  _globals['_MODELSIZERESPONSE']._serialized_end=582
+  _globals['_RUNTIMESTATUSREQUEST']._serialized_start=584
+  _globals['_RUNTIMESTATUSREQUEST']._serialized_end=606
+  _globals['_RUNTIMESTATUSRESPONSE']._serialized_start=609
+  _globals['_RUNTIMESTATUSRESPONSE']._serialized_end=1316
+  _globals['_RUNTIMESTATUSRESPONSE_METHODINFO']._serialized_start=1138
+  _globals['_RUNTIMESTATUSRESPONSE_METHODINFO']._serialized_end=1175
+  _globals['_RUNTIMESTATUSRESPONSE_METHODINFOSENTRY']._serialized_start=1177
+  _globals['_RUNTIMESTATUSRESPONSE_METHODINFOSENTRY']._serialized_end=1268
+  _globals['_RUNTIMESTATUSRESPONSE_STATUS']._serialized_start=1270
+  _globals['_RUNTIMESTATUSRESPONSE_STATUS']._serialized_end=1316
+  _globals['_DEVICEMEMORY']._serialized_start=1318
+  _globals['_DEVICEMEMORY']._serialized_end=1378
+  _globals['_MODELRUNTIME']._serialized_start=1381
+  _globals['_MODELRUNTIME']._serialized_end=1764
 # @@protoc_insertion_point(module_scope)

@@ -20,12 +20,14 @@ class LoadModelRequest(_message.Message):
     def __init__(self, modelId: _Optional[str] = ..., modelType: _Optional[str] = ..., modelPath: _Optional[str] = ..., modelKey: _Optional[str] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
-    __slots__ = ("sizeInBytes", "maxConcurrency")
+    __slots__ = ("sizeInBytes", "maxConcurrency", "meshDeviceSizeInBytes")
     SIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
     MAXCONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MESHDEVICESIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
     sizeInBytes: int
     maxConcurrency: int
-    def __init__(self, sizeInBytes: _Optional[int] = ..., maxConcurrency: _Optional[int] = ...) -> None: ...
+    meshDeviceSizeInBytes: int
+    def __init__(self, sizeInBytes: _Optional[int] = ..., maxConcurrency: _Optional[int] = ..., meshDeviceSizeInBytes: _Optional[int] = ...) -> None: ...
 
 class UnloadModelRequest(_message.Message):
     __slots__ = ("modelId",)
@@ -50,10 +52,12 @@ class PredictModelSizeRequest(_message.Message):
     def __init__(self, modelId: _Optional[str] = ..., modelType: _Optional[str] = ..., modelPath: _Optional[str] = ..., modelKey: _Optional[str] = ...) -> None: ...
 
 class PredictModelSizeResponse(_message.Message):
-    __slots__ = ("sizeInBytes",)
+    __slots__ = ("sizeInBytes", "meshDeviceSizeInBytes")
     SIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
+    MESHDEVICESIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
     sizeInBytes: int
-    def __init__(self, sizeInBytes: _Optional[int] = ...) -> None: ...
+    meshDeviceSizeInBytes: int
+    def __init__(self, sizeInBytes: _Optional[int] = ..., meshDeviceSizeInBytes: _Optional[int] = ...) -> None: ...
 
 class ModelSizeRequest(_message.Message):
     __slots__ = ("modelId",)
@@ -62,17 +66,19 @@ class ModelSizeRequest(_message.Message):
     def __init__(self, modelId: _Optional[str] = ...) -> None: ...
 
 class ModelSizeResponse(_message.Message):
-    __slots__ = ("sizeInBytes",)
+    __slots__ = ("sizeInBytes", "meshDeviceSizeInBytes")
     SIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
+    MESHDEVICESIZEINBYTES_FIELD_NUMBER: _ClassVar[int]
     sizeInBytes: int
-    def __init__(self, sizeInBytes: _Optional[int] = ...) -> None: ...
+    meshDeviceSizeInBytes: int
+    def __init__(self, sizeInBytes: _Optional[int] = ..., meshDeviceSizeInBytes: _Optional[int] = ...) -> None: ...
 
 class RuntimeStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class RuntimeStatusResponse(_message.Message):
-    __slots__ = ("status", "capacityInBytes", "maxLoadingConcurrency", "modelLoadingTimeoutMs", "defaultModelSizeInBytes", "runtimeVersion", "numericRuntimeVersion", "methodInfos", "limitModelConcurrency", "allowAnyMethod", "meshDataEndpoint", "meshModelTypes", "meshReadsModelIdHeader", "meshLabels")
+    __slots__ = ("status", "capacityInBytes", "maxLoadingConcurrency", "modelLoadingTimeoutMs", "defaultModelSizeInBytes", "runtimeVersion", "numericRuntimeVersion", "methodInfos", "limitModelConcurrency", "allowAnyMethod", "meshDataEndpoint", "meshModelTypes", "meshReadsModelIdHeader", "meshLabels", "meshDevices")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STARTING: _ClassVar[RuntimeStatusResponse.Status]
@@ -107,6 +113,7 @@ class RuntimeStatusResponse(_message.Message):
     MESHMODELTYPES_FIELD_NUMBER: _ClassVar[int]
     MESHREADSMODELIDHEADER_FIELD_NUMBER: _ClassVar[int]
     MESHLABELS_FIELD_NUMBER: _ClassVar[int]
+    MESHDEVICES_FIELD_NUMBER: _ClassVar[int]
     status: RuntimeStatusResponse.Status
     capacityInBytes: int
     maxLoadingConcurrency: int
@@ -121,4 +128,13 @@ class RuntimeStatusResponse(_message.Message):
     meshModelTypes: _containers.RepeatedScalarFieldContainer[str]
     meshReadsModelIdHeader: bool
     meshLabels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, status: _Optional[_Union[RuntimeStatusResponse.Status, str]] = ..., capacityInBytes: _Optional[int] = ..., maxLoadingConcurrency: _Optional[int] = ..., modelLoadingTimeoutMs: _Optional[int] = ..., defaultModelSizeInBytes: _Optional[int] = ..., runtimeVersion: _Optional[str] = ..., numericRuntimeVersion: _Optional[int] = ..., methodInfos: _Optional[_Mapping[str, RuntimeStatusResponse.MethodInfo]] = ..., limitModelConcurrency: _Optional[bool] = ..., allowAnyMethod: _Optional[bool] = ..., meshDataEndpoint: _Optional[str] = ..., meshModelTypes: _Optional[_Iterable[str]] = ..., meshReadsModelIdHeader: _Optional[bool] = ..., meshLabels: _Optional[_Iterable[str]] = ...) -> None: ...
+    meshDevices: _containers.RepeatedCompositeFieldContainer[DeviceMemory]
+    def __init__(self, status: _Optional[_Union[RuntimeStatusResponse.Status, str]] = ..., capacityInBytes: _Optional[int] = ..., maxLoadingConcurrency: _Optional[int] = ..., modelLoadingTimeoutMs: _Optional[int] = ..., defaultModelSizeInBytes: _Optional[int] = ..., runtimeVersion: _Optional[str] = ..., numericRuntimeVersion: _Optional[int] = ..., methodInfos: _Optional[_Mapping[str, RuntimeStatusResponse.MethodInfo]] = ..., limitModelConcurrency: _Optional[bool] = ..., allowAnyMethod: _Optional[bool] = ..., meshDataEndpoint: _Optional[str] = ..., meshModelTypes: _Optional[_Iterable[str]] = ..., meshReadsModelIdHeader: _Optional[bool] = ..., meshLabels: _Optional[_Iterable[str]] = ..., meshDevices: _Optional[_Iterable[_Union[DeviceMemory, _Mapping]]] = ...) -> None: ...
+
+class DeviceMemory(_message.Message):
+    __slots__ = ("capacityInBytes", "usedInBytes")
+    CAPACITYINBYTES_FIELD_NUMBER: _ClassVar[int]
+    USEDINBYTES_FIELD_NUMBER: _ClassVar[int]
+    capacityInBytes: int
+    usedInBytes: int
+    def __init__(self, capacityInBytes: _Optional[int] = ..., usedInBytes: _Optional[int] = ...) -> None: ...

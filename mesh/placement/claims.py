@@ -21,7 +21,7 @@ from mesh.periodic import every
 from mesh.placement.copies import LOAD_HEARTBEAT_S, CopyTable
 from mesh.placement.instance_health import InstanceHealth
 from mesh.placement.instances import RuntimeClients
-from mesh.placement.records import CopyRecord, CopyState, Kind, PlacementRecord, now_ms
+from mesh.placement.records import CopyRecord, CopyState, Footprint, Kind, PlacementRecord, now_ms
 from mesh.placement.store import UNCHANGED, RecordStore
 from mesh.placement.view import LocalView
 
@@ -44,7 +44,9 @@ class LoadClaims:
         self._health = health
         self._background: set[asyncio.Task[None]] = set()
 
-    async def claim(self, model_id: str, instance_id: str, size: int, incarnation: int, expected_live: int = 0) -> bool:
+    async def claim(
+        self, model_id: str, instance_id: str, size: Footprint, incarnation: int, expected_live: int = 0
+    ) -> bool:
         """Record a LOADING copy on instance_id if, and only if, the model has exactly expected_live live copies
         (0 for a first load; the current count for an extra copy) and none of them is on that instance."""
         claimed = False
@@ -60,7 +62,8 @@ class LoadClaims:
             stale = [i for i, c in record.copies.items() if c.state is CopyState.LOADING and i not in live]
             for gone in stale:
                 record = record.without_copy(gone)
-            return record.with_copy(instance_id, CopyRecord(CopyState.LOADING, now_ms(), size, incarnation))
+            loading = CopyRecord(CopyState.LOADING, now_ms(), size.size_bytes, incarnation, size.device_bytes)
+            return record.with_copy(instance_id, loading)
 
         await self._store.update(Kind.PLACEMENT, model_id, change)
         if claimed:

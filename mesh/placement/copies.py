@@ -235,7 +235,7 @@ class CopyTable:
                     and not kept
                 )
                 resident.setdefault(instance_id, []).append(
-                    self._usage.resident_copy(model_id, copy.size_bytes, evictable)
+                    self._usage.resident_copy(model_id, copy.size_bytes, evictable, copy.device_bytes)
                 )
         return [
             policy.InstanceView(

@@ -30,6 +30,7 @@ class InstanceHealth:
         self._unreachable: dict[str, float] = {}
         # Instance id → (incarnation, bytes): what it held when it ran out of memory, below the capacity it reports.
         self._capacity_caps: dict[str, tuple[int, int]] = {}
+        self._device_caps: dict[str, tuple[int, int]] = {}
 
     # ---- reachability ------------------------------------------------------------------------------------
 
@@ -64,16 +65,17 @@ class InstanceHealth:
 
     # ---- capacity ----------------------------------------------------------------------------------------
 
-    def cap_capacity(self, instance_id: str, reason: str) -> bool:
+    def cap_capacity(self, instance_id: str, reason: str, device: bool = False) -> bool:
         """The runtime ran out of memory below the capacity it reports: trust what it held then (the sizes its
-        ModelSize answers gave) as its capacity, until it restarts. False when it held nothing: then the model
-        alone is too big for it, which is the model's failure there, not the instance's."""
+        ModelSize answers gave) as its capacity, until it restarts; device: its accelerator memory ran out (the
+        load needed some), so that is the dimension capped. False when it held nothing: then the model alone is
+        too big for it, which is the model's failure there, not the instance's."""
         known = self._view.instances.get(instance_id)
         if known is None:
             return False
         incarnation = known.record.started_ms
         held = sum(
-            copy.size_bytes
+            copy.device_bytes if device else copy.size_bytes
             for placement in self._view.placements.values()
             if (copy := placement.record.copies.get(instance_id)) is not None
             and copy.state is CopyState.LOADED
@@ -81,24 +83,30 @@ class InstanceHealth:
         )
         if held == 0:
             return False
-        self._capacity_caps[instance_id] = (incarnation, held)
+        (self._device_caps if device else self._capacity_caps)[instance_id] = (incarnation, held)
+        reported = known.record.device_capacity_bytes if device else known.record.capacity_bytes
         log.warning(
-            "runtime instance %s ran out of memory holding %d of the %d bytes it reports (%s); placing as if it had %d",
+            "runtime instance %s ran out of %s memory holding %d of the %d bytes it reports (%s); placing as if it "
+            "had %d",
             instance_id,
+            "accelerator" if device else "host",
             held,
-            known.record.capacity_bytes,
+            reported,
             reason,
             held,
-            extra={"event": "capacity_capped", "instance": instance_id, "bytes": held},
+            extra={"event": "capacity_capped", "instance": instance_id, "bytes": held, "device": device},
         )
         return True
 
     def weighed(self, record: InstanceRecord) -> InstanceRecord:
         """The record as placement should weigh it: capped where the runtime ran out of memory below it."""
         cap = self._capacity_caps.get(record.instance_id)
-        if cap is None or cap[0] != record.started_ms or cap[1] >= record.capacity_bytes:
-            return record
-        return dataclasses.replace(record, capacity_bytes=cap[1])
+        if cap is not None and cap[0] == record.started_ms and cap[1] < record.capacity_bytes:
+            record = dataclasses.replace(record, capacity_bytes=cap[1])
+        cap = self._device_caps.get(record.instance_id)
+        if cap is not None and cap[0] == record.started_ms and cap[1] < record.device_capacity_bytes:
+            record = dataclasses.replace(record, device_capacity_bytes=cap[1])
+        return record
 
     def load_timeout(self, instance_id: str) -> float:
         """How long one load may take there: what the runtime states, else the router's setting."""

@@ -48,6 +48,7 @@ def record_from_status(
         started_ms=now_ms(),
         reads_model_header=status.meshReadsModelIdHeader,
         labels=tuple(sorted(set(status.meshLabels))),
+        device_capacity_bytes=sum(device.capacityInBytes for device in status.meshDevices),
     )
 
 

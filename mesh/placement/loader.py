@@ -29,7 +29,17 @@ from mesh.placement.copies import LOADING_STALE_S, CopyTable
 from mesh.placement.evictor import Evictor
 from mesh.placement.instance_health import InstanceHealth
 from mesh.placement.instances import RuntimeClients
-from mesh.placement.records import CopyRecord, CopyState, Kind, LoadFailure, ModelRecord, PlacementRecord, now_ms
+from mesh.placement.records import (
+    CopyRecord,
+    CopyState,
+    Footprint,
+    Kind,
+    LoadFailure,
+    ModelRecord,
+    PlacementRecord,
+    now_ms,
+)
+from mesh.placement.sizing import size_to_place
 from mesh.placement.store import RecordStore
 from mesh.placement.usage import Usage
 from mesh.placement.view import LocalView
@@ -121,7 +131,7 @@ class Loader:
     async def _load_first_copy(self, model_id: str) -> str:
         """Place and load one copy, unless another router claimed the load first; then wait for its result."""
         model = self._model(model_id)
-        size = await self._size_estimate(model)
+        size = await size_to_place(self._view, self._clients, model, self._settings.predict_size_timeout_seconds)
         attempts = 0
         busy_until: float | None = None  # set when it first finds every copy it could evict busy
         while True:
@@ -182,7 +192,7 @@ class Loader:
             self._copies.evicting(victim.model_id, choice.instance_id)
         self._copies.load_started(choice.instance_id)
 
-    def _choose(self, model: ModelRecord, size: int) -> policy.LoadPlan | None:
+    def _choose(self, model: ModelRecord, size: Footprint) -> policy.LoadPlan | None:
         """Where the first copy goes and what it evicts, among instances with a free load slot; None when only an
         instance whose slots are all taken could take it (wait for one); raises why when nowhere will do."""
         placement = self._view.placements.get(model.model_id)
@@ -190,12 +200,22 @@ class Loader:
         failed = self._recent_failures(record)
         excluded = frozenset(self._copies.live_copies(record)) | frozenset(failed)
         instances = self._candidates(model)
-        choice = policy.choose_instance(
-            model.model_type, size, _with_free_slot(instances), excluded, self._policy, model.labels
-        )
+
+        def choose(candidates: list[policy.InstanceView]) -> policy.LoadPlan | None:
+            return policy.choose_instance(
+                model.model_type,
+                size.size_bytes,
+                candidates,
+                excluded,
+                self._policy,
+                model.labels,
+                size.device_bytes,
+            )
+
+        choice = choose(_with_free_slot(instances))
         if choice is not None:
             return choice
-        if policy.choose_instance(model.model_type, size, instances, excluded, self._policy, model.labels) is not None:
+        if choose(instances) is not None:
             return None
         if failed:
             instance_id, failure = max(failed.items(), key=lambda f: f[1].time_ms)
@@ -215,7 +235,11 @@ class Loader:
                 " did not answer; retry shortly"
             )
         reason, retryable = policy.why_unplaceable(
-            model.model_type, size, [v.record for v in self._view.instances.values()], model.labels
+            model.model_type,
+            size.size_bytes,
+            [v.record for v in self._view.instances.values()],
+            model.labels,
+            size.device_bytes,
         )
         error = Unavailable if retryable else NoCapacity
         raise error(f"cannot place model '{model.model_id}': {reason}")
@@ -255,7 +279,7 @@ class Loader:
         # takes a copy nobody has used yet for the least recently used one and evicts it before its request.
         loaded_ms = now_ms()
         self._usage.touched(model_id)
-        loaded = CopyRecord(CopyState.LOADED, loaded_ms, size, incarnation)
+        loaded = CopyRecord(CopyState.LOADED, loaded_ms, size.size_bytes, incarnation, size.device_bytes)
         await self._store.update(
             Kind.PLACEMENT,
             model_id,
@@ -263,17 +287,25 @@ class Loader:
         )
         ms = round((time.perf_counter() - started) * 1000)
         log.info(
-            "loaded model %s on %s in %d ms (%d bytes)",
+            "loaded model %s on %s in %d ms (%d bytes%s)",
             model_id,
             instance_id,
             ms,
-            size,
-            extra={"event": "loaded", "model": model_id, "instance": instance_id, "ms": ms, "bytes": size},
+            size.size_bytes,
+            f", {size.device_bytes} on its accelerator" if size.device_bytes else "",
+            extra={
+                "event": "loaded",
+                "model": model_id,
+                "instance": instance_id,
+                "ms": ms,
+                "bytes": size.size_bytes,
+                "device_bytes": size.device_bytes,
+            },
         )
         await self._evictor.trim(instance_id, keep=model_id)
         return instance_id
 
-    async def _call_load(self, instance_id: str, model: ModelRecord) -> int:
+    async def _call_load(self, instance_id: str, model: ModelRecord) -> Footprint:
         """loadModel on the runtime; the size it measured. No slot to wait for: the decision to load here was taken
         only with one of the instance's load slots free (_with_free_slot), and counted against it since."""
         started = time.perf_counter()
@@ -282,7 +314,7 @@ class Loader:
         except grpc.aio.AioRpcError:
             self._metrics.load_failed(model.model_id)
             raise
-        self._metrics.loaded(model.model_id, started, size)
+        self._metrics.loaded(model.model_id, started, size.size_bytes)
         return size
 
     async def _load_failed(
@@ -294,7 +326,11 @@ class Loader:
         if exc.code() is grpc.StatusCode.UNAVAILABLE:
             self._health.mark_unreachable(instance_id, message)
             return _InstanceUnreachable(instance_id)
-        if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and self._health.cap_capacity(instance_id, message):
+        placement = self._view.placements.get(model_id)
+        on_device = placement is not None and placement.record.device_bytes > 0
+        if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and self._health.cap_capacity(
+            instance_id, message, device=on_device
+        ):
             # Not the model's fault: with the instance's capacity capped at what it holds, the next choice makes
             # room there (or goes elsewhere).
             return _TryElsewhere(f"model '{model_id}' did not fit on instance '{instance_id}': {message}")
@@ -341,7 +377,7 @@ class Loader:
                         return
                     incarnation = self._view.instances[choice.instance_id].record.started_ms
                     if not await self._claims.claim(
-                        model_id, choice.instance_id, record.size_bytes, incarnation, expected_live=len(live)
+                        model_id, choice.instance_id, record.footprint, incarnation, expected_live=len(live)
                     ):
                         return
                     self._start_load(model_id, choice)
@@ -365,7 +401,13 @@ class Loader:
 
         def choose(instances: list[policy.InstanceView]) -> policy.LoadPlan | None:
             return policy.choose_instance(
-                model.model_type, record.size_bytes, instances, excluded, self._policy, model.labels
+                model.model_type,
+                record.size_bytes,
+                instances,
+                excluded,
+                self._policy,
+                model.labels,
+                record.device_bytes,
             )
 
         choice = choose(_with_free_slot(staying))
@@ -394,24 +436,6 @@ class Loader:
     def _recent_failures(self, record: PlacementRecord) -> dict[str, LoadFailure]:
         horizon = now_ms() - self._settings.load_failure_backoff_seconds * 1000
         return {i: f for i, f in record.failures.items() if f.time_ms > horizon and i in self._view.instances}
-
-    async def _size_estimate(self, model: ModelRecord) -> int:
-        """The size to place by: the one measured last time, else the runtime's prediction, else its default."""
-        placement = self._view.placements.get(model.model_id)
-        if placement and placement.record.size_bytes:
-            return placement.record.size_bytes
-        candidates = [
-            v.record for v in self._view.instances.values() if v.record.supports(model.model_type, model.labels)
-        ]
-        if not candidates:
-            return 0
-        try:
-            predicted = await self._clients.get(candidates[0].instance_id).predict_size(
-                model, self._settings.predict_size_timeout_seconds
-            )
-        except grpc.aio.AioRpcError:
-            predicted = 0
-        return predicted or candidates[0].default_model_size
 
 
 def _staying(instances: list[policy.InstanceView]) -> list[policy.InstanceView]:

@@ -1,10 +1,15 @@
 """Choosing where a model loads and which copies make room: pure functions over records, no I/O.
 
 The ranking follows ModelMesh's placement order in spirit: an instance that fits the model without evicting
-anything beats one that must evict; among those that fit, fewer loads in flight, then more free space; among
+anything beats one that must evict; among those that fit, fewer loads in flight, then more free space (device
+memory first, for a model that needs some); among
 those that must evict, the one whose victims were used least recently (this is what makes the LRU
 cluster-wide rather than per instance), then fewer victims. Ties break on instance id so a decision is
 deterministic for the same inputs.
+
+Memory has two dimensions: host bytes, and accelerator (GPU) bytes for runtimes that report devices. A copy fits
+where both have room; eviction frees the dimension that is short (a copy holding no device memory is no victim
+when only device memory is short).
 
 Which copies are "worth least" is the eviction policy: "lru" (least recently used first, the default) or "gdsf"
 (Greedy-Dual-Size-Frequency: lowest clock + uses / size first, so large, rarely used copies go before small,
@@ -31,6 +36,7 @@ class ResidentCopy:
     # For "gdsf" only: the requests counted for the model, and the GDSF clock when the last one was counted.
     uses: int = 0
     clock: float = 0.0
+    device_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,14 @@ class InstanceView:
     @property
     def free_bytes(self) -> int:
         return self.record.capacity_bytes - self.used_bytes
+
+    @property
+    def used_device_bytes(self) -> int:
+        return sum(c.device_bytes for c in self.copies)
+
+    @property
+    def free_device_bytes(self) -> int:
+        return self.record.device_capacity_bytes - self.used_device_bytes
 
 
 @dataclass(frozen=True)
@@ -78,17 +92,23 @@ def _worth(eviction: str) -> Callable[[ResidentCopy], tuple]:
     raise ValueError(f"unknown eviction policy {eviction!r}; expected one of {', '.join(EVICTION_POLICIES)}")
 
 
-def victims_for(instance: InstanceView, size_bytes: int, eviction: str = "lru") -> tuple[ResidentCopy, ...] | None:
-    """The evictable copies worth least under the eviction policy whose removal frees size_bytes; None if
+def victims_for(
+    instance: InstanceView, size_bytes: int, eviction: str = "lru", device_bytes: int = 0
+) -> tuple[ResidentCopy, ...] | None:
+    """The evictable copies worth least under the eviction policy whose removal frees size_bytes of host memory
+    and device_bytes of device memory; only copies that free a dimension still short are taken. None if
     impossible."""
-    needed = size_bytes - instance.free_bytes
-    if needed <= 0:
+    needed, needed_device = size_bytes - instance.free_bytes, device_bytes - instance.free_device_bytes
+    if needed <= 0 and needed_device <= 0:
         return ()
     chosen: list[ResidentCopy] = []
     for copy in sorted((c for c in instance.copies if c.evictable), key=_worth(eviction)):
+        if not (needed > 0 and copy.size_bytes > 0 or needed_device > 0 and copy.device_bytes > 0):
+            continue  # frees nothing that is short
         chosen.append(copy)
         needed -= copy.size_bytes
-        if needed <= 0:
+        needed_device -= copy.device_bytes
+        if needed <= 0 and needed_device <= 0:
             return tuple(chosen)
     return None
 
@@ -100,8 +120,10 @@ def choose_instance(
     excluded: frozenset[str] = frozenset(),
     eviction: str = "lru",
     labels: tuple[str, ...] = (),
+    device_bytes: int = 0,
 ) -> LoadPlan | None:
-    """The best instance for a new copy, with the copies to evict first; None when nothing can hold it.
+    """The best instance for a new copy of size_bytes (and device_bytes of device memory), with the copies to evict
+    first; None when nothing can hold it.
 
     `excluded` holds instances that already have a copy or recently failed to load this model; `labels`, those an
     instance must carry (ModelRecord.labels). Among instances
@@ -111,9 +133,13 @@ def choose_instance(
     ranked: list[tuple[tuple, LoadPlan]] = []
     for inst in instances:
         rec = inst.record
-        if rec.instance_id in excluded or not rec.supports(model_type, labels) or size_bytes > rec.capacity_bytes:
+        if (
+            rec.instance_id in excluded
+            or not rec.supports(model_type, labels)
+            or not _fits(rec, size_bytes, device_bytes)
+        ):
             continue
-        victims = victims_for(inst, size_bytes, eviction)
+        victims = victims_for(inst, size_bytes, eviction, device_bytes)
         if victims is None:
             continue
         if victims:
@@ -121,20 +147,31 @@ def choose_instance(
             dearest_victim = max(worth(v)[0] for v in victims)
             rank: tuple = (1, dearest_victim, len(victims), inst.loads_in_flight, rec.instance_id)
         else:
-            rank = (0, inst.loads_in_flight, -inst.free_bytes, len(inst.copies), rec.instance_id)
+            # A model on an accelerator goes where most device memory is free: that is the scarce dimension.
+            device_free = -inst.free_device_bytes if device_bytes else 0
+            rank = (0, inst.loads_in_flight, device_free, -inst.free_bytes, len(inst.copies), rec.instance_id)
         ranked.append((rank, LoadPlan(rec.instance_id, victims)))
     return min(ranked, key=lambda r: r[0])[1] if ranked else None
 
 
+def _fits(record: InstanceRecord, size_bytes: int, device_bytes: int) -> bool:
+    """Whether the instance could hold the copy at all, empty."""
+    return size_bytes <= record.capacity_bytes and device_bytes <= record.device_capacity_bytes
+
+
 def over_capacity(instance: InstanceView, eviction: str = "lru") -> tuple[ResidentCopy, ...]:
     """Copies to evict when a measured size turned out larger than predicted and the instance overflows."""
-    if instance.free_bytes >= 0:
+    if instance.free_bytes >= 0 and instance.free_device_bytes >= 0:
         return ()
     return victims_for(instance, 0, eviction) or ()
 
 
 def why_unplaceable(
-    model_type: str, size_bytes: int, instances: Sequence[InstanceRecord], labels: tuple[str, ...] = ()
+    model_type: str,
+    size_bytes: int,
+    instances: Sequence[InstanceRecord],
+    labels: tuple[str, ...] = (),
+    device_bytes: int = 0,
 ) -> tuple[str, bool]:
     """Why choose_instance found nowhere to load, and whether trying again later can help."""
     if not instances:
@@ -148,6 +185,13 @@ def why_unplaceable(
     largest = max(i.capacity_bytes for i in typed)
     if size_bytes > largest:
         return f"it needs {size_bytes} bytes but the largest instance for '{model_type}' holds {largest}", False
+    largest_device = max(i.device_capacity_bytes for i in typed)
+    if device_bytes > largest_device:
+        return (
+            f"it needs {device_bytes} bytes of accelerator memory but the most any instance for '{model_type}' "
+            f"offers is {largest_device}",
+            False,
+        )
     return (
         "every instance that could hold it is busy loading or serving the models it would evict (or they are pinned)",
         True,

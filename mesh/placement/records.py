@@ -118,6 +118,14 @@ class ModelRecord(Record):
         return mine == (other.model_type, other.path, other.key, other.labels)
 
 
+@dataclass(frozen=True)
+class Footprint:
+    """The memory a copy holds: host bytes, and accelerator (GPU) bytes where it runs on one."""
+
+    size_bytes: int
+    device_bytes: int = 0
+
+
 class CopyState(enum.StrEnum):
     LOADING = "LOADING"
     LOADED = "LOADED"
@@ -130,6 +138,8 @@ class CopyRecord(Record):
     size_bytes: int
     # The instance's started_ms when the copy was made: a copy from an earlier incarnation is gone.
     incarnation: int = 0
+    # Accelerator memory it holds, besides size_bytes of host memory.
+    device_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,36 +155,51 @@ class PlacementRecord(Record):
     copies: dict[str, CopyRecord] = field(default_factory=dict)
     failures: dict[str, LoadFailure] = field(default_factory=dict)
     last_used_ms: int = 0
-    # The best size known: predicted before the first load, measured after.
+    # The best size known: predicted before the first load, measured after (host bytes, then device bytes).
     size_bytes: int = 0
+    device_bytes: int = 0
+
+    @property
+    def footprint(self) -> Footprint:
+        return Footprint(self.size_bytes, self.device_bytes)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
         return cls(
             copies={
-                i: CopyRecord(CopyState(c["state"]), c["since_ms"], c["size_bytes"], c.get("incarnation", 0))
+                i: CopyRecord(
+                    CopyState(c["state"]),
+                    c["since_ms"],
+                    c["size_bytes"],
+                    c.get("incarnation", 0),
+                    c.get("device_bytes", 0),
+                )
                 for i, c in raw.get("copies", {}).items()
             },
             failures={i: LoadFailure(**f) for i, f in raw.get("failures", {}).items()},
             last_used_ms=raw.get("last_used_ms", 0),
             size_bytes=raw.get("size_bytes", 0),
+            device_bytes=raw.get("device_bytes", 0),
         )
 
     def with_copy(self, instance_id: str, copy: CopyRecord) -> PlacementRecord:
         failures = {i: f for i, f in self.failures.items() if i != instance_id}
-        size = copy.size_bytes if copy.state is CopyState.LOADED else self.size_bytes or copy.size_bytes
-        return PlacementRecord({**self.copies, instance_id: copy}, failures, self.last_used_ms, size)
+        if copy.state is CopyState.LOADED:  # measured
+            size, device = copy.size_bytes, copy.device_bytes
+        else:
+            size, device = self.size_bytes or copy.size_bytes, self.device_bytes or copy.device_bytes
+        return PlacementRecord({**self.copies, instance_id: copy}, failures, self.last_used_ms, size, device)
 
     def without_copy(self, instance_id: str) -> PlacementRecord:
         copies = {i: c for i, c in self.copies.items() if i != instance_id}
-        return PlacementRecord(copies, self.failures, self.last_used_ms, self.size_bytes)
+        return dataclasses.replace(self, copies=copies)
 
     def with_failure(self, instance_id: str, failure: LoadFailure) -> PlacementRecord:
         copies = {i: c for i, c in self.copies.items() if i != instance_id}
-        return PlacementRecord(copies, {**self.failures, instance_id: failure}, self.last_used_ms, self.size_bytes)
+        return dataclasses.replace(self, copies=copies, failures={**self.failures, instance_id: failure})
 
     def used_at(self, last_used_ms: int) -> PlacementRecord:
-        return PlacementRecord(self.copies, self.failures, max(self.last_used_ms, last_used_ms), self.size_bytes)
+        return dataclasses.replace(self, last_used_ms=max(self.last_used_ms, last_used_ms))
 
 
 @dataclass(frozen=True)
@@ -204,6 +229,8 @@ class InstanceRecord(Record):
     # Told to stop: it serves what it holds while its recently used models are loaded elsewhere, and takes no
     # new copy (adapters/common/handoff.py).
     draining: bool = False
+    # Accelerator (GPU) memory for models, the sum over its devices (meshDevices); 0: host memory only.
+    device_capacity_bytes: int = 0
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:

@@ -67,7 +67,9 @@ class Usage:
         if self._count_uses:
             self._gdsf_clock = policy.gdsf_clock(self._gdsf_clock, victims)
 
-    def resident_copy(self, model_id: str, size_bytes: int, evictable: bool) -> policy.ResidentCopy:
+    def resident_copy(
+        self, model_id: str, size_bytes: int, evictable: bool, device_bytes: int = 0
+    ) -> policy.ResidentCopy:
         """A copy of the model as eviction weighs it."""
         return policy.ResidentCopy(
             model_id,
@@ -76,6 +78,7 @@ class Usage:
             evictable,
             self._uses.get(model_id, 0),
             self._clock_at_use.get(model_id, 0.0),
+            device_bytes,
         )
 
     async def flush(self) -> None:

@@ -311,6 +311,9 @@ class AdminServicer(admin_grpc.MeshAdminServicer):
                     loadsInFlight=v.loads_in_flight,
                     startedTime=v.record.started_ms,
                     reachable=manager.health.answering(v.record.instance_id),
+                    deviceCapacityInBytes=v.record.device_capacity_bytes,
+                    deviceUsedInBytes=v.used_device_bytes,
+                    draining=v.record.draining,
                 )
                 for v in sorted(manager.instance_views(), key=lambda v: v.record.instance_id)
             ]

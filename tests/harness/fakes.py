@@ -17,7 +17,7 @@ from mesh.config import Settings
 from mesh.kv.memory import MemoryKV
 from mesh.metrics import RouterMetrics
 from mesh.placement.manager import PlacementManager
-from mesh.placement.records import InstanceRecord, ModelRecord, now_ms
+from mesh.placement.records import Footprint, InstanceRecord, ModelRecord, now_ms
 from mesh.registry import ModelRegistry
 
 MB = 1_000_000
@@ -45,6 +45,11 @@ class FakeRuntime:
     sizes: dict[str, int] = field(default_factory=dict)
     # Real memory, when below capacity_bytes: a load that would hold more fails RESOURCE_EXHAUSTED.
     memory_bytes: int | None = None
+    # Accelerator memory it reports (0: none), what models need there (model id → bytes; predicted and measured
+    # alike), and the real device memory when below what it reports (a load past it fails RESOURCE_EXHAUSTED).
+    device_capacity_bytes: int = 0
+    device_sizes: dict[str, int] = field(default_factory=dict)
+    device_memory_bytes: int | None = None
     # While set, loads wait here (a test opens it to let them finish).
     gate: asyncio.Event | None = None
     # Forwarded calls: path → reply; a callable may raise (an RpcError) instead.
@@ -66,14 +71,15 @@ class FakeRuntime:
             load_timeout_ms=5000,
             started_ms=self.started_ms,
             reads_model_header=self.reads_model_header,
+            device_capacity_bytes=self.device_capacity_bytes,
         )
 
     # ---- the SPI, as RuntimeClient offers it -----------------------------------------------------------------
 
-    async def predict_size(self, model: ModelRecord, timeout: float) -> int:
-        return self.model_size
+    async def predict_size(self, model: ModelRecord, timeout: float) -> Footprint:
+        return Footprint(self.model_size, self.device_sizes.get(model.model_id, 0))
 
-    async def load(self, model: ModelRecord, timeout: float) -> int:
+    async def load(self, model: ModelRecord, timeout: float) -> Footprint:
         self.loads.append(model.model_id)
         if not self.alive:
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused")
@@ -85,8 +91,12 @@ class FakeRuntime:
         size = self.sizes.get(model.model_id, self.model_size)
         if self.memory_bytes is not None and sum(self.loaded.values()) + size > self.memory_bytes:
             raise rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "out of memory")
+        device = self.device_sizes.get(model.model_id, 0)
+        held_on_device = sum(self.device_sizes.get(m, 0) for m in self.loaded)
+        if device and self.device_memory_bytes is not None and held_on_device + device > self.device_memory_bytes:
+            raise rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "CUDA out of memory")
         self.loaded[model.model_id] = size
-        return size
+        return Footprint(size, device)
 
     async def unload(self, model_id: str, timeout: float = 30) -> None:
         self.unloads.append(model_id)

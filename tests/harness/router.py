@@ -56,9 +56,16 @@ class Runtime:
             return reply.ready
 
 
-async def start_runtime(instance_id: str, capacity_bytes: int, labels: tuple[str, ...] = ()) -> Runtime:
+async def start_runtime(
+    instance_id: str, capacity_bytes: int, labels: tuple[str, ...] = (), devices: tuple[int, ...] = ()
+) -> Runtime:
+    """devices: the accelerator memory it reports, per device (simulated: echo models say what they hold)."""
     settings = RuntimeSettings(
-        instance_id=instance_id, capacity_bytes=capacity_bytes, max_loading_concurrency=4, labels=labels
+        instance_id=instance_id,
+        capacity_bytes=capacity_bytes,
+        max_loading_concurrency=4,
+        labels=labels,
+        device_capacity_bytes=devices,
     )
     core = BuiltinRuntime(settings)
     counter = CallCounter()
@@ -83,9 +90,9 @@ class Mesh:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.grpc_port}")
         self.inference = pb_grpc.GRPCInferenceServiceStub(self.channel)
 
-    async def register_echo(self, model_id: str, ballast_bytes: int = 0) -> None:
+    async def register_echo(self, model_id: str, ballast_bytes: int = 0, device_bytes: int = 0) -> None:
         path = self.tmp / f"{model_id}.json"
-        path.write_text(json.dumps({"ballast_bytes": ballast_bytes}))
+        path.write_text(json.dumps({"ballast_bytes": ballast_bytes, "device_bytes": device_bytes}))
         await self.router.registry.register(ModelRecord(model_id, "echo", str(path)))
 
     async def infer(self, model_name: str, value: int = 7, metadata=()) -> pb.ModelInferResponse:  # type: ignore[no-untyped-def]
@@ -118,13 +125,16 @@ async def meshes(tmp_path: Path, store: dict[str, str], **defaults: Any) -> Asyn
     "durable_kv" (outlives a router) and "kv_prefix"."""
     started: list[Mesh] = []
 
-    async def make(capacities: list[int], durable: bool = False, shared_kv=None, **overrides) -> Mesh:  # type: ignore[no-untyped-def]
+    async def make(capacities: list[int], durable: bool = False, shared_kv=None, devices=(), **overrides) -> Mesh:  # type: ignore[no-untyped-def]
         kv = store["durable_kv"] if durable else store["kv"]
         ports = {"grpc_port": 0, "rest_port": -1, "metrics_port": 0}
         settings = Settings(**{**ports, "kv": kv, "kv_prefix": store["kv_prefix"], **defaults, **overrides})
         router = Router(settings, kv=shared_kv)
         ports = await router.start()
-        runtimes = [await start_runtime(f"rt-{chr(97 + i)}", cap) for i, cap in enumerate(capacities)]
+        per_runtime = list(devices) + [()] * (len(capacities) - len(devices))  # devices[i]: runtime i's, if given
+        runtimes = [
+            await start_runtime(f"rt-{chr(97 + i)}", cap, devices=per_runtime[i]) for i, cap in enumerate(capacities)
+        ]
         for runtime in runtimes:
             await router.add_instance(runtime.instance_id, runtime.endpoint, ("echo", "text", "sklearn"))
         mesh = Mesh(router, runtimes, ports.grpc, tmp_path, make)

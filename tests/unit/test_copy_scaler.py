@@ -95,7 +95,8 @@ async def test_a_model_in_regular_use_gets_a_second_copy(make_cluster):
         await router.use("regular")
         await router.manager.maintain()
         await router.manager.copies_settled()
-    assert asyncio.get_running_loop().time() - started >= 0.05  # not before it had been in use that long
+    # Not before it had been in use that long (less the wall clock's millisecond steps the streaks count in).
+    assert asyncio.get_running_loop().time() - started >= 0.05 - 0.002
     assert len(router.manager.copies.loaded_copies("once")) == 1  # used once, long enough ago: no second copy
 
 

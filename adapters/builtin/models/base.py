@@ -32,6 +32,8 @@ class Model(abc.ABC):
 
     #: Whether predict may take long enough that it must run off the event loop.
     offload_predict: bool = False
+    #: Accelerator memory it holds (simulated: the built-in runtime runs on the CPU; an echo model's config sets it).
+    device_bytes: int = 0
 
     def __init__(self, size_bytes: int) -> None:
         self.size_bytes = size_bytes
@@ -60,6 +62,7 @@ class ModelType:
     name: str
     load: Callable[[str], Model]
     estimate_size: Callable[[str], int]
+    estimate_device_size: Callable[[str], int] = lambda _path: 0
 
 
 def resolve_model_file(model_path: str, default_name: str) -> Path:

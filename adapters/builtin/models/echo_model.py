@@ -85,21 +85,37 @@ def _seconds(config: Mapping[str, object], key: str) -> float:
     return float(seconds)
 
 
+def _device_bytes(config: Mapping[str, object]) -> int:
+    device = config.get("device_bytes", 0)
+    if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+        raise ValueError(f"device_bytes must be a non-negative integer, got {device!r}")
+    return device
+
+
 def load(model_path: str) -> EchoModel:
-    """Checks the config is a JSON object; the model holds nothing but its optional ballast."""
+    """Checks the config is a JSON object; the model holds nothing but its optional ballast (and says it holds
+    `device_bytes` of accelerator memory, for placement tests on machines without one)."""
     config = read_json_config(model_path)
     ballast = _ballast_bytes(config)
     predict_seconds = _seconds(config, "predict_seconds")
     time.sleep(_seconds(config, "load_seconds"))  # a worker thread's: loads run off the event loop
+    model: EchoModel
     if ballast:
-        return BallastEchoModel(measured_size(config), ballast)
-    if predict_seconds:
-        return SlowEchoModel(measured_size(config), predict_seconds)
-    return EchoModel(measured_size(config))
+        model = BallastEchoModel(measured_size(config), ballast)
+    elif predict_seconds:
+        model = SlowEchoModel(measured_size(config), predict_seconds)
+    else:
+        model = EchoModel(measured_size(config))
+    model.device_bytes = _device_bytes(config)
+    return model
 
 
 def estimate(model_path: str) -> int:
     return estimate_json_config(model_path) + _ballast_bytes(read_json_config(model_path))
 
 
-ECHO = ModelType("echo", load, estimate)
+def estimate_device(model_path: str) -> int:
+    return _device_bytes(read_json_config(model_path))
+
+
+ECHO = ModelType("echo", load, estimate, estimate_device)
