@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from adapters.common import devices
 from adapters.common.errors import ModelNotLoaded
 from adapters.common.model_server import ModelServer
 from adapters.common.settings import AdapterSettings
@@ -131,5 +132,11 @@ class AdapterCore:
             meshDataEndpoint=s.advertise_data or server.data_endpoint,
             meshModelTypes=server.model_types,
             meshLabels=s.labels,
-            meshDevices=[rt.DeviceMemory(capacityInBytes=c) for c in s.device_capacity_bytes],
+            meshDevices=self._devices(),
         )
+
+    def _devices(self) -> list[rt.DeviceMemory]:
+        """The capacities it was told, else the GPUs the model server can use, as nvidia-smi reports them."""
+        if self._settings.device_capacity_bytes:
+            return [rt.DeviceMemory(capacityInBytes=c) for c in self._settings.device_capacity_bytes]
+        return [rt.DeviceMemory(capacityInBytes=d.capacity_bytes, usedInBytes=d.used_bytes) for d in devices.detect()]

@@ -50,6 +50,9 @@ class ControllerSettings:
     (unique across the namespaces, as ModelMesh's single-namespace meshes had it)."""
     default_replicas: int = 1
     """Runtime pods per runtime, when its ServingRuntime does not say (spec.replicas)."""
+    gpu_memory_bytes: int = 16 * 1024**3
+    """Memory per GPU of runtime pods that ask for `nvidia.com/gpu`: the device memory their adapter reports, so
+    that models needing GPU memory are placed by it."""
     default_capacity_bytes: int = 1024 * 1024 * 1024
     """Model memory a runtime pod offers when its model server container states no memory request or limit."""
     storage_secret: str = "storage-config"

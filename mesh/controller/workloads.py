@@ -32,6 +32,7 @@ SELECTOR = f"{MANAGED_BY}={CONTROLLER}"
 
 MODELS_VOLUME, MODELS_DIR = "models-dir", "/models"
 LEFT_MARKER = f"{MODELS_DIR}/.mesh-left"
+GPU_RESOURCE = "nvidia.com/gpu"
 """Written by the adapter once it has left routing (--left-marker): the model server's preStop hook waits for it."""
 QUIET_MARGIN_S = 10.0
 """Beyond the hand-off grace: the adapter's wait for calls to stop coming (5 s at most), and some slack."""
@@ -147,6 +148,20 @@ def capacity_bytes(runtime: Runtime, settings: ControllerSettings) -> int:
     if capacity <= 0:
         raise WorkloadError(f"{runtime.ref}: memory {memory} bytes leaves nothing beside memBufferBytes {buffer}")
     return capacity
+
+
+def gpus(runtime: Runtime) -> int:
+    """The GPUs a runtime pod's containers ask for (`nvidia.com/gpu`, as a limit or a request)."""
+    total = 0
+    for container in runtime.spec.get("containers") or []:
+        resources = (container.get("resources") or {}) if isinstance(container, dict) else {}
+        count = (resources.get("limits") or {}).get(GPU_RESOURCE) or (resources.get("requests") or {}).get(GPU_RESOURCE)
+        if count is not None:
+            try:
+                total += int(count)
+            except (TypeError, ValueError):
+                raise WorkloadError(f"{runtime.ref}: {GPU_RESOURCE} must be a whole number, not {count!r}") from None
+    return total
 
 
 def build(runtime: Runtime, namespace: str, settings: ControllerSettings) -> Workload:
@@ -292,6 +307,8 @@ def _adapter(runtime: Runtime, spi_port: int, settings: ControllerSettings, labe
         "--handoff-grace-s", str(settings.handoff_grace_seconds),
         "--left-marker", LEFT_MARKER,
     ]  # fmt: skip
+    if count := gpus(runtime):  # each GPU's memory, so that placement counts it
+        args += ["--device-capacity-bytes", ",".join([str(settings.gpu_memory_bytes)] * count)]
     if adapter.get("modelLoadingTimeoutMillis"):
         args += ["--load-timeout-ms", str(int(adapter["modelLoadingTimeoutMillis"]))]
     concurrency = runtime.annotations.get(MAX_LOADING_CONCURRENCY, "")

@@ -158,3 +158,15 @@ def test_a_pod_told_to_stop_hands_its_models_over_before_its_model_server_stops(
     assert container(build(runtime(containers=containers), "team-a", settings), "triton")["lifecycle"] == own
     custom = build(runtime(builtInAdapter=None, grpcEndpoint="port:9000", kind=SERVING_RUNTIME), "ns", settings)
     assert "lifecycle" not in container(custom, "triton")
+
+
+def test_gpus_a_runtime_asks_for_become_device_memory_its_adapter_reports() -> None:
+    settings = ControllerSettings(kv="etcd://etcd.mesh-system:2379", image="mesh:1", gpu_memory_bytes=24 * 1024**3)
+    resources = {"requests": {"memory": "8Gi"}, "limits": {"memory": "8Gi", "nvidia.com/gpu": "2"}}
+    containers = [{"name": "triton", "image": "tritonserver", "resources": resources}]
+    args = container(build(runtime(containers=containers), "team-a", settings), "mesh-adapter")["args"]
+    assert args[args.index("--device-capacity-bytes") + 1] == f"{24 * 1024**3},{24 * 1024**3}"
+    assert "--device-capacity-bytes" not in container(build(runtime(), "team-a", settings), "mesh-adapter")["args"]
+    bad = [{"name": "triton", "image": "t", "resources": {"limits": {"nvidia.com/gpu": "two"}}}]
+    with pytest.raises(WorkloadError, match="nvidia.com/gpu must be a whole number, not 'two'"):
+        build(runtime(containers=bad), "team-a", settings)
