@@ -54,7 +54,12 @@ def test_management_and_runtime_field_numbers_match_modelmesh():
     }  # fmt: skip
     # mesh's own fields: numbers from 1000 on, named mesh*, so that ModelMesh's clients and servers skip them.
     extensions = {name: number for name, number in register.items() if number >= 1000}
-    assert extensions == {"meshRequiredLabels": 1001, "meshPinned": 1002, "meshMinCopies": 1003}
+    assert extensions == {
+        "meshRequiredLabels": 1001,
+        "meshPinned": 1002,
+        "meshMinCopies": 1003,
+        "meshPreferredLabels": 1004,
+    }
     set_vmodel = _fields(mm.SetVModelRequest)
     assert {n: set_vmodel[n] for n in extensions} == extensions  # the same numbers where a vmodel registers
     assert all(n.startswith("mesh") for n, number in _fields(rt.RuntimeStatusResponse).items() if number >= 1000)

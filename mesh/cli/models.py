@@ -42,6 +42,7 @@ def _register(args: argparse.Namespace) -> int:
         meshRequiredLabels=args.label,
         meshPinned=args.pin,
         meshMinCopies=args.min_copies,
+        meshPreferredLabels=args.prefer_label,
     )
     print(f"{args.model_id}: {status_text(stub(args).registerModel(request, timeout=args.timeout))}")
     return 0
@@ -198,6 +199,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     reg.add_argument("--load-now", action="store_true")
     reg.add_argument("--sync", action="store_true", help="with --load-now: wait for the load")
     reg.add_argument("--label", action="append", default=[], help="load only on instances with it (repeatable)")
+    reg.add_argument(
+        "--prefer-label", action="append", default=[], help="place it on instances with it first (repeatable)"
+    )
     reg.add_argument("--pin", action="store_true", help="never evict it (register again without --pin to unpin)")
     reg.add_argument(
         "--min-copies",

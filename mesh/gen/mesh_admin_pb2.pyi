@@ -12,7 +12,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelEntry(_message.Message):
-    __slots__ = ("modelId", "modelInfo", "status", "sizeInBytes", "lastUsedTime", "requiredLabels", "pinned", "minCopies")
+    __slots__ = ("modelId", "modelInfo", "status", "sizeInBytes", "lastUsedTime", "requiredLabels", "pinned", "minCopies", "preferredLabels")
     MODELID_FIELD_NUMBER: _ClassVar[int]
     MODELINFO_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class ModelEntry(_message.Message):
     REQUIREDLABELS_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
     MINCOPIES_FIELD_NUMBER: _ClassVar[int]
+    PREFERREDLABELS_FIELD_NUMBER: _ClassVar[int]
     modelId: str
     modelInfo: _model_mesh_pb2.ModelInfo
     status: _model_mesh_pb2.ModelStatusInfo
@@ -29,7 +30,8 @@ class ModelEntry(_message.Message):
     requiredLabels: _containers.RepeatedScalarFieldContainer[str]
     pinned: bool
     minCopies: int
-    def __init__(self, modelId: _Optional[str] = ..., modelInfo: _Optional[_Union[_model_mesh_pb2.ModelInfo, _Mapping]] = ..., status: _Optional[_Union[_model_mesh_pb2.ModelStatusInfo, _Mapping]] = ..., sizeInBytes: _Optional[int] = ..., lastUsedTime: _Optional[int] = ..., requiredLabels: _Optional[_Iterable[str]] = ..., pinned: _Optional[bool] = ..., minCopies: _Optional[int] = ...) -> None: ...
+    preferredLabels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, modelId: _Optional[str] = ..., modelInfo: _Optional[_Union[_model_mesh_pb2.ModelInfo, _Mapping]] = ..., status: _Optional[_Union[_model_mesh_pb2.ModelStatusInfo, _Mapping]] = ..., sizeInBytes: _Optional[int] = ..., lastUsedTime: _Optional[int] = ..., requiredLabels: _Optional[_Iterable[str]] = ..., pinned: _Optional[bool] = ..., minCopies: _Optional[int] = ..., preferredLabels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class VModelEntry(_message.Message):
     __slots__ = ("vModelId", "status")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x19mesh/gen/model-mesh.proto\x12\x05mmesh\"\xcb\x01\n\x14RegisterModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12#\n\tmodelInfo\x18\x02 \x01(\x0b\x32\x10.mmesh.ModelInfo\x12\x0f\n\x07loadNow\x18\x03 \x01(\x08\x12\x0c\n\x04sync\x18\x04 \x01(\x08\x12\x14\n\x0clastUsedTime\x18\x05 \x01(\x04\x12\x1b\n\x12meshRequiredLabels\x18\xe9\x07 \x03(\t\x12\x13\n\nmeshPinned\x18\xea\x07 \x01(\x08\x12\x16\n\rmeshMinCopies\x18\xeb\x07 \x01(\r\"4\n\tModelInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\"\xe4\x02\n\x0fModelStatusInfo\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".mmesh.ModelStatusInfo.ModelStatus\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\t\x12<\n\x0emodelCopyInfos\x18\x03 \x03(\x0b\x32$.mmesh.ModelStatusInfo.ModelCopyInfo\x1ag\n\rModelCopyInfo\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x36\n\ncopyStatus\x18\x02 \x01(\x0e\x32\".mmesh.ModelStatusInfo.ModelStatus\x12\x0c\n\x04time\x18\x03 \x01(\x04\"f\n\x0bModelStatus\x12\r\n\tNOT_FOUND\x10\x00\x12\x0e\n\nNOT_LOADED\x10\x01\x12\x0b\n\x07LOADING\x10\x02\x12\n\n\x06LOADED\x10\x03\x12\x12\n\x0eLOADING_FAILED\x10\x04\x12\x0b\n\x07UNKNOWN\x10\x05\")\n\x16UnregisterModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"\x19\n\x17UnregisterModelResponse\"#\n\x10GetStatusRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"P\n\x13\x45nsureLoadedRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x14\n\x0clastUsedTime\x18\x02 \x01(\x04\x12\x0c\n\x04sync\x18\x04 \x01(\x08J\x04\x08\x03\x10\x04\"\xef\x02\n\x10VModelStatusInfo\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.mmesh.VModelStatusInfo.VModelStatus\x12\x15\n\ractiveModelId\x18\x02 \x01(\t\x12\x15\n\rtargetModelId\x18\x03 \x01(\t\x12\x31\n\x11\x61\x63tiveModelStatus\x18\x04 \x01(\x0b\x32\x16.mmesh.ModelStatusInfo\x12\x31\n\x11targetModelStatus\x18\x05 \x01(\x0b\x32\x16.mmesh.ModelStatusInfo\x12\r\n\x05owner\x18\x06 \x01(\t\x12\x1f\n\x16meshTargetCopiesWanted\x18\xe9\x07 \x01(\r\"a\n\x0cVModelStatus\x12\r\n\tNOT_FOUND\x10\x00\x12\x0b\n\x07\x44\x45\x46INED\x10\x01\x12\x11\n\rTRANSITIONING\x10\x02\x12\x15\n\x11TRANSITION_FAILED\x10\x03\x12\x0b\n\x07UNKNOWN\x10\x05\"\xb9\x02\n\x10SetVModelRequest\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\x15\n\rtargetModelId\x18\x02 \x01(\t\x12\x12\n\nupdateOnly\x18\x03 \x01(\x08\x12#\n\tmodelInfo\x18\x04 \x01(\x0b\x32\x10.mmesh.ModelInfo\x12\x1d\n\x15\x61utoDeleteTargetModel\x18\x05 \x01(\x08\x12\x0f\n\x07loadNow\x18\x06 \x01(\x08\x12\r\n\x05\x66orce\x18\x07 \x01(\x08\x12\x0c\n\x04sync\x18\x08 \x01(\x08\x12\x1d\n\x15\x65xpectedTargetModelId\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\x12\x1b\n\x12meshRequiredLabels\x18\xe9\x07 \x03(\t\x12\x13\n\nmeshPinned\x18\xea\x07 \x01(\x08\x12\x16\n\rmeshMinCopies\x18\xeb\x07 \x01(\r\"6\n\x13\x44\x65leteVModelRequest\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\"\x16\n\x14\x44\x65leteVModelResponse\"9\n\x16GetVModelStatusRequest\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t2\x8b\x04\n\tModelMesh\x12\x46\n\rregisterModel\x12\x1b.mmesh.RegisterModelRequest\x1a\x16.mmesh.ModelStatusInfo\"\x00\x12R\n\x0funregisterModel\x12\x1d.mmesh.UnregisterModelRequest\x1a\x1e.mmesh.UnregisterModelResponse\"\x00\x12\x43\n\x0egetModelStatus\x12\x17.mmesh.GetStatusRequest\x1a\x16.mmesh.ModelStatusInfo\"\x00\x12\x44\n\x0c\x65nsureLoaded\x12\x1a.mmesh.EnsureLoadedRequest\x1a\x16.mmesh.ModelStatusInfo\"\x00\x12?\n\tsetVModel\x12\x17.mmesh.SetVModelRequest\x1a\x17.mmesh.VModelStatusInfo\"\x00\x12I\n\x0c\x64\x65leteVModel\x12\x1a.mmesh.DeleteVModelRequest\x1a\x1b.mmesh.DeleteVModelResponse\"\x00\x12K\n\x0fgetVModelStatus\x12\x1d.mmesh.GetVModelStatusRequest\x1a\x17.mmesh.VModelStatusInfo\"\x00\x42(\n\x1c\x63om.ibm.watson.modelmesh.apiP\x01Z\x06/mmeshb\x06proto3')
+DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x19mesh/gen/model-mesh.proto\x12\x05mmesh\"\xe9\x01\n\x14RegisterModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12#\n\tmodelInfo\x18\x02 \x01(\x0b\x32\x10.mmesh.ModelInfo\x12\x0f\n\x07loadNow\x18\x03 \x01(\x08\x12\x0c\n\x04sync\x18\x04 \x01(\x08\x12\x14\n\x0clastUsedTime\x18\x05 \x01(\x04\x12\x1b\n\x12meshRequiredLabels\x18\xe9\x07 \x03(\t\x12\x13\n\nmeshPinned\x18\xea\x07 \x01(\x08\x12\x16\n\rmeshMinCopies\x18\xeb\x07 \x01(\r\x12\x1c\n\x13meshPreferredLabels\x18\xec\x07 \x03(\t\"4\n\tModelInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\"\xe4\x02\n\x0fModelStatusInfo\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".mmesh.ModelStatusInfo.ModelStatus\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\t\x12<\n\x0emodelCopyInfos\x18\x03 \x03(\x0b\x32$.mmesh.ModelStatusInfo.ModelCopyInfo\x1ag\n\rModelCopyInfo\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x36\n\ncopyStatus\x18\x02 \x01(\x0e\x32\".mmesh.ModelStatusInfo.ModelStatus\x12\x0c\n\x04time\x18\x03 \x01(\x04\"f\n\x0bModelStatus\x12\r\n\tNOT_FOUND\x10\x00\x12\x0e\n\nNOT_LOADED\x10\x01\x12\x0b\n\x07LOADING\x10\x02\x12\n\n\x06LOADED\x10\x03\x12\x12\n\x0eLOADING_FAILED\x10\x04\x12\x0b\n\x07UNKNOWN\x10\x05\")\n\x16UnregisterModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"\x19\n\x17UnregisterModelResponse\"#\n\x10GetStatusRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"P\n\x13\x45nsureLoadedRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x14\n\x0clastUsedTime\x18\x02 \x01(\x04\x12\x0c\n\x04sync\x18\x04 \x01(\x08J\x04\x08\x03\x10\x04\"\xef\x02\n\x10VModelStatusInfo\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.mmesh.VModelStatusInfo.VModelStatus\x12\x15\n\ractiveModelId\x18\x02 \x01(\t\x12\x15\n\rtargetModelId\x18\x03 \x01(\t\x12\x31\n\x11\x61\x63tiveModelStatus\x18\x04 \x01(\x0b\x32\x16.mmesh.ModelStatusInfo\x12\x31\n\x11targetModelStatus\x18\x05 \x01(\x0b\x32\x16.mmesh.ModelStatusInfo\x12\r\n\x05owner\x18\x06 \x01(\t\x12\x1f\n\x16meshTargetCopiesWanted\x18\xe9\x07 \x01(\r\"a\n\x0cVModelStatus\x12\r\n\tNOT_FOUND\x10\x00\x12\x0b\n\x07\x44\x45\x46INED\x10\x01\x12\x11\n\rTRANSITIONING\x10\x02\x12\x15\n\x11TRANSITION_FAILED\x10\x03\x12\x0b\n\x07UNKNOWN\x10\x05\"\xd7\x02\n\x10SetVModelRequest\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\x15\n\rtargetModelId\x18\x02 \x01(\t\x12\x12\n\nupdateOnly\x18\x03 \x01(\x08\x12#\n\tmodelInfo\x18\x04 \x01(\x0b\x32\x10.mmesh.ModelInfo\x12\x1d\n\x15\x61utoDeleteTargetModel\x18\x05 \x01(\x08\x12\x0f\n\x07loadNow\x18\x06 \x01(\x08\x12\r\n\x05\x66orce\x18\x07 \x01(\x08\x12\x0c\n\x04sync\x18\x08 \x01(\x08\x12\x1d\n\x15\x65xpectedTargetModelId\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\x12\x1b\n\x12meshRequiredLabels\x18\xe9\x07 \x03(\t\x12\x13\n\nmeshPinned\x18\xea\x07 \x01(\x08\x12\x16\n\rmeshMinCopies\x18\xeb\x07 \x01(\r\x12\x1c\n\x13meshPreferredLabels\x18\xec\x07 \x03(\t\"6\n\x13\x44\x65leteVModelRequest\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\"\x16\n\x14\x44\x65leteVModelResponse\"9\n\x16GetVModelStatusRequest\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t2\x8b\x04\n\tModelMesh\x12\x46\n\rregisterModel\x12\x1b.mmesh.RegisterModelRequest\x1a\x16.mmesh.ModelStatusInfo\"\x00\x12R\n\x0funregisterModel\x12\x1d.mmesh.UnregisterModelRequest\x1a\x1e.mmesh.UnregisterModelResponse\"\x00\x12\x43\n\x0egetModelStatus\x12\x17.mmesh.GetStatusRequest\x1a\x16.mmesh.ModelStatusInfo\"\x00\x12\x44\n\x0c\x65nsureLoaded\x12\x1a.mmesh.EnsureLoadedRequest\x1a\x16.mmesh.ModelStatusInfo\"\x00\x12?\n\tsetVModel\x12\x17.mmesh.SetVModelRequest\x1a\x17.mmesh.VModelStatusInfo\"\x00\x12I\n\x0c\x64\x65leteVModel\x12\x1a.mmesh.DeleteVModelRequest\x1a\x1b.mmesh.DeleteVModelResponse\"\x00\x12K\n\x0fgetVModelStatus\x12\x1d.mmesh.GetVModelStatusRequest\x1a\x17.mmesh.VModelStatusInfo\"\x00\x42(\n\x1c\x63om.ibm.watson.modelmesh.apiP\x01Z\x06/mmeshb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,35 +34,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\034com.ibm.watson.modelmesh.apiP\001Z\006/mmesh'
   _globals['_REGISTERMODELREQUEST']._serialized_start=37
-  _globals['_REGISTERMODELREQUEST']._serialized_end=240
-  _globals['_MODELINFO']._serialized_start=242
-  _globals['_MODELINFO']._serialized_end=294
-  _globals['_MODELSTATUSINFO']._serialized_start=297
-  _globals['_MODELSTATUSINFO']._serialized_end=653
-  _globals['_MODELSTATUSINFO_MODELCOPYINFO']._serialized_start=446
-  _globals['_MODELSTATUSINFO_MODELCOPYINFO']._serialized_end=549
-  _globals['_MODELSTATUSINFO_MODELSTATUS']._serialized_start=551
-  _globals['_MODELSTATUSINFO_MODELSTATUS']._serialized_end=653
-  _globals['_UNREGISTERMODELREQUEST']._serialized_start=655
-  _globals['_UNREGISTERMODELREQUEST']._serialized_end=696
-  _globals['_UNREGISTERMODELRESPONSE']._serialized_start=698
-  _globals['_UNREGISTERMODELRESPONSE']._serialized_end=723
-  _globals['_GETSTATUSREQUEST']._serialized_start=725
-  _globals['_GETSTATUSREQUEST']._serialized_end=760
-  _globals['_ENSURELOADEDREQUEST']._serialized_start=762
-  _globals['_ENSURELOADEDREQUEST']._serialized_end=842
-  _globals['_VMODELSTATUSINFO']._serialized_start=845
-  _globals['_VMODELSTATUSINFO']._serialized_end=1212
-  _globals['_VMODELSTATUSINFO_VMODELSTATUS']._serialized_start=1115
-  _globals['_VMODELSTATUSINFO_VMODELSTATUS']._serialized_end=1212
-  _globals['_SETVMODELREQUEST']._serialized_start=1215
-  _globals['_SETVMODELREQUEST']._serialized_end=1528
-  _globals['_DELETEVMODELREQUEST']._serialized_start=1530
-  _globals['_DELETEVMODELREQUEST']._serialized_end=1584
-  _globals['_DELETEVMODELRESPONSE']._serialized_start=1586
-  _globals['_DELETEVMODELRESPONSE']._serialized_end=1608
-  _globals['_GETVMODELSTATUSREQUEST']._serialized_start=1610
-  _globals['_GETVMODELSTATUSREQUEST']._serialized_end=1667
-  _globals['_MODELMESH']._serialized_start=1670
-  _globals['_MODELMESH']._serialized_end=2193
+  _globals['_REGISTERMODELREQUEST']._serialized_end=270
+  _globals['_MODELINFO']._serialized_start=272
+  _globals['_MODELINFO']._serialized_end=324
+  _globals['_MODELSTATUSINFO']._serialized_start=327
+  _globals['_MODELSTATUSINFO']._serialized_end=683
+  _globals['_MODELSTATUSINFO_MODELCOPYINFO']._serialized_start=476
+  _globals['_MODELSTATUSINFO_MODELCOPYINFO']._serialized_end=579
+  _globals['_MODELSTATUSINFO_MODELSTATUS']._serialized_start=581
+  _globals['_MODELSTATUSINFO_MODELSTATUS']._serialized_end=683
+  _globals['_UNREGISTERMODELREQUEST']._serialized_start=685
+  _globals['_UNREGISTERMODELREQUEST']._serialized_end=726
+  _globals['_UNREGISTERMODELRESPONSE']._serialized_start=728
+  _globals['_UNREGISTERMODELRESPONSE']._serialized_end=753
+  _globals['_GETSTATUSREQUEST']._serialized_start=755
+  _globals['_GETSTATUSREQUEST']._serialized_end=790
+  _globals['_ENSURELOADEDREQUEST']._serialized_start=792
+  _globals['_ENSURELOADEDREQUEST']._serialized_end=872
+  _globals['_VMODELSTATUSINFO']._serialized_start=875
+  _globals['_VMODELSTATUSINFO']._serialized_end=1242
+  _globals['_VMODELSTATUSINFO_VMODELSTATUS']._serialized_start=1145
+  _globals['_VMODELSTATUSINFO_VMODELSTATUS']._serialized_end=1242
+  _globals['_SETVMODELREQUEST']._serialized_start=1245
+  _globals['_SETVMODELREQUEST']._serialized_end=1588
+  _globals['_DELETEVMODELREQUEST']._serialized_start=1590
+  _globals['_DELETEVMODELREQUEST']._serialized_end=1644
+  _globals['_DELETEVMODELRESPONSE']._serialized_start=1646
+  _globals['_DELETEVMODELRESPONSE']._serialized_end=1668
+  _globals['_GETVMODELSTATUSREQUEST']._serialized_start=1670
+  _globals['_GETVMODELSTATUSREQUEST']._serialized_end=1727
+  _globals['_MODELMESH']._serialized_start=1730
+  _globals['_MODELMESH']._serialized_end=2253
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterModelRequest(_message.Message):
-    __slots__ = ("modelId", "modelInfo", "loadNow", "sync", "lastUsedTime", "meshRequiredLabels", "meshPinned", "meshMinCopies")
+    __slots__ = ("modelId", "modelInfo", "loadNow", "sync", "lastUsedTime", "meshRequiredLabels", "meshPinned", "meshMinCopies", "meshPreferredLabels")
     MODELID_FIELD_NUMBER: _ClassVar[int]
     MODELINFO_FIELD_NUMBER: _ClassVar[int]
     LOADNOW_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class RegisterModelRequest(_message.Message):
     MESHREQUIREDLABELS_FIELD_NUMBER: _ClassVar[int]
     MESHPINNED_FIELD_NUMBER: _ClassVar[int]
     MESHMINCOPIES_FIELD_NUMBER: _ClassVar[int]
+    MESHPREFERREDLABELS_FIELD_NUMBER: _ClassVar[int]
     modelId: str
     modelInfo: ModelInfo
     loadNow: bool
@@ -25,7 +26,8 @@ class RegisterModelRequest(_message.Message):
     meshRequiredLabels: _containers.RepeatedScalarFieldContainer[str]
     meshPinned: bool
     meshMinCopies: int
-    def __init__(self, modelId: _Optional[str] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., loadNow: _Optional[bool] = ..., sync: _Optional[bool] = ..., lastUsedTime: _Optional[int] = ..., meshRequiredLabels: _Optional[_Iterable[str]] = ..., meshPinned: _Optional[bool] = ..., meshMinCopies: _Optional[int] = ...) -> None: ...
+    meshPreferredLabels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, modelId: _Optional[str] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., loadNow: _Optional[bool] = ..., sync: _Optional[bool] = ..., lastUsedTime: _Optional[int] = ..., meshRequiredLabels: _Optional[_Iterable[str]] = ..., meshPinned: _Optional[bool] = ..., meshMinCopies: _Optional[int] = ..., meshPreferredLabels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("type", "path", "key")
@@ -127,7 +129,7 @@ class VModelStatusInfo(_message.Message):
     def __init__(self, status: _Optional[_Union[VModelStatusInfo.VModelStatus, str]] = ..., activeModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., activeModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., targetModelStatus: _Optional[_Union[ModelStatusInfo, _Mapping]] = ..., owner: _Optional[str] = ..., meshTargetCopiesWanted: _Optional[int] = ...) -> None: ...
 
 class SetVModelRequest(_message.Message):
-    __slots__ = ("vModelId", "targetModelId", "updateOnly", "modelInfo", "autoDeleteTargetModel", "loadNow", "force", "sync", "expectedTargetModelId", "owner", "meshRequiredLabels", "meshPinned", "meshMinCopies")
+    __slots__ = ("vModelId", "targetModelId", "updateOnly", "modelInfo", "autoDeleteTargetModel", "loadNow", "force", "sync", "expectedTargetModelId", "owner", "meshRequiredLabels", "meshPinned", "meshMinCopies", "meshPreferredLabels")
     VMODELID_FIELD_NUMBER: _ClassVar[int]
     TARGETMODELID_FIELD_NUMBER: _ClassVar[int]
     UPDATEONLY_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +143,7 @@ class SetVModelRequest(_message.Message):
     MESHREQUIREDLABELS_FIELD_NUMBER: _ClassVar[int]
     MESHPINNED_FIELD_NUMBER: _ClassVar[int]
     MESHMINCOPIES_FIELD_NUMBER: _ClassVar[int]
+    MESHPREFERREDLABELS_FIELD_NUMBER: _ClassVar[int]
     vModelId: str
     targetModelId: str
     updateOnly: bool
@@ -154,7 +157,8 @@ class SetVModelRequest(_message.Message):
     meshRequiredLabels: _containers.RepeatedScalarFieldContainer[str]
     meshPinned: bool
     meshMinCopies: int
-    def __init__(self, vModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., updateOnly: _Optional[bool] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., autoDeleteTargetModel: _Optional[bool] = ..., loadNow: _Optional[bool] = ..., force: _Optional[bool] = ..., sync: _Optional[bool] = ..., expectedTargetModelId: _Optional[str] = ..., owner: _Optional[str] = ..., meshRequiredLabels: _Optional[_Iterable[str]] = ..., meshPinned: _Optional[bool] = ..., meshMinCopies: _Optional[int] = ...) -> None: ...
+    meshPreferredLabels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vModelId: _Optional[str] = ..., targetModelId: _Optional[str] = ..., updateOnly: _Optional[bool] = ..., modelInfo: _Optional[_Union[ModelInfo, _Mapping]] = ..., autoDeleteTargetModel: _Optional[bool] = ..., loadNow: _Optional[bool] = ..., force: _Optional[bool] = ..., sync: _Optional[bool] = ..., expectedTargetModelId: _Optional[str] = ..., owner: _Optional[str] = ..., meshRequiredLabels: _Optional[_Iterable[str]] = ..., meshPinned: _Optional[bool] = ..., meshMinCopies: _Optional[int] = ..., meshPreferredLabels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteVModelRequest(_message.Message):
     __slots__ = ("vModelId", "owner")

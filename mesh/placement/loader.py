@@ -210,6 +210,7 @@ class Loader:
                 self._policy,
                 model.labels,
                 size.device_bytes,
+                model.preferred_labels,
             )
 
         choice = choose(_with_free_slot(instances))
@@ -408,6 +409,7 @@ class Loader:
                 self._policy,
                 model.labels,
                 record.device_bytes,
+                model.preferred_labels,
             )
 
         choice = choose(_with_free_slot(staying))

@@ -121,12 +121,14 @@ def choose_instance(
     eviction: str = "lru",
     labels: tuple[str, ...] = (),
     device_bytes: int = 0,
+    preferred: tuple[str, ...] = (),
 ) -> LoadPlan | None:
     """The best instance for a new copy of size_bytes (and device_bytes of device memory), with the copies to evict
     first; None when nothing can hold it.
 
     `excluded` holds instances that already have a copy or recently failed to load this model; `labels`, those an
-    instance must carry (ModelRecord.labels). Among instances
+    instance must carry (ModelRecord.labels); `preferred`, those it should (among the instances that fit without
+    evicting, and among those that must evict, the ones carrying more of them come first). Among instances
     that must evict, the one whose most valuable victim is worth least (under `eviction`) wins.
     """
     worth = _worth(eviction)
@@ -142,14 +144,23 @@ def choose_instance(
         victims = victims_for(inst, size_bytes, eviction, device_bytes)
         if victims is None:
             continue
+        unpreferred = -len(set(preferred) & set(rec.labels))
         if victims:
             # For lru, the newest use among the victims: the LRU is cluster-wide, not per instance.
             dearest_victim = max(worth(v)[0] for v in victims)
-            rank: tuple = (1, dearest_victim, len(victims), inst.loads_in_flight, rec.instance_id)
+            rank: tuple = (1, unpreferred, dearest_victim, len(victims), inst.loads_in_flight, rec.instance_id)
         else:
             # A model on an accelerator goes where most device memory is free: that is the scarce dimension.
             device_free = -inst.free_device_bytes if device_bytes else 0
-            rank = (0, inst.loads_in_flight, device_free, -inst.free_bytes, len(inst.copies), rec.instance_id)
+            rank = (
+                0,
+                unpreferred,
+                inst.loads_in_flight,
+                device_free,
+                -inst.free_bytes,
+                len(inst.copies),
+                rec.instance_id,
+            )
         ranked.append((rank, LoadPlan(rec.instance_id, victims)))
     return min(ranked, key=lambda r: r[0])[1] if ranked else None
 

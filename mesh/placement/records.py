@@ -108,10 +108,13 @@ class ModelRecord(Record):
     # Copies kept loaded at all times (on as many instances, as far as they exist): loaded without waiting for a
     # request, and never evicted or retired below this many. 0: none kept (the first request loads it).
     min_copies: int = 0
+    # Labels it prefers an instance to carry: among the instances that can hold it, those with more of them first.
+    preferred_labels: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
-        return cls(**{**raw, "labels": tuple(raw.get("labels", ()))})
+        labels = {"labels": tuple(raw.get("labels", ())), "preferred_labels": tuple(raw.get("preferred_labels", ()))}
+        return cls(**{**raw, **labels})
 
     def same_spec(self, other: ModelRecord) -> bool:
         mine = (self.model_type, self.path, self.key, self.labels)

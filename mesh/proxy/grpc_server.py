@@ -7,11 +7,10 @@ decoded here; only the routing headers and, lacking those, field 1 of the body a
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -199,12 +198,28 @@ def vmodel_status_info(status: VModelStatus) -> mm.VModelStatusInfo:
     )
 
 
-def _model_record(model_id: str, info: mm.ModelInfo, labels: Iterable[str] = ()) -> ModelRecord:
+def _model_record(
+    model_id: str, info: mm.ModelInfo, request: mm.RegisterModelRequest | mm.SetVModelRequest
+) -> ModelRecord:
+    """The model a registerModel (or a setVModel with modelInfo) describes, mesh's extension fields included."""
     try:
-        required = checked_labels(labels)
+        required = checked_labels(request.meshRequiredLabels)
     except ValueError as exc:
         raise InvalidArgument(f"model '{model_id}': required {exc}") from None
-    return ModelRecord(model_id, info.type, info.path, info.key, labels=required)
+    try:
+        preferred = checked_labels(request.meshPreferredLabels)
+    except ValueError as exc:
+        raise InvalidArgument(f"model '{model_id}': preferred {exc}") from None
+    return ModelRecord(
+        model_id,
+        info.type,
+        info.path,
+        info.key,
+        labels=required,
+        pinned=request.meshPinned,
+        min_copies=request.meshMinCopies,
+        preferred_labels=preferred,
+    )
 
 
 class ManagementServicer(mm_grpc.ModelMeshServicer):
@@ -215,8 +230,7 @@ class ManagementServicer(mm_grpc.ModelMeshServicer):
 
     @maps_errors
     async def registerModel(self, request: mm.RegisterModelRequest, context: Any) -> mm.ModelStatusInfo:
-        model = _model_record(request.modelId, request.modelInfo, request.meshRequiredLabels)
-        model = dataclasses.replace(model, pinned=request.meshPinned, min_copies=request.meshMinCopies)
+        model = _model_record(request.modelId, request.modelInfo, request)
         return status_info(await self._registry.register(model, request.loadNow, request.sync))
 
     @maps_errors
@@ -237,15 +251,9 @@ class ManagementServicer(mm_grpc.ModelMeshServicer):
         status = await self._registry.set_vmodel(
             request.vModelId,
             request.targetModelId,
-            model=(
-                dataclasses.replace(
-                    _model_record(request.targetModelId, request.modelInfo, request.meshRequiredLabels),
-                    pinned=request.meshPinned,
-                    min_copies=request.meshMinCopies,
-                )
-                if request.HasField("modelInfo")
-                else None
-            ),
+            model=_model_record(request.targetModelId, request.modelInfo, request)
+            if request.HasField("modelInfo")
+            else None,
             update_only=request.updateOnly,
             auto_delete=request.autoDeleteTargetModel,
             load_now=request.loadNow,
@@ -286,6 +294,7 @@ class AdminServicer(admin_grpc.MeshAdminServicer):
                 requiredLabels=m.labels,
                 pinned=m.pinned,
                 minCopies=m.min_copies,
+                preferredLabels=m.preferred_labels,
             )
             for m in sorted(registry.models(), key=lambda m: m.model_id)
         ]

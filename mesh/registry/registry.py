@@ -116,7 +116,9 @@ class ModelRegistry:
                     f"'{current.path}'; unregister it first or use a new id"
                 )
             # How it is kept (pinned, minimum copies) is not the model's spec: registering it again sets it anew.
-            kept = dataclasses.replace(current, pinned=model.pinned, min_copies=model.min_copies)
+            kept = dataclasses.replace(
+                current, pinned=model.pinned, min_copies=model.min_copies, preferred_labels=model.preferred_labels
+            )
             return kept if kept != current else UNCHANGED
 
         await self._store.update(Kind.MODEL, model.model_id, change)
@@ -200,7 +202,8 @@ class ModelRegistry:
         if known is None:
             return True
         current = known.record
-        return current.same_spec(model) and (current.pinned, current.min_copies) != (model.pinned, model.min_copies)
+        kept = (current.pinned, current.min_copies, current.preferred_labels)
+        return current.same_spec(model) and kept != (model.pinned, model.min_copies, model.preferred_labels)
 
     async def set_vmodel(
         self,

@@ -47,6 +47,7 @@ class FakeRuntime:
     memory_bytes: int | None = None
     # Accelerator memory it reports (0: none), what models need there (model id → bytes; predicted and measured
     # alike), and the real device memory when below what it reports (a load past it fails RESOURCE_EXHAUSTED).
+    labels: tuple[str, ...] = ()
     device_capacity_bytes: int = 0
     device_sizes: dict[str, int] = field(default_factory=dict)
     device_memory_bytes: int | None = None
@@ -72,6 +73,7 @@ class FakeRuntime:
             started_ms=self.started_ms,
             reads_model_header=self.reads_model_header,
             device_capacity_bytes=self.device_capacity_bytes,
+            labels=self.labels,
         )
 
     # ---- the SPI, as RuntimeClient offers it -----------------------------------------------------------------
