@@ -29,6 +29,9 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
         # uvloop 0.22+ kills MLServer's inference workers ("no current event loop"; shared/research/runtimes.md).
         "uvloop==0.21.0",
         "mlserver-lightgbm==1.7.1",
+        "mlserver-mlflow==1.7.1",
+        # 2.x: mlserver-mlflow 1.7 was made against it (it asks for >=2.19); the test logs its model with it.
+        "mlflow==2.22.5",
         "scikit-learn==1.9.1",
         "xgboost==3.2.0",
         "lightgbm==4.7.0",

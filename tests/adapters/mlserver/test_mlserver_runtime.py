@@ -47,8 +47,10 @@ import sys
 from pathlib import Path
 
 import joblib
+import mlflow.sklearn
 import numpy as np
 import xgboost
+from mlflow.models import infer_signature
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
@@ -60,6 +62,8 @@ regressor = xgboost.XGBRegressor(n_estimators=5, max_depth=2).fit(x, y)
 joblib.dump(classifier, root / "sklearn" / "model.joblib")
 (root / "xgboost").mkdir()
 regressor.save_model(root / "xgboost" / "model.json")
+# An MLflow model as a user logs one: the sklearn flavour (served through its pyfunc), with a signature.
+mlflow.sklearn.save_model(classifier, root / "mlflow", signature=infer_signature(x, classifier.predict(x)))
 sample = x[[0, 60, 120]]
 np.savez(root / "expected.npz", x=sample, sk_predict=classifier.predict(sample),
          sk_proba=classifier.predict_proba(sample), xgb_predict=regressor.predict(sample))
@@ -71,6 +75,7 @@ class Sources:
     root: Path
     sklearn: Path  # a folder holding model.joblib (LogisticRegression on iris)
     xgboost: Path  # a folder holding model.json (XGBRegressor on iris)
+    mlflow: Path  # an MLflow model folder (MLmodel, model.pkl, ...): the same LogisticRegression
     expected: dict[str, np.ndarray]
 
     def padded(self, name: str) -> Path:
@@ -114,7 +119,7 @@ def sources(mlserver_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> So
         [str(mlserver_venv / "bin" / "python"), "-c", textwrap.dedent(TRAIN), str(root)], check=True, timeout=300
     )
     with np.load(root / "expected.npz") as expected:
-        return Sources(root, root / "sklearn", root / "xgboost", dict(expected))
+        return Sources(root, root / "sklearn", root / "xgboost", root / "mlflow", dict(expected))
 
 
 def _kill_mlservers(adapter: AdapterProcess) -> None:
@@ -236,6 +241,18 @@ async def test_a_sklearn_model_loads_on_first_request_and_infers_through_the_rou
         "implementation": "mlserver_sklearn.SKLearnModel",
         "parameters": {"uri": str(pulled)},
     }
+
+
+async def test_an_mlflow_model_is_served_through_mlservers_mlflow_runtime(mesh: Mesh, sources: Sources) -> None:
+    await mesh.register("iris-mlflow", "mlflow", sources.mlflow)
+    x = sources.expected["x"]
+    tensor = triton_aio.InferInput("input-0", list(x.shape), "FP64")
+    tensor.set_data_from_numpy(x)
+    result = await mesh.client.infer("iris-mlflow", [tensor], client_timeout=CALL_TIMEOUT_S)  # every output
+    [output] = result.get_response().outputs  # the pyfunc's prediction, under the name MLServer gives it
+    np.testing.assert_array_equal(result.as_numpy(output.name).ravel(), sources.expected["sk_predict"])
+    assert (await mesh.status("iris-mlflow")).status == mm.ModelStatusInfo.LOADED
+    assert (await mesh.mlserver_models())["iris-mlflow"] == READY
 
 
 async def test_an_xgboost_model_loads_on_first_request_and_infers_through_the_router(
