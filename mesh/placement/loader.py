@@ -202,16 +202,7 @@ class Loader:
         instances = self._candidates(model)
 
         def choose(candidates: list[policy.InstanceView]) -> policy.LoadPlan | None:
-            return policy.choose_instance(
-                model.model_type,
-                size.size_bytes,
-                candidates,
-                excluded,
-                self._policy,
-                model.labels,
-                size.device_bytes,
-                model.preferred_labels,
-            )
+            return self._place(model, size, candidates, excluded)
 
         choice = choose(_with_free_slot(instances))
         if choice is not None:
@@ -401,16 +392,7 @@ class Loader:
         staying = _staying(self._copies.instance_views())
 
         def choose(instances: list[policy.InstanceView]) -> policy.LoadPlan | None:
-            return policy.choose_instance(
-                model.model_type,
-                record.size_bytes,
-                instances,
-                excluded,
-                self._policy,
-                model.labels,
-                record.device_bytes,
-                model.preferred_labels,
-            )
+            return self._place(model, record.footprint, instances, excluded)
 
         choice = choose(_with_free_slot(staying))
         if choice is None or not choice.victims:
@@ -427,6 +409,15 @@ class Loader:
         if known is None:
             raise ModelNotFound(model_id)
         return known.record
+
+    def _place(
+        self, model: ModelRecord, size: Footprint, instances: list[policy.InstanceView], excluded: frozenset[str]
+    ) -> policy.LoadPlan | None:
+        """The policy's choice for a copy of the model among these instances."""
+        labels, preferred = model.labels, model.preferred_labels
+        return policy.choose_instance(
+            model.model_type, size.size_bytes, instances, excluded, self._policy, labels, size.device_bytes, preferred
+        )
 
     def _candidates(self, model: ModelRecord) -> list[policy.InstanceView]:
         """The instances a copy of the model may go to: those not draining, unless only draining ones take it

@@ -23,6 +23,18 @@ from mesh.registry import ModelRegistry
 MB = 1_000_000
 
 
+WAIT_S = 5.0
+"""How long a unit test waits for something that happens in the background (it takes milliseconds)."""
+
+
+async def eventually(condition: Callable[[], object], what: str) -> None:
+    """Until condition() is true, polled every 5 ms; fails saying `what` after WAIT_S."""
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"not within {WAIT_S} s: {what}"
+        await asyncio.sleep(0.005)
+
+
 def rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
     """The error a real channel raises when the server answers `code`."""
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details or code.name)

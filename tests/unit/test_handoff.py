@@ -4,22 +4,12 @@ runtimes and the real embedded store."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
-from harness.fakes import FakeRuntime
+from harness.fakes import FakeRuntime, eventually
 
 from adapters.common.handoff import models_to_hand_off
 from mesh.placement.records import now_ms
-
-WAIT_S = 5.0
-
-
-async def eventually(check, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, what
-        await asyncio.sleep(0.005)
 
 
 async def test_a_draining_instance_hands_its_recently_used_models_to_the_others(make_cluster) -> None:  # type: ignore[no-untyped-def]

@@ -4,24 +4,13 @@ what each kind of runtime failure leads to."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import pytest
-from harness.fakes import MB, FakeRuntime
+from harness.fakes import MB, FakeRuntime, eventually
 
 from mesh.errors import ModelLoadFailed, NoCapacity, Unavailable
 from mesh.placement.records import CopyRecord, CopyState, Kind, PlacementRecord, now_ms
-
-POLL_S = 0.005
-WAIT_S = 5.0
-
-
-async def eventually(condition, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {WAIT_S} s: {what}"
-        await asyncio.sleep(POLL_S)
 
 
 async def test_fifty_concurrent_misses_make_one_load(make_cluster):

@@ -4,25 +4,15 @@ it gone or not."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 import grpc
-from harness.fakes import FakeRuntime
+from harness.fakes import FakeRuntime, eventually
 
 from mesh.cli.vmodels import vmodel_text
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.placement.records import Kind, VModelRecord
 from mesh.registry.status import VModelState
-
-WAIT_S = 5.0
-
-
-async def eventually(check, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, what
-        await asyncio.sleep(0.005)
 
 
 async def test_a_vmodel_switches_only_once_its_target_has_the_active_models_copies(make_cluster) -> None:  # type: ignore[no-untyped-def]
