@@ -9,6 +9,7 @@ object such as {"type": "s3", "access_key_id": ..., "secret_access_key": ..., "e
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,11 @@ class S3Settings:
     access_key_id: str | None
     secret_access_key: str | None = field(repr=False)
     certificate: str | None = field(repr=False)
+    # IAM roles for service accounts (EKS): a role assumed with the web-identity token in this file, through STS
+    # (at sts_endpoint_url when set). No keys at all: the token file's contents are read when credentials are due.
+    role_arn: str | None = None
+    web_identity_token_file: str | None = None
+    sts_endpoint_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -174,17 +180,42 @@ def _s3_location(storage_key: str, config: dict[str, Any], bucket: str, object_k
     if not object_key:
         raise InvalidArgument(f"model path {model_path!r} names a bucket but no object or folder in it")
     relative_parts(object_key, f"S3 key {object_key!r} of model path {model_path!r}", allow_trailing_slash=True)
+    access_key_id = _optional_str(config, "access_key_id", storage_key)
+    secret_access_key = _optional_str(config, "secret_access_key", storage_key)
+    if (access_key_id is None) != (secret_access_key is None):
+        raise InvalidArgument(f"storage key '{storage_key}' sets only one of access_key_id and secret_access_key")
+    role_arn, token_file = _web_identity(config, storage_key) if access_key_id is None else (None, None)
     settings = S3Settings(
         storage_key=storage_key,
         endpoint_url=_optional_str(config, "endpoint_url", storage_key),
         region=_optional_str(config, "region", storage_key) or _DEFAULT_REGION,
-        access_key_id=_optional_str(config, "access_key_id", storage_key),
-        secret_access_key=_optional_str(config, "secret_access_key", storage_key),
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
         certificate=_optional_str(config, "certificate", storage_key),
+        role_arn=role_arn,
+        web_identity_token_file=token_file,
+        sts_endpoint_url=_optional_str(config, "sts_endpoint_url", storage_key),
     )
-    if (settings.access_key_id is None) != (settings.secret_access_key is None):
-        raise InvalidArgument(f"storage key '{storage_key}' sets only one of access_key_id and secret_access_key")
     return S3Location(settings, bucket, object_key)
+
+
+def _web_identity(config: dict[str, Any], storage_key: str) -> tuple[str | None, str | None]:
+    """The role to assume with a web-identity token, and the token's file: the storage key's `role_arn` and
+    `web_identity_token_file`, else what EKS mounts for a pod's service account (AWS_ROLE_ARN,
+    AWS_WEB_IDENTITY_TOKEN_FILE). Neither: (None, None), and the bucket is read unsigned."""
+    role_arn = _optional_str(config, "role_arn", storage_key) or os.environ.get("AWS_ROLE_ARN") or None
+    token_file = (
+        _optional_str(config, "web_identity_token_file", storage_key)
+        or os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE")
+        or None
+    )
+    if (role_arn is None) != (token_file is None):
+        raise InvalidArgument(
+            f"storage key '{storage_key}' has a web identity without its "
+            f"{'token file' if token_file is None else 'role'}: set both role_arn and web_identity_token_file "
+            "(or AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE)"
+        )
+    return role_arn, token_file
 
 
 def _optional_str(config: dict[str, Any], name: str, storage_key: str) -> str | None:
