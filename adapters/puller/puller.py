@@ -19,10 +19,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.puller import local, s3
+from adapters.puller import http, local, s3
 from adapters.puller.destination import Destination
 from adapters.puller.names import is_inside, model_dir_name, relative_parts
-from adapters.puller.storage import Location, S3Location, parse_model_key, resolve_location
+from adapters.puller.storage import (
+    HttpLocation,
+    Location,
+    S3Location,
+    parse_model_key,
+    redacted,
+    resolve_location,
+)
 from mesh.errors import InvalidArgument, MeshError, ModelLoadFailed
 
 log = logging.getLogger(__name__)
@@ -40,8 +47,16 @@ class PulledModel:
 class Puller:
     """Pulls models into per-model folders under `root`; see docs/runtimes/puller.md for sources and safety rules."""
 
-    def __init__(self, root: Path, storage_config_dir: Path | None = None, local_roots: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        storage_config_dir: Path | None = None,
+        local_roots: Sequence[Path] = (),
+        max_bytes: int = http.MAX_BYTES,
+    ) -> None:
+        """max_bytes: the most one http(s) pull downloads, and unpacks from an archive."""
         self._root = Path(root).resolve()
+        self._max_bytes = max_bytes
         self._storage_config_dir = storage_config_dir
         self._local_roots = tuple(Path(r).resolve() for r in local_roots)
         self._s3_clients = s3.S3Clients()
@@ -61,7 +76,7 @@ class Puller:
             stop.set()  # the worker thread can't be interrupted; it stops at its next file and installs nothing
             raise
         except MeshError as exc:
-            log.warning("pull of model %s from %s failed: %s", model_id, model_path, exc.message)
+            log.warning("pull of model %s from %s failed: %s", model_id, redacted(model_path), exc.message)
             raise
         finally:
             with self._lock:
@@ -72,7 +87,7 @@ class Puller:
         log.info(
             "pulled model %s from %s: %d bytes in %.2fs",
             model_id,
-            model_path,
+            redacted(model_path),
             pulled.disk_size_bytes,
             time.perf_counter() - start,
         )
@@ -131,6 +146,8 @@ class Puller:
     def _fetch(self, location: Location, name: str, destination: Destination) -> None:
         if isinstance(location, S3Location):
             s3.download(self._s3_clients.get(location.settings), location, name, destination)
+        elif isinstance(location, HttpLocation):
+            http.download(location, name, destination, self._max_bytes)
         else:
             source = local.resolve_source(location.path, self._local_roots, self._root)
             local.copy_source(source, name, destination)
@@ -155,6 +172,10 @@ class Puller:
 
 def _local_name(location: Location) -> str:
     """The name the model gets inside its folder: model_path's last component, as upstream names it."""
+    if isinstance(location, HttpLocation):
+        name = http.local_name(location)
+        relative_parts(name, f"model path {location}'s last component")
+        return name
     path = location.key if isinstance(location, S3Location) else location.path
     name = path.rstrip("/").rsplit("/", 1)[-1]
     if name in ("", "."):

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from adapters.puller.names import check_characters, relative_parts
 from mesh.errors import InvalidArgument
@@ -68,7 +69,26 @@ class LocalLocation:
         return self.path
 
 
-Location = S3Location | LocalLocation
+@dataclass(frozen=True)
+class HttpLocation:
+    """A model file, or an archive of one (.tar.gz, .tgz, .tar, .zip: unpacked), at an http(s) URL."""
+
+    url: str
+    sha256: str | None = None  # the file's (the archive's) digest, when the model key gives one: checked
+
+    def __str__(self) -> str:
+        return redacted(self.url)
+
+
+def redacted(url: str) -> str:
+    """The URL without credentials in it (user:password@host), for messages and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+Location = S3Location | LocalLocation | HttpLocation
 
 
 def parse_model_key(text: str) -> ModelKey:
@@ -110,8 +130,13 @@ def resolve_location(model_path: str, key: ModelKey, config_dir: Path | None) ->
     scheme = scheme_match.group(1).lower() if scheme_match else None
     if scheme == "file":
         return LocalLocation(model_path[len("file://") :])
+    if scheme in ("http", "https"):
+        return _http_location(model_path, key)
     if scheme not in (None, "s3"):
-        raise InvalidArgument(f"model path {model_path!r} has the unsupported scheme '{scheme}' (use s3:// or file://)")
+        raise InvalidArgument(
+            f"model path {redacted(model_path)!r} has the unsupported scheme '{scheme}' (use s3://, http(s):// or "
+            "file://)"
+        )
     storage_key, config = _storage_config(key, config_dir)
     config.update({"bucket": key.bucket} if key.bucket else {})
     config.update(key.storage_params)
@@ -128,6 +153,15 @@ def resolve_location(model_path: str, key: ModelKey, config_dir: Path | None) ->
     else:
         bucket, object_key = config.get("bucket") or config.get("default_bucket") or "", model_path.lstrip("/")
     return _s3_location(storage_key, config, bucket, object_key, model_path)
+
+
+def _http_location(url: str, key: ModelKey) -> HttpLocation:
+    if not urlsplit(url).hostname:
+        raise InvalidArgument(f"model path {redacted(url)!r} names no host")
+    digest = key.storage_params.get("sha256")
+    if digest is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+        raise InvalidArgument(f"storage_params.sha256 must be 64 hexadecimal digits, not {digest!r}")
+    return HttpLocation(url, digest.lower() if digest else None)
 
 
 def _storage_config(key: ModelKey, config_dir: Path | None) -> tuple[str, dict[str, Any]]:

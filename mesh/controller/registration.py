@@ -95,9 +95,11 @@ def _storage(predictor: Predictor) -> tuple[str, dict[str, str]]:
     if scheme == "file":
         # Not KServe's, but the puller's: a path every runtime pod sees (a volume mounted at the same place).
         return uri[len("file://") :], params
+    if scheme in ("http", "https"):
+        return uri, params  # a file, or an archive the puller unpacks
     if not scheme:
         raise SpecError(f"storageUri {uri!r} has no scheme: use s3://bucket/path, or storage.key and storage.path")
     raise SpecError(
-        f"storageUri scheme '{scheme}' is not one mesh's puller reads: use s3:// (any S3-compatible store), or "
-        "storage.key and storage.path"
+        f"storageUri scheme '{scheme}' is not one mesh's puller reads: use s3:// (any S3-compatible store), "
+        "http(s)://, or storage.key and storage.path"
     )

@@ -54,7 +54,12 @@ def test_a_file_uri_is_a_local_path() -> None:
     assert spec_of({"storageUri": "file:///mnt/models/iris.joblib"}).path == "/mnt/models/iris.joblib"
 
 
-@pytest.mark.parametrize("uri", ["gs://bucket/m", "pvc://claim/m", "https://host/m", "/no/scheme"])
+def test_an_http_uri_is_pulled_as_it_is() -> None:
+    spec = spec_of({"storageUri": "https://models.example/iris.tar.gz"})
+    assert spec.path == "https://models.example/iris.tar.gz"
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/m", "pvc://claim/m", "/no/scheme"])
 def test_storage_the_puller_cannot_read_is_refused(uri: str) -> None:
     with pytest.raises(SpecError):
         spec_of({"storageUri": uri})
