@@ -26,7 +26,7 @@ from mesh.controller import resources as r
 from mesh.controller import status as st
 from mesh.controller.kube import Key, Kube, key_of
 from mesh.controller.meshapi import MeshClient, MeshState
-from mesh.controller.registration import ModelSpec, model_spec, owner_namespace
+from mesh.controller.registration import ModelSpec, claim_of, model_spec, owner_namespace
 from mesh.controller.selection import NoRuntime, select_runtime
 from mesh.controller.settings import ControllerSettings
 from mesh.controller.workloads import (
@@ -122,12 +122,29 @@ class Reconciler:
                 labels = chosen.instance_labels(predictor.namespace) if self.settings.isolate_runtimes else ()
                 vmodel_id = self.settings.vmodel_id(predictor.namespace, predictor.name)
                 entry.spec = model_spec(predictor, labels, vmodel_id)
-                entry.workload = build(chosen, predictor.namespace, self.settings)
             except r.SpecError as exc:
                 entry.problem = (st.INVALID_PREDICTOR_SPEC, str(exc))
+        self._build_workloads(entries)
+        return entries
+
+    def _build_workloads(self, entries: list[Entry]) -> None:
+        """Each entry's runtime workload, mounting every persistent volume claim its namespace's models of that
+        runtime are on."""
+        claims: dict[tuple[str, str], set[str]] = {}
+        for entry in entries:
+            if entry.runtime is not None and entry.spec is not None and entry.problem is None:
+                claim = claim_of(entry.spec.path)
+                if claim is not None:
+                    claims.setdefault((entry.key[0], entry.runtime.ref), set()).add(claim)
+        for entry in entries:
+            if entry.runtime is None or entry.spec is None or entry.problem is not None:
+                continue
+            namespace = entry.key[0]
+            try:
+                used = tuple(sorted(claims.get((namespace, entry.runtime.ref), ())))
+                entry.workload = build(entry.runtime, namespace, self.settings, used)
             except WorkloadError as exc:
                 entry.problem = (RUNTIME_UNHEALTHY, str(exc))
-        return entries
 
     # ---- 2. workloads ------------------------------------------------------------------------------------
 

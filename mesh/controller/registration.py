@@ -79,6 +79,29 @@ def model_spec(predictor: Predictor, labels: tuple[str, ...] = (), vmodel_id: st
     )
 
 
+PVC_ROOT = "/mnt/pvc"
+"""Where runtime pods mount the persistent volume claims their models are on, each at PVC_ROOT/<claim>."""
+_CLAIM = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+def pvc_claim(uri: str) -> tuple[str, str]:
+    """(claim, path inside it) of a pvc://<claim>/<path> storageUri; SpecError when it is not one."""
+    claim, _, path = uri[len("pvc://") :].partition("/")
+    if not _CLAIM.fullmatch(claim):
+        raise SpecError(f"storageUri {uri!r} names no valid persistent volume claim")
+    parts = path.strip("/").split("/")
+    if not path.strip("/") or any(part in ("", ".", "..") for part in parts):
+        raise SpecError(f"storageUri {uri!r} needs a path inside the claim, without '..' or empty parts")
+    return claim, "/".join(parts)
+
+
+def claim_of(path: str) -> str | None:
+    """The claim a registered model path is on, when it is one a pvc:// storageUri gave."""
+    if not path.startswith(PVC_ROOT + "/"):
+        return None
+    return path[len(PVC_ROOT) + 1 :].split("/", 1)[0] or None
+
+
 def _storage(predictor: Predictor) -> tuple[str, dict[str, str]]:
     """The model path the adapters' puller reads, and the storage parameters for its model key."""
     params = dict(predictor.storage_params)
@@ -97,6 +120,9 @@ def _storage(predictor: Predictor) -> tuple[str, dict[str, str]]:
         return uri[len("file://") :], params
     if scheme in ("http", "https"):
         return uri, params  # a file, or an archive the puller unpacks
+    if scheme == "pvc":
+        claim, path = pvc_claim(uri)
+        return f"{PVC_ROOT}/{claim}/{path}", params  # the runtime pods mount the claim there (workloads.py)
     if not scheme:
         raise SpecError(f"storageUri {uri!r} has no scheme: use s3://bucket/path, or storage.key and storage.path")
     raise SpecError(

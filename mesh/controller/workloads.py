@@ -16,6 +16,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from mesh.controller.registration import PVC_ROOT
 from mesh.controller.resources import GROUP, RUNTIME_VERSION, Runtime
 from mesh.controller.settings import ControllerSettings
 
@@ -164,8 +165,9 @@ def gpus(runtime: Runtime) -> int:
     return total
 
 
-def build(runtime: Runtime, namespace: str, settings: ControllerSettings) -> Workload:
-    """The Deployment and Service for `runtime` in `namespace`; WorkloadError for a spec that cannot run."""
+def build(runtime: Runtime, namespace: str, settings: ControllerSettings, claims: tuple[str, ...] = ()) -> Workload:
+    """The Deployment and Service for `runtime` in `namespace`, mounting these persistent volume claims (read-only,
+    at PVC_ROOT/<claim>) for the models on them; WorkloadError for a spec that cannot run."""
     name = workload_name(runtime.name)
     labels = {
         "app.kubernetes.io/name": "mesh-runtime",
@@ -195,7 +197,7 @@ def build(runtime: Runtime, namespace: str, settings: ControllerSettings) -> Wor
                     "labels": {**(runtime.spec.get("labels") or {}), **labels},
                     "annotations": dict(runtime.spec.get("annotations") or {}),
                 },
-                "spec": _pod_spec(runtime, namespace, settings),
+                "spec": _pod_spec(runtime, namespace, settings, claims),
             },
         },
     }
@@ -221,7 +223,9 @@ def _stamped(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def _pod_spec(runtime: Runtime, namespace: str, settings: ControllerSettings) -> dict[str, Any]:
+def _pod_spec(
+    runtime: Runtime, namespace: str, settings: ControllerSettings, claims: tuple[str, ...]
+) -> dict[str, Any]:
     spec = runtime.spec
     containers = [_with_models_volume(c) for c in spec.get("containers") or [] if isinstance(c, dict)]
     if not containers:
@@ -230,9 +234,12 @@ def _pod_spec(runtime: Runtime, namespace: str, settings: ControllerSettings) ->
     if runtime.server_type is not None:
         containers = [_waits_for_the_adapter(c, settings) for c in containers]
         containers.append(_adapter(runtime, spi_port, settings, runtime.instance_labels(namespace)))
+    containers = [_with_claims(c, claims) for c in containers]
     containers.append(_router(runtime, spi_port, settings, runtime.instance_labels(namespace)))
     volumes = [v for v in spec.get("volumes") or [] if v.get("name") not in (MODELS_VOLUME, STORAGE_VOLUME)]
     volumes.append({"name": MODELS_VOLUME, "emptyDir": {}})
+    for claim in claims:
+        volumes.append({"name": _claim_volume(claim), "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
     volumes.append({"name": STORAGE_VOLUME, "secret": {"secretName": settings.storage_secret, "optional": True}})
     pod: dict[str, Any] = {
         "containers": containers,
@@ -255,6 +262,22 @@ def _waits_for_the_adapter(container: dict[str, Any], settings: ControllerSettin
     wait = f"i=0; while [ ! -e {LEFT_MARKER} ] && [ $i -lt {limit} ]; do sleep 1; i=$((i+1)); done"
     hook = {"preStop": {"exec": {"command": ["/bin/sh", "-c", wait]}}}
     return {**container, "lifecycle": {**(container.get("lifecycle") or {}), **hook}}
+
+
+def _claim_volume(claim: str) -> str:
+    """A volume name for the claim: a DNS-1123 label (a claim name may be longer, or hold dots)."""
+    return "pvc-" + hashlib.sha256(claim.encode()).hexdigest()[:12]
+
+
+def _with_claims(container: dict[str, Any], claims: tuple[str, ...]) -> dict[str, Any]:
+    """The container with each claim mounted read-only at PVC_ROOT/<claim>; the adapter also reads from there."""
+    if not claims:
+        return container
+    mounts = [{"name": _claim_volume(c), "mountPath": f"{PVC_ROOT}/{c}", "readOnly": True} for c in claims]
+    changed = {**container, "volumeMounts": [*(container.get("volumeMounts") or []), *mounts]}
+    if container.get("name") == "mesh-adapter":
+        changed["args"] = [*container["args"], "--local-root", PVC_ROOT]
+    return changed
 
 
 def _with_models_volume(container: dict[str, Any]) -> dict[str, Any]:

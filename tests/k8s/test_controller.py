@@ -123,6 +123,25 @@ def test_a_pinned_isvc_registers_a_pinned_model_and_annotation_changes_reach_it(
     assert vmodel_target(mesh, "iris-pinned.team-p") == target
 
 
+def test_the_runtime_pods_mount_the_claims_their_namespaces_models_are_on(
+    cluster: KubeCluster, api: client.ApiClient, mesh: ServeProcess
+) -> None:
+    cluster.cluster_runtime("mlserver-1.x", SKLEARN)
+    for name, uri in (("iris-a", "pvc://models-a/iris.joblib"), ("iris-b", "pvc://models-b/v2/iris.joblib")):
+        cluster.isvc("team-v", name, {"modelFormat": {"name": "sklearn"}, "storageUri": uri})
+
+    def claims() -> set[str]:
+        deployments = list(cluster.deployments("team-v").values())
+        volumes = deployments[0]["spec"]["template"]["spec"]["volumes"] if deployments else []
+        return {v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v}
+
+    with running(settings_for(mesh), api):
+        wait_for("one Deployment mounting both claims", lambda: claims() == {"models-a", "models-b"})
+        target = wait_for("registration", lambda: vmodel_target(mesh, "iris-a.team-v"))
+    entry = next(m for m in listing(mesh).models if m.modelId == target)
+    assert entry.modelInfo.path == "/mnt/pvc/models-a/iris.joblib"
+
+
 def test_isvc_without_the_model_mesh_annotation_is_left_alone(
     cluster: KubeCluster, api: client.ApiClient, mesh: ServeProcess, models: dict[str, Path]
 ) -> None:

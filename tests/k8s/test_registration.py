@@ -10,7 +10,7 @@ import pytest
 
 from adapters.puller.storage import S3Location, parse_model_key, resolve_location
 from mesh.controller import status as st
-from mesh.controller.registration import model_spec, owner_namespace
+from mesh.controller.registration import claim_of, model_spec, owner_namespace
 from mesh.controller.resources import SpecError, parse_predictor
 from mesh.gen import model_mesh_pb2 as mm
 
@@ -59,7 +59,16 @@ def test_an_http_uri_is_pulled_as_it_is() -> None:
     assert spec.path == "https://models.example/iris.tar.gz"
 
 
-@pytest.mark.parametrize("uri", ["gs://bucket/m", "pvc://claim/m", "/no/scheme"])
+def test_a_pvc_uri_is_a_path_where_runtime_pods_mount_the_claim() -> None:
+    spec = spec_of({"storageUri": "pvc://team-models/sklearn/iris.joblib"})
+    assert spec.path == "/mnt/pvc/team-models/sklearn/iris.joblib"
+    assert claim_of(spec.path) == "team-models" and claim_of("/models/iris.joblib") is None
+    for bad in ("pvc://Bad_Claim/m", "pvc://claim", "pvc://claim/", "pvc://claim/../etc/passwd"):
+        with pytest.raises(SpecError, match="storageUri"):
+            spec_of({"storageUri": bad})
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/m", "az://container/m", "/no/scheme"])
 def test_storage_the_puller_cannot_read_is_refused(uri: str) -> None:
     with pytest.raises(SpecError):
         spec_of({"storageUri": uri})

@@ -170,3 +170,22 @@ def test_gpus_a_runtime_asks_for_become_device_memory_its_adapter_reports() -> N
     bad = [{"name": "triton", "image": "t", "resources": {"limits": {"nvidia.com/gpu": "two"}}}]
     with pytest.raises(WorkloadError, match="nvidia.com/gpu must be a whole number, not 'two'"):
         build(runtime(containers=bad), "team-a", settings)
+
+
+def test_the_claims_models_are_on_are_mounted_read_only_where_their_paths_point() -> None:
+    workload = build(runtime(), "team-a", SETTINGS, claims=("team-models", "shared.models"))
+    kubernetes_validate.validate(workload.deployment, K8S_VERSION, strict=True)
+    pod = workload.deployment["spec"]["template"]["spec"]
+    volumes = {
+        v["persistentVolumeClaim"]["claimName"]: v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
+    assert set(volumes) == {"team-models", "shared.models"}
+    assert all(v["persistentVolumeClaim"]["readOnly"] for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    for name in ("triton", "mesh-adapter"):
+        mounts = {m["mountPath"]: m for m in container(workload, name)["volumeMounts"]}
+        assert mounts["/mnt/pvc/team-models"]["name"] == volumes["team-models"]
+        assert mounts["/mnt/pvc/shared.models"]["readOnly"]
+    args = container(workload, "mesh-adapter")["args"]
+    assert args[args.index("--local-root") + 1] == "/mnt/pvc"  # the puller may read there
+    assert "volumeMounts" not in container(workload, "mesh-router")
+    assert "--local-root" not in container(build(runtime(), "team-a", SETTINGS), "mesh-adapter")["args"]
