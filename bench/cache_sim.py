@@ -13,6 +13,12 @@ through:
   the future until the missing model fits ("farthest next use", the usual size-oblivious approximation; the
   size-aware optimum is NP-hard). A model must be loaded to serve its request, so there is no bypass.
 
+Each model also has a load time, drawn log-normal (median LOAD_MEDIAN_S, σ LOAD_SIGMA, so from tens of
+milliseconds to minutes) and loosely tied to its size (× (size / median size)^0.5): every policy is also scored in
+seconds spent loading, and mesh-cost (the "cost" policy: GDSF with the measured load time as each model's cost)
+is set against LRU, GDSF and Belady in them. Belady here is the size- and cost-oblivious farthest-next-use: the
+optimum in hits, a reference (not a bound) in seconds.
+
 Every request is counted, cold start included. The mesh policies are held to the same total capacity split over
 INSTANCES instances, so a victim set must fit on one instance: fragmentation that the single caches do not pay.
 """
@@ -29,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from mesh.placement.policy import InstanceView, ResidentCopy, choose_instance, gdsf_clock
+from mesh.placement.policy import CLOCKED_POLICIES, InstanceView, ResidentCopy, choose_instance, gdsf_clock
 from mesh.placement.records import InstanceRecord
 
 ALPHAS = (0.8, 1.0, 1.2)
@@ -43,7 +49,9 @@ SIZE_SIGMA = 1.0
 MIN_SIZE_BYTES = 10 * 2**20
 SEED = 20240
 MODEL_TYPE = "sim"
-POLICIES = ("lru", "mesh-lru", "mesh-gdsf", "belady")
+LOAD_MEDIAN_S = 3.0
+LOAD_SIGMA = 1.5
+POLICIES = ("lru", "mesh-lru", "mesh-gdsf", "mesh-cost", "belady")
 WITHIN_BELADY = 0.9
 
 
@@ -53,6 +61,7 @@ class Workload:
     sizes: list[int]
     trace: list[int]
     instance_capacity: int
+    load_ms: list[int]
 
     @property
     def total_capacity(self) -> int:
@@ -64,6 +73,12 @@ class Outcome:
     hits: int = 0
     misses: int = 0
     bytes_loaded: int = 0
+    load_ms: int = 0
+
+    def missed(self, workload: Workload, model: int) -> None:
+        self.misses += 1
+        self.bytes_loaded += workload.sizes[model]
+        self.load_ms += workload.load_ms[model]
 
     def as_dict(self) -> dict[str, Any]:
         total = self.hits + self.misses
@@ -72,6 +87,7 @@ class Outcome:
             "misses": self.misses,
             "hit_ratio": self.hits / total,
             "bytes_loaded": self.bytes_loaded,
+            "load_seconds": self.load_ms / 1000,
         }
 
 
@@ -85,7 +101,9 @@ def make_workload(alpha: float, requests: int, seed: int = SEED) -> Workload:
     # Popularity rank is a random permutation of the models, independent of their sizes.
     by_rank = rng.permutation(MODELS)
     trace = by_rank[rng.choice(MODELS, size=requests, p=weights / weights.sum())]
-    return Workload(alpha, sizes.tolist(), trace.tolist(), instance_capacity)
+    noise = np.exp(rng.normal(np.log(LOAD_MEDIAN_S), LOAD_SIGMA, MODELS))
+    load_ms = np.maximum(noise * np.sqrt(sizes / MEDIAN_SIZE_BYTES) * 1000, 1).astype(np.int64)
+    return Workload(alpha, sizes.tolist(), trace.tolist(), instance_capacity, load_ms.tolist())
 
 
 def simulate_mesh(workload: Workload, eviction: str) -> Outcome:
@@ -102,8 +120,7 @@ def simulate_mesh(workload: Workload, eviction: str) -> Outcome:
         if k is not None:
             outcome.hits += 1
         else:
-            outcome.misses += 1
-            outcome.bytes_loaded += size
+            outcome.missed(workload, model)
             views = [InstanceView(rec, list(copies.values())) for rec, copies in zip(records, resident, strict=True)]
             choice = choose_instance(MODEL_TYPE, size, views, eviction=eviction)
             if choice is None:
@@ -113,12 +130,14 @@ def simulate_mesh(workload: Workload, eviction: str) -> Outcome:
                 victim_id = int(victim.model_id)
                 del resident[k][victim_id]
                 del where[victim_id]
-            if eviction == "gdsf":
-                clock = gdsf_clock(clock, choice.victims)
+            if eviction in CLOCKED_POLICIES:
+                clock = gdsf_clock(clock, choice.victims, eviction)
             where[model] = k
         # The request is served: one more use, at time t (and the GDSF clock now).
         uses[model] = uses.get(model, 0) + 1
-        resident[k][model] = ResidentCopy(str(model), size, t, True, uses[model], clock)
+        resident[k][model] = ResidentCopy(
+            str(model), size, t, True, uses[model], clock, load_ms=workload.load_ms[model]
+        )
     return outcome
 
 
@@ -133,8 +152,7 @@ def simulate_lru(workload: Workload) -> Outcome:
             cache.move_to_end(model)
             continue
         size = workload.sizes[model]
-        outcome.misses += 1
-        outcome.bytes_loaded += size
+        outcome.missed(workload, model)
         while used + size > workload.total_capacity:
             used -= cache.popitem(last=False)[1]
         cache[model] = size
@@ -162,8 +180,7 @@ def simulate_belady(workload: Workload) -> Outcome:
         if model in resident:
             outcome.hits += 1
         else:
-            outcome.misses += 1
-            outcome.bytes_loaded += size
+            outcome.missed(workload, model)
             while used + size > workload.total_capacity:
                 negative_next, victim = heapq.heappop(heap)
                 if resident.get(victim) == -negative_next:
@@ -205,6 +222,16 @@ def _targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, An
                     f" ({mesh['hit_ratio'] / belady['hit_ratio']:.3f}×)",
                 }
             )
+        cost = by_policy["mesh-cost"]["load_seconds"]
+        for other in ("lru", "mesh-lru", "mesh-gdsf"):
+            theirs = by_policy[other]["load_seconds"]
+            targets.append(
+                {
+                    "name": f"α={alpha}: mesh (cost) loads for fewer seconds than {other}",
+                    "met": cost < theirs,
+                    "detail": f"{cost:,.0f} s vs {theirs:,.0f} s ({100 * (1 - cost / theirs):.1f} % fewer)",
+                }
+            )
     return targets
 
 
@@ -220,6 +247,7 @@ def _plots(results: dict[str, dict[str, dict[str, Any]]], out_dir: Path) -> list
     for key, ylabel, title, filename, scale in (
         ("hit_ratio", "hit ratio", "Hit ratio by Zipf α", "cache_hit_ratio.png", 1),
         ("bytes_loaded", "bytes loaded (TiB)", "Bytes loaded by Zipf α", "cache_bytes_loaded.png", 2**40),
+        ("load_seconds", "hours spent loading", "Load time by Zipf α", "cache_load_seconds.png", 3600),
     ):
         fig, ax = plt.subplots(figsize=(7, 4))
         for i, policy in enumerate(POLICIES):
@@ -258,6 +286,15 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         }
         for alpha, by in results.items()
     }
+    cost_gain = {
+        alpha: {
+            f"load_seconds_fewer_than_{other}_pct": 100
+            * (1 - by["mesh-cost"]["load_seconds"] / by[other]["load_seconds"])
+            for other in ("lru", "mesh-lru", "mesh-gdsf")
+        }
+        | {"load_seconds_vs_belady": by["mesh-cost"]["load_seconds"] / by["belady"]["load_seconds"]}
+        for alpha, by in results.items()
+    }
     return {
         "scenario": "cache_sim",
         "quick": quick,
@@ -269,10 +306,12 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
             "size_distribution": f"log-normal, median {MEDIAN_SIZE_BYTES >> 20} MiB, σ {SIZE_SIGMA}, clipped to "
             f"[{MIN_SIZE_BYTES >> 20} MiB, one instance]",
             "seed": SEED,
+            "load_time_distribution": f"log-normal, median {LOAD_MEDIAN_S} s, σ {LOAD_SIGMA}, × (size / median)^0.5",
             "belady_variant": "farthest next use, evicted until the miss fits (no bypass)",
         },
         "results": results,
         "gdsf_vs_mesh_lru": gdsf_gain,
+        "cost_vs_others": cost_gain,
         "seconds": seconds,
         "targets": _targets(results),
         "plots": _plots(results, out_dir),

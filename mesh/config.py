@@ -63,7 +63,8 @@ class Settings:
     """How often (at most) this router publishes the models it has requests in flight or waiting for, so that no
     router sharing its store evicts their copies; 0: never (a router alone on its store needs none)."""
     eviction_policy: str = "lru"
-    """Which copies make room for a load: lru (least recently used, cluster-wide) or gdsf (Greedy-Dual-Size-
+    """Which copies make room for a load: lru (least recently used, cluster-wide), cost (GDSF weighing each model's
+    measured load time: slow-to-load models stay) or gdsf (Greedy-Dual-Size-
     Frequency: large, rarely used models go first; the counts are this router's own)."""
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message and REST body accepted and forwarded (both front doors use it)."""

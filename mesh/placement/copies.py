@@ -235,7 +235,9 @@ class CopyTable:
                     and not kept
                 )
                 resident.setdefault(instance_id, []).append(
-                    self._usage.resident_copy(model_id, copy.size_bytes, evictable, copy.device_bytes)
+                    self._usage.resident_copy(
+                        model_id, copy.size_bytes, evictable, copy.device_bytes, placement.record.load_ms
+                    )
                 )
         return [
             policy.InstanceView(

@@ -14,6 +14,7 @@ not retried there for load_failure_backoff_seconds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -255,7 +256,9 @@ class Loader:
         try:
             if choice.victims:
                 await self._evictor.evict(instance_id, choice.victims, for_model=model_id)
+            load_started = time.perf_counter()
             size = await self._call_load(instance_id, model)
+            load_ms = max(round((time.perf_counter() - load_started) * 1000), 1)
             done = True
         except grpc.aio.AioRpcError as exc:
             raise await self._load_failed(model_id, instance_id, exc, started) from exc
@@ -275,7 +278,9 @@ class Loader:
         await self._store.update(
             Kind.PLACEMENT,
             model_id,
-            lambda p: (p or PlacementRecord()).with_copy(instance_id, loaded).used_at(loaded_ms),
+            lambda p: dataclasses.replace(
+                (p or PlacementRecord()).with_copy(instance_id, loaded).used_at(loaded_ms), load_ms=load_ms
+            ),
         )
         ms = round((time.perf_counter() - started) * 1000)
         log.info(

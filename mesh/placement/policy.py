@@ -11,9 +11,11 @@ Memory has two dimensions: host bytes, and accelerator (GPU) bytes for runtimes 
 where both have room; eviction frees the dimension that is short (a copy holding no device memory is no victim
 when only device memory is short).
 
-Which copies are "worth least" is the eviction policy: "lru" (least recently used first, the default) or "gdsf"
+Which copies are "worth least" is the eviction policy: "lru" (least recently used first, the default), "gdsf"
 (Greedy-Dual-Size-Frequency: lowest clock + uses / size first, so large, rarely used copies go before small,
-popular ones; the clock rises to each evicted copy's priority, which ages copies no longer used).
+popular ones; the clock rises to each evicted copy's priority, which ages copies no longer used) or "cost"
+(GDSF with each model's measured load time as its cost: clock + uses × load time / size, so a copy that takes
+20 s to load again is kept over one that takes 20 ms, at the same size and use).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class ResidentCopy:
     uses: int = 0
     clock: float = 0.0
     device_bytes: int = 0
+    # For "cost" only: how long the model's last load took (0: not measured yet, counted as 1 ms).
+    load_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,25 +74,29 @@ class LoadPlan:
     victims: tuple[ResidentCopy, ...]
 
 
-EVICTION_POLICIES = ("lru", "gdsf")
+EVICTION_POLICIES = ("lru", "gdsf", "cost")
+CLOCKED_POLICIES = ("gdsf", "cost")
+"""The policies that count uses and keep a clock (Greedy-Dual's)."""
 
 
-def gdsf_priority(copy: ResidentCopy) -> float:
-    """GDSF's H: the clock when the copy was last used plus its uses per byte (cost 1 per load)."""
-    return copy.clock + copy.uses / max(copy.size_bytes, 1)
+def gdsf_priority(copy: ResidentCopy, eviction: str = "gdsf") -> float:
+    """GDSF's H: the clock when the copy was last used plus its uses per byte, times the cost of loading it
+    again: 1 per load for "gdsf", its measured load time in ms for "cost"."""
+    cost = max(copy.load_ms, 1) if eviction == "cost" else 1
+    return copy.clock + copy.uses * cost / max(copy.size_bytes, 1)
 
 
-def gdsf_clock(clock: float, victims: Iterable[ResidentCopy]) -> float:
+def gdsf_clock(clock: float, victims: Iterable[ResidentCopy], eviction: str = "gdsf") -> float:
     """The GDSF clock after evicting victims: it rises to the highest priority evicted, never falls."""
-    return max([clock, *(gdsf_priority(v) for v in victims)])
+    return max([clock, *(gdsf_priority(v, eviction) for v in victims)])
 
 
 def _worth(eviction: str) -> Callable[[ResidentCopy], tuple]:
     """Sort key for copies, least worth keeping first."""
     if eviction == "lru":
         return lambda c: (c.last_used_ms, c.model_id)
-    if eviction == "gdsf":
-        return lambda c: (gdsf_priority(c), c.last_used_ms, c.model_id)
+    if eviction in CLOCKED_POLICIES:
+        return lambda c: (gdsf_priority(c, eviction), c.last_used_ms, c.model_id)
     raise ValueError(f"unknown eviction policy {eviction!r}; expected one of {', '.join(EVICTION_POLICIES)}")
 
 

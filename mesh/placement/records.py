@@ -161,6 +161,8 @@ class PlacementRecord(Record):
     # The best size known: predicted before the first load, measured after (host bytes, then device bytes).
     size_bytes: int = 0
     device_bytes: int = 0
+    # How long the model's last load took (loadModel alone): what evicting a copy of it costs ("cost" policy).
+    load_ms: int = 0
 
     @property
     def footprint(self) -> Footprint:
@@ -183,6 +185,7 @@ class PlacementRecord(Record):
             last_used_ms=raw.get("last_used_ms", 0),
             size_bytes=raw.get("size_bytes", 0),
             device_bytes=raw.get("device_bytes", 0),
+            load_ms=raw.get("load_ms", 0),
         )
 
     def with_copy(self, instance_id: str, copy: CopyRecord) -> PlacementRecord:
@@ -191,7 +194,8 @@ class PlacementRecord(Record):
             size, device = copy.size_bytes, copy.device_bytes
         else:
             size, device = self.size_bytes or copy.size_bytes, self.device_bytes or copy.device_bytes
-        return PlacementRecord({**self.copies, instance_id: copy}, failures, self.last_used_ms, size, device)
+        copies = {**self.copies, instance_id: copy}
+        return dataclasses.replace(self, copies=copies, failures=failures, size_bytes=size, device_bytes=device)
 
     def without_copy(self, instance_id: str) -> PlacementRecord:
         copies = {i: c for i, c in self.copies.items() if i != instance_id}

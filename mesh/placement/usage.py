@@ -24,7 +24,8 @@ class Usage:
     def __init__(self, view: LocalView, store: RecordStore, eviction_policy: str) -> None:
         self._view = view
         self._store = store
-        self._count_uses = eviction_policy == "gdsf"
+        self._eviction = eviction_policy
+        self._count_uses = eviction_policy in policy.CLOCKED_POLICIES
         self._last_used: dict[str, int] = {}
         self._used_since_flush: set[str] = set()
         self._requests: Counter[str] = Counter()
@@ -65,12 +66,12 @@ class Usage:
     def evicted(self, victims: Iterable[policy.ResidentCopy]) -> None:
         """Copies were evicted: the GDSF clock rises to the highest priority among them."""
         if self._count_uses:
-            self._gdsf_clock = policy.gdsf_clock(self._gdsf_clock, victims)
+            self._gdsf_clock = policy.gdsf_clock(self._gdsf_clock, victims, self._eviction)
 
     def resident_copy(
-        self, model_id: str, size_bytes: int, evictable: bool, device_bytes: int = 0
+        self, model_id: str, size_bytes: int, evictable: bool, device_bytes: int = 0, load_ms: int = 0
     ) -> policy.ResidentCopy:
-        """A copy of the model as eviction weighs it."""
+        """A copy of the model as eviction weighs it (load_ms: how long its last load took)."""
         return policy.ResidentCopy(
             model_id,
             size_bytes,
@@ -79,6 +80,7 @@ class Usage:
             self._uses.get(model_id, 0),
             self._clock_at_use.get(model_id, 0.0),
             device_bytes,
+            load_ms,
         )
 
     async def flush(self) -> None:

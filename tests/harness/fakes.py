@@ -60,6 +60,8 @@ class FakeRuntime:
     # Accelerator memory it reports (0: none), what models need there (model id → bytes; predicted and measured
     # alike), and the real device memory when below what it reports (a load past it fails RESOURCE_EXHAUSTED).
     labels: tuple[str, ...] = ()
+    # model id → how long its loads take (a slow model), else instant.
+    load_seconds: dict[str, float] = field(default_factory=dict)
     device_capacity_bytes: int = 0
     device_sizes: dict[str, int] = field(default_factory=dict)
     device_memory_bytes: int | None = None
@@ -99,6 +101,8 @@ class FakeRuntime:
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused")
         if self.gate is not None:
             await self.gate.wait()
+        if model.model_id in self.load_seconds:
+            await asyncio.sleep(self.load_seconds[model.model_id])  # the model's load time, as a runtime spends it
         code = self.failing.get(model.model_id)
         if code is not None:
             raise rpc_error(code, f"{model.model_id} failed with {code.name}")
