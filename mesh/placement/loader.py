@@ -2,11 +2,11 @@
 makes it one load across routers, and what a failure means.
 
 `ensure_loaded(model_id)` is the whole miss: every caller for a model awaits the same load task. The task chooses
-an instance (policy.py, over the copy table's picture of the instances), claims the load (claims.py), evicts the
-victims the choice named (evictor.py), calls the runtime, and records the LOADED copy. It decides only when an
-instance that could take the model has a free load slot: a decision taken while the load must still queue would
-evict copies, and hold their room, that keep serving hits until the load can start (issue 19). A
-runtime that does not answer is set aside and the next instance tried; one that hangs or runs out of memory is
+an instance (choosing.py: the policy over the copy table's picture of the instances), claims the load (claims.py),
+evicts the victims the choice named (evictor.py), calls the runtime, and records the LOADED copy. It decides only
+when an instance that could take the model has a free load slot: a decision taken while the load must still queue
+would evict copies, and hold their room, that keep serving hits until the load can start (issue 19). A runtime
+that does not answer is set aside and the next instance tried; one that hangs or runs out of memory is
 tried elsewhere (MAX_LOAD_ATTEMPTS in all); a load the model itself fails is recorded against the instance and
 not retried there for load_failure_backoff_seconds.
 """
@@ -21,10 +21,11 @@ import time
 import grpc
 
 from mesh.config import Settings
-from mesh.errors import MeshError, ModelLoadFailed, ModelNotFound, NoCapacity, Unavailable
+from mesh.errors import MeshError, ModelLoadFailed, ModelNotFound, Unavailable
 from mesh.metrics import RouterMetrics
 from mesh.periodic import woken_or_after
 from mesh.placement import policy
+from mesh.placement.choosing import Chooser
 from mesh.placement.claims import LoadClaims
 from mesh.placement.copies import LOADING_STALE_S, CopyTable
 from mesh.placement.evictor import Evictor
@@ -94,7 +95,7 @@ class Loader:
         self._evictor = evictor
         self._usage = usage
         self._metrics = metrics
-        self._policy = settings.eviction_policy
+        self._chooser = Chooser(settings, view, copies, health)
         self._loads: SingleFlight[str, str] = SingleFlight("load")
         # Choosing an instance and claiming the load there is one decision per router: two loads deciding at once
         # would both count the same free bytes.
@@ -147,7 +148,7 @@ class Loader:
                 loading_on = self._copies.loading_on(model_id)
                 if loading_on is None:
                     try:
-                        choice = self._choose(model, size)
+                        choice = self._chooser.first_copy(model, size)
                     except Unavailable:
                         # Everything it could evict is loading or serving right now: that changes within
                         # milliseconds under churn, so look again for a while before saying "retry".
@@ -192,50 +193,6 @@ class Loader:
         for victim in choice.victims:
             self._copies.evicting(victim.model_id, choice.instance_id)
         self._copies.load_started(choice.instance_id)
-
-    def _choose(self, model: ModelRecord, size: Footprint) -> policy.LoadPlan | None:
-        """Where the first copy goes and what it evicts, among instances with a free load slot; None when only an
-        instance whose slots are all taken could take it (wait for one); raises why when nowhere will do."""
-        placement = self._view.placements.get(model.model_id)
-        record = placement.record if placement else PlacementRecord()
-        failed = self._recent_failures(record)
-        excluded = frozenset(self._copies.live_copies(record)) | frozenset(failed)
-        instances = self._candidates(model)
-
-        def choose(candidates: list[policy.InstanceView]) -> policy.LoadPlan | None:
-            return self._place(model, size, candidates, excluded)
-
-        choice = choose(_with_free_slot(instances))
-        if choice is not None:
-            return choice
-        if choose(instances) is not None:
-            return None
-        if failed:
-            instance_id, failure = max(failed.items(), key=lambda f: f[1].time_ms)
-            retry_in = self._settings.load_failure_backoff_seconds - (now_ms() - failure.time_ms) / 1000
-            raise ModelLoadFailed(
-                f"model '{model.model_id}' failed to load on instance '{instance_id}': {failure.message}"
-                f" (not retried for another {max(retry_in, 0):.0f}s)"
-            )
-        unreachable = sorted(
-            i
-            for i, v in self._view.instances.items()
-            if v.record.supports(model.model_type, model.labels) and not self._health.reachable(i)
-        )
-        if unreachable:
-            raise Unavailable(
-                f"cannot place model '{model.model_id}': runtime instance(s) {', '.join(unreachable)}"
-                " did not answer; retry shortly"
-            )
-        reason, retryable = policy.why_unplaceable(
-            model.model_type,
-            size.size_bytes,
-            [v.record for v in self._view.instances.values()],
-            model.labels,
-            size.device_bytes,
-        )
-        error = Unavailable if retryable else NoCapacity
-        raise error(f"cannot place model '{model.model_id}': {reason}")
 
     async def _await_placement_change(self, model_id: str, timeout: float) -> None:
         """Wait until the model's placement record changes (another router's load finished or failed)."""
@@ -304,7 +261,7 @@ class Loader:
 
     async def _call_load(self, instance_id: str, model: ModelRecord) -> Footprint:
         """loadModel on the runtime; the size it measured. No slot to wait for: the decision to load here was taken
-        only with one of the instance's load slots free (_with_free_slot), and counted against it since."""
+        only with one of the instance's load slots free (choosing.with_free_slot), and counted against it since."""
         started = time.perf_counter()
         try:
             size = await self._clients.get(instance_id).load(model, self._health.load_timeout(instance_id))
@@ -369,7 +326,7 @@ class Loader:
                 if first and not may_evict:
                     return
                 if not first:
-                    choice = self._choose_extra(model, record, live, may_evict)
+                    choice = self._chooser.extra_copy(model, record, live, may_evict)
                     if choice is None:
                         return
                     incarnation = self._view.instances[choice.instance_id].record.started_ms
@@ -387,26 +344,6 @@ class Loader:
         except (MeshError, _InstanceUnreachable, _TryElsewhere) as exc:
             log.warning("extra copy of model %s not added: %s", model_id, exc)
 
-    def _choose_extra(
-        self, model: ModelRecord, record: PlacementRecord, live: list[str], may_evict: bool
-    ) -> policy.LoadPlan | None:
-        """Where one more copy goes now: an instance with a free load slot, not draining. One where it would evict
-        only with may_evict, and only when no instance that has room is merely out of load slots (the copy waits
-        for one there rather than push models out elsewhere)."""
-        excluded = frozenset(live) | frozenset(self._recent_failures(record))
-        staying = _staying(self._copies.instance_views())
-
-        def choose(instances: list[policy.InstanceView]) -> policy.LoadPlan | None:
-            return self._place(model, record.footprint, instances, excluded)
-
-        choice = choose(_with_free_slot(staying))
-        if choice is None or not choice.victims:
-            return choice
-        if not may_evict:
-            return None
-        best = choose(staying)
-        return choice if best is None or best.victims else None
-
     # ---- what a load needs to know -----------------------------------------------------------------------
 
     def _model(self, model_id: str) -> ModelRecord:
@@ -414,33 +351,3 @@ class Loader:
         if known is None:
             raise ModelNotFound(model_id)
         return known.record
-
-    def _place(
-        self, model: ModelRecord, size: Footprint, instances: list[policy.InstanceView], excluded: frozenset[str]
-    ) -> policy.LoadPlan | None:
-        """The policy's choice for a copy of the model among these instances."""
-        labels, preferred = model.labels, model.preferred_labels
-        return policy.choose_instance(
-            model.model_type, size.size_bytes, instances, excluded, self._policy, labels, size.device_bytes, preferred
-        )
-
-    def _candidates(self, model: ModelRecord) -> list[policy.InstanceView]:
-        """The instances a copy of the model may go to: those not draining, unless only draining ones take it
-        (a copy on an instance about to stop beats no copy while it drains)."""
-        views = self._copies.instance_views()
-        staying = _staying(views)
-        return staying if any(v.record.supports(model.model_type, model.labels) for v in staying) else views
-
-    def _recent_failures(self, record: PlacementRecord) -> dict[str, LoadFailure]:
-        horizon = now_ms() - self._settings.load_failure_backoff_seconds * 1000
-        return {i: f for i, f in record.failures.items() if f.time_ms > horizon and i in self._view.instances}
-
-
-def _staying(instances: list[policy.InstanceView]) -> list[policy.InstanceView]:
-    """The instances that are not draining (told to stop: they take no new copy)."""
-    return [v for v in instances if not v.record.draining]
-
-
-def _with_free_slot(instances: list[policy.InstanceView]) -> list[policy.InstanceView]:
-    """The instances where this router may start a load now (fewer loads running than the runtime's slots)."""
-    return [v for v in instances if v.loads_in_flight < v.record.loading_slots]

@@ -1,0 +1,116 @@
+"""Where a copy goes: the placement policy (policy.py, pure) applied to this router's picture of the instances
+(the copy table), its load slots, draining instances and recent load failures. No I/O; the loader acts on what
+it answers.
+
+A first copy goes only where a load slot is free now: when only an instance whose slots are all taken could
+take it, the answer is "wait" (None), since deciding now would evict copies, and hold their room, that keep
+serving hits until the load can start. An extra copy goes where a slot is free and the instance is not draining;
+it evicts only when told it may (a minimum copy, a hand-off, a vmodel target), and not while an instance that has
+room is merely out of slots.
+"""
+
+from __future__ import annotations
+
+from mesh.config import Settings
+from mesh.errors import ModelLoadFailed, NoCapacity, Unavailable
+from mesh.placement import policy
+from mesh.placement.copies import CopyTable
+from mesh.placement.instance_health import InstanceHealth
+from mesh.placement.records import Footprint, LoadFailure, ModelRecord, PlacementRecord, now_ms
+from mesh.placement.view import LocalView
+
+
+class Chooser:
+    def __init__(self, settings: Settings, view: LocalView, copies: CopyTable, health: InstanceHealth) -> None:
+        self._settings = settings
+        self._view = view
+        self._copies = copies
+        self._health = health
+        self._policy = settings.eviction_policy
+
+    def first_copy(self, model: ModelRecord, size: Footprint) -> policy.LoadPlan | None:
+        """Where the first copy goes and what it evicts, among instances with a free load slot; None when only an
+        instance whose slots are all taken could take it (wait for one); raises why when nowhere will do."""
+        placement = self._view.placements.get(model.model_id)
+        record = placement.record if placement else PlacementRecord()
+        failed = self.recent_failures(record)
+        excluded = frozenset(self._copies.live_copies(record)) | frozenset(failed)
+        instances = self._candidates(model)
+        choice = self._place(model, size, with_free_slot(instances), excluded)
+        if choice is not None:
+            return choice
+        if self._place(model, size, instances, excluded) is not None:
+            return None
+        raise self._why_nowhere(model, size, failed)
+
+    def extra_copy(
+        self, model: ModelRecord, record: PlacementRecord, live: list[str], may_evict: bool
+    ) -> policy.LoadPlan | None:
+        """Where one more copy goes now (None: nowhere now)."""
+        excluded = frozenset(live) | frozenset(self.recent_failures(record))
+        staying = _staying(self._copies.instance_views())
+        choice = self._place(model, record.footprint, with_free_slot(staying), excluded)
+        if choice is None or not choice.victims:
+            return choice
+        if not may_evict:
+            return None
+        best = self._place(model, record.footprint, staying, excluded)
+        return choice if best is None or best.victims else None
+
+    def recent_failures(self, record: PlacementRecord) -> dict[str, LoadFailure]:
+        """The model's load failures still within load_failure_backoff_seconds, on instances that are there."""
+        horizon = now_ms() - self._settings.load_failure_backoff_seconds * 1000
+        return {i: f for i, f in record.failures.items() if f.time_ms > horizon and i in self._view.instances}
+
+    def _place(
+        self, model: ModelRecord, size: Footprint, instances: list[policy.InstanceView], excluded: frozenset[str]
+    ) -> policy.LoadPlan | None:
+        labels, preferred = model.labels, model.preferred_labels
+        return policy.choose_instance(
+            model.model_type, size.size_bytes, instances, excluded, self._policy, labels, size.device_bytes, preferred
+        )
+
+    def _candidates(self, model: ModelRecord) -> list[policy.InstanceView]:
+        """The instances a copy of the model may go to: those not draining, unless only draining ones take it
+        (a copy on an instance about to stop beats no copy while it drains)."""
+        views = self._copies.instance_views()
+        staying = _staying(views)
+        return staying if any(v.record.supports(model.model_type, model.labels) for v in staying) else views
+
+    def _why_nowhere(self, model: ModelRecord, size: Footprint, failed: dict[str, LoadFailure]) -> Exception:
+        """The error that says why no instance will take the model, now or soon."""
+        if failed:
+            instance_id, failure = max(failed.items(), key=lambda f: f[1].time_ms)
+            retry_in = self._settings.load_failure_backoff_seconds - (now_ms() - failure.time_ms) / 1000
+            return ModelLoadFailed(
+                f"model '{model.model_id}' failed to load on instance '{instance_id}': {failure.message}"
+                f" (not retried for another {max(retry_in, 0):.0f}s)"
+            )
+        unreachable = sorted(
+            i
+            for i, v in self._view.instances.items()
+            if v.record.supports(model.model_type, model.labels) and not self._health.reachable(i)
+        )
+        if unreachable:
+            return Unavailable(
+                f"cannot place model '{model.model_id}': runtime instance(s) {', '.join(unreachable)}"
+                " did not answer; retry shortly"
+            )
+        reason, retryable = policy.why_unplaceable(
+            model.model_type,
+            size.size_bytes,
+            [v.record for v in self._view.instances.values()],
+            model.labels,
+            size.device_bytes,
+        )
+        return (Unavailable if retryable else NoCapacity)(f"cannot place model '{model.model_id}': {reason}")
+
+
+def _staying(instances: list[policy.InstanceView]) -> list[policy.InstanceView]:
+    """The instances that are not draining (told to stop: they take no new copy)."""
+    return [v for v in instances if not v.record.draining]
+
+
+def with_free_slot(instances: list[policy.InstanceView]) -> list[policy.InstanceView]:
+    """The instances where this router may start a load now (fewer loads running than the runtime's slots)."""
+    return [v for v in instances if v.loads_in_flight < v.record.loading_slots]
