@@ -126,11 +126,10 @@ def _unpack(
                     member = _member_name(entry.name)
                     if member is None:
                         continue
-                    if entry.issym() or entry.islnk():
-                        _unpack_member(member, False, True, name, destination)
-                    if not (entry.isfile() or entry.isdir()):
+                    is_link = entry.issym() or entry.islnk()
+                    if not (is_link or entry.isfile() or entry.isdir()):
                         raise InvalidArgument(f"{location} holds {entry.name!r}, which is not a file or folder")
-                    _unpack_member(member, entry.isdir(), False, name, destination)
+                    _unpack_member(member, entry.isdir(), is_link, name, destination)
                     budget(entry.size)
                     if entry.isfile():
                         source = tar.extractfile(entry)

@@ -116,6 +116,16 @@ class ModelRecord(Record):
         labels = {"labels": tuple(raw.get("labels", ())), "preferred_labels": tuple(raw.get("preferred_labels", ()))}
         return cls(**{**raw, **labels})
 
+    def keeping(self) -> tuple[bool, int, tuple[str, ...]]:
+        """How the model is kept and placed beyond its spec: pinned, minimum copies, preferred labels. Registering
+        the model again with the same spec sets these anew."""
+        return (self.pinned, self.min_copies, self.preferred_labels)
+
+    def kept_as(self, other: ModelRecord) -> ModelRecord:
+        """This record with the other's keeping."""
+        pinned, min_copies, preferred = other.keeping()
+        return dataclasses.replace(self, pinned=pinned, min_copies=min_copies, preferred_labels=preferred)
+
     def same_spec(self, other: ModelRecord) -> bool:
         mine = (self.model_type, self.path, self.key, self.labels)
         return mine == (other.model_type, other.path, other.key, other.labels)

@@ -49,6 +49,7 @@ class ModelRegistry:
         self._store = manager.store
         self._background: set[asyncio.Task[object]] = set()
         self.names = LocalNames(manager.settings.namespace)
+        self._namespaced = bool(manager.settings.namespace)
         self._transitions = VModelTransitions(manager, self._delete_if_unused, manager.settings.last_used_flush_seconds)
 
     # ---- lookups for the data path -------------------------------------------------------------------
@@ -56,7 +57,9 @@ class ModelRegistry:
     def resolve(self, name: str, naming: Naming = Naming.BODY) -> str:
         """The concrete model id a request names. No I/O: on the data path."""
         if naming is not Naming.MODEL_HEADER:
-            alias = self.names.lookup(self._view.vmodels, name)
+            vmodels = self._view.vmodels
+            # A router serving no namespace takes names exactly: one dict lookup, as before namespaces.
+            alias = self.names.lookup(vmodels, name) if self._namespaced else vmodels.get(name)
             if alias is not None:
                 return alias.record.active_model_id
             if naming is Naming.VMODEL_HEADER:
@@ -115,11 +118,8 @@ class ModelRegistry:
                     f"model '{model.model_id}' is already registered with type '{current.model_type}' and path "
                     f"'{current.path}'; unregister it first or use a new id"
                 )
-            # How it is kept (pinned, minimum copies) is not the model's spec: registering it again sets it anew.
-            kept = dataclasses.replace(
-                current, pinned=model.pinned, min_copies=model.min_copies, preferred_labels=model.preferred_labels
-            )
-            return kept if kept != current else UNCHANGED
+            # How it is kept is not the model's spec: registering it again sets it anew.
+            return current.kept_as(model) if current.keeping() != model.keeping() else UNCHANGED
 
         await self._store.update(Kind.MODEL, model.model_id, change)
         if load_now:
@@ -202,8 +202,7 @@ class ModelRegistry:
         if known is None:
             return True
         current = known.record
-        kept = (current.pinned, current.min_copies, current.preferred_labels)
-        return current.same_spec(model) and kept != (model.pinned, model.min_copies, model.preferred_labels)
+        return current.same_spec(model) and current.keeping() != model.keeping()
 
     async def set_vmodel(
         self,
