@@ -48,6 +48,8 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     # The wheel carries tritonserver 2.51.0 (CPU, python backend only); numpy (<2 by its pin: 1.26.4) is what
     # python-backend models import, through the venv the stub runs in.
     "triton": ("nvidia-pytriton==0.7.0", "numpy"),
+    # Custom models written with the KServe Python SDK run in KServe's own data plane (adapters/kserve/host.py).
+    "kserve": ("kserve==0.21.0",),
 }
 
 ROOT_ENV = "MESH_RUNTIME_ENVS"

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
-from adapters.puller.names import model_dir_name
+from adapters.common import repository as repository_folders
 from mesh.errors import InvalidArgument, ModelLoadFailed
 
 SETTINGS_FILE = "model-settings.json"
-MARKER_FILE = ".mesh-model-id"
-"""Written first in each model folder: the folders an adapter may delete are the ones carrying it."""
 
 IMPLEMENTATIONS: dict[str, str] = {
     "sklearn": "mlserver_sklearn.SKLearnModel",
@@ -44,19 +41,11 @@ _FOLDER_TYPES = frozenset({"mlflow"})
 
 
 def check_model_name(model_id: str) -> None:
-    """Raise InvalidArgument unless the id can name an MLServer model.
-
-    Models are loaded through MLServer's REST repository API, where the name is one path segment: the server
-    decodes %2F before routing, so a '/' can't be carried. Every other character can (percent-encoded).
-    """
-    if "/" in model_id:
-        raise InvalidArgument(f"model id {model_id!r} contains '/', which MLServer's repository API cannot carry")
+    """Raise InvalidArgument unless the id can name an MLServer model (loaded through its REST repository API)."""
+    repository_folders.check_url_name(model_id, "MLServer")
 
 
-def url_segment(model_id: str) -> str:
-    """The id as one percent-encoded URL path segment ('.' and '..' too, which clients would otherwise resolve)."""
-    segment = quote(model_id, safe="")
-    return segment.replace(".", "%2E") if segment in (".", "..") else segment
+url_segment = repository_folders.url_segment
 
 
 def base_type(model_type: str) -> str:
@@ -131,39 +120,10 @@ def _absolute_uri(model_id: str, uri: object, folder: Path) -> str:
     return str(target)
 
 
-def model_folder(repository: Path, model_id: str) -> Path:
-    return repository / model_dir_name(model_id)
-
-
 def write_model(repository: Path, model_id: str, settings: dict[str, Any]) -> Path:
-    """Write the model's folder (replacing an earlier one); the settings file appears whole, by a rename, since
-    MLServer may be reading the repository for another model's load at the same moment."""
-    folder = model_folder(repository, model_id)
-    if folder.exists() and not _written_here(folder):
-        raise ModelLoadFailed(f"MLServer's repository already has a folder {folder} for model {model_id!r}, not ours")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MARKER_FILE).write_text(model_id, encoding="utf-8")
-    staging = folder / f".{SETTINGS_FILE}.tmp"
-    staging.write_text(json.dumps(settings, indent=2), encoding="utf-8")
-    os.replace(staging, folder / SETTINGS_FILE)
-    return folder
+    """The model's folder in MLServer's repository, holding its model-settings.json (adapters/common/repository)."""
+    return repository_folders.write_model(repository, model_id, SETTINGS_FILE, settings, "MLServer")
 
 
-def remove_model(repository: Path, model_id: str) -> None:
-    """Remove the model's folder if an adapter wrote it (a hand-made one of the same name is left alone)."""
-    folder = model_folder(repository, model_id)
-    if _written_here(folder):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def clear_repository(repository: Path) -> None:
-    """Remove every model folder an adapter wrote; anything else is left alone."""
-    if not repository.is_dir():
-        return
-    for entry in repository.iterdir():
-        if _written_here(entry):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _written_here(folder: Path) -> bool:
-    return folder.is_dir() and not folder.is_symlink() and (folder / MARKER_FILE).is_file()
+remove_model = repository_folders.remove_model
+clear_repository = repository_folders.clear_repository

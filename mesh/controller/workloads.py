@@ -74,6 +74,10 @@ SERVER_TYPES = {
         "adapters.torchserve", "--management-url", 8081, True, "--torchserve-grpc", 7070, "--model-store",
         f"{MODELS_DIR}/_torchserve_models",
     ),
+    "kserve": ServerType(
+        "adapters.kserve", "--kserve-http", 8080, True, "--kserve-grpc", 8081, "--model-repository",
+        f"{MODELS_DIR}/_kserve_models",
+    ),
 }  # fmt: skip
 
 _POD_ENV = [

@@ -93,8 +93,8 @@ class DataPlane:
         request = pb.ModelMetadataRequest(name=name, version=version).SerializeToString()
         return pb.ModelMetadataResponse.FromString(await self.forward(MODEL_METADATA, request, Target(name)))
 
-    async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        data = await self.forward(MODEL_INFER, request.SerializeToString(), Target(request.model_name))
+    async def model_infer(self, request: pb.ModelInferRequest, metadata: Metadata = ()) -> pb.ModelInferResponse:
+        data = await self.forward(MODEL_INFER, request.SerializeToString(), Target(request.model_name), None, metadata)
         return pb.ModelInferResponse.FromString(data)
 
     async def forward(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 import grpc
@@ -40,6 +41,17 @@ _HTTP_CODES = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 UNMATCHED = "REST (unmatched)"
+
+# Headers that describe this HTTP hop, not the request: the gRPC call to the runtime has its own. The rest reach the
+# model as gRPC metadata (a KServe-SDK model reads them in its handlers' `headers`), as KServe's REST server passes
+# them; mesh's routing headers (mm-*) stay with the router, as on the gRPC door.
+_HOP_BY_HOP = frozenset({
+    "host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "trailer", "expect", "content-length",
+    "content-type", "content-encoding", "accept-encoding", "user-agent", "proxy-authorization", "proxy-connection",
+    HEADER_LENGTH.lower(),
+})  # fmt: skip
+_METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
+_METADATA_VALUE = re.compile(r"[\x20-\x7e]*")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -83,6 +95,19 @@ def _dataplane(request: web.Request) -> DataPlane:
 
 def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info["name"], request.match_info.get("version", "")
+
+
+def passed_headers(request: web.Request) -> tuple[tuple[str, str], ...]:
+    """The request's headers the runtime sees, as gRPC metadata: those gRPC can carry (lowercase token names, printable
+    ASCII values, no binary `-bin` or reserved `grpc-` keys) and that are not about the HTTP hop or routing."""
+    passed = []
+    for name, value in request.headers.items():
+        key = name.lower()
+        if key in _HOP_BY_HOP or key.startswith(("mm-", "grpc-")) or key.endswith("-bin"):
+            continue
+        if _METADATA_KEY.fullmatch(key) and _METADATA_VALUE.fullmatch(value):
+            passed.append((key, value))
+    return tuple(passed)
 
 
 def _header_length(request: web.Request) -> int | None:
@@ -135,7 +160,7 @@ async def _model_infer(request: web.Request) -> web.Response:
     infer_request, encoding = codec.decode_infer_request(
         body, _header_length(request), model_name=name, model_version=version
     )
-    response = await _dataplane(request).model_infer(infer_request)
+    response = await _dataplane(request).model_infer(infer_request, passed_headers(request))
     payload, header_length = codec.encode_infer_response(response, encoding)
     if header_length is None:
         return web.Response(body=payload, content_type="application/json")

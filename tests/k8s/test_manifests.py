@@ -75,7 +75,7 @@ def test_kustomize_base_builds_and_validates(base: list[dict[str, Any]]) -> None
     assert {("Deployment", "mesh-controller"), ("Deployment", "mesh-router")} <= kinds
     assert {("ClusterRole", "mesh-controller"), ("ConfigMap", "mesh-config")} <= kinds
     runtimes = {name for kind, name in kinds if kind == CLUSTER_SERVING_RUNTIME}
-    assert runtimes == {"mlserver-1.x", "triton-2.x", "torchserve-0.x"}
+    assert runtimes == {"mlserver-1.x", "triton-2.x", "torchserve-0.x", "kserve-custom-0.x"}
     cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
     cluster_scoped.add(CLUSTER_SERVING_RUNTIME)
     for doc in base:
@@ -96,7 +96,7 @@ def test_each_example_finds_its_runtime_among_the_bases(base: list[dict[str, Any
             runtime = select_runtime(predictor, [], runtimes)
             assert not hasattr(runtime, "reason"), f"{path.name}: {runtime}"
             chosen[path.name] = runtime.name  # type: ignore[union-attr]
-    assert set(chosen.values()) == {"mlserver-1.x", "triton-2.x", "torchserve-0.x"}, chosen
+    assert set(chosen.values()) == {"mlserver-1.x", "triton-2.x", "torchserve-0.x", "kserve-custom-0.x"}, chosen
 
 
 def test_the_two_runtime_crds_share_one_schema() -> None:

@@ -3,10 +3,12 @@ the adapter started as the runtime says."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from mesh.controller.resources import CLUSTER_SERVING_RUNTIME, SERVING_RUNTIME, parse_runtime
 from mesh.controller.settings import ControllerSettings
@@ -22,6 +24,7 @@ from mesh.controller.workloads import (
 
 SETTINGS = ControllerSettings(kv="etcd://etcd.mesh-system:2379", image="mesh:1")
 K8S_VERSION = "1.32"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def runtime(annotations: dict[str, str] | None = None, kind: str = CLUSTER_SERVING_RUNTIME, **spec: Any) -> Any:
@@ -89,6 +92,21 @@ def test_the_adapter_gets_the_default_command_and_the_controllers_flags() -> Non
         for m in c["volumeMounts"]
     }
     assert "/models" in mounts
+
+
+def test_the_shipped_kserve_runtime_gets_the_kserve_adapter_beside_its_host() -> None:
+    [doc] = yaml.safe_load_all((DEPLOY / "runtimes" / "kserve-custom.yaml").read_text())
+    workload = build(parse_runtime(doc, CLUSTER_SERVING_RUNTIME), "team-a", SETTINGS)
+    adapter = container(workload, "mesh-adapter")["command"]
+    assert adapter[3:10] == [
+        "adapters.kserve", "--kserve-http", "http://127.0.0.1:8080", "--kserve-grpc", "127.0.0.1:8081",
+        "--model-repository", "/models/_kserve_models",
+    ]  # fmt: skip
+    assert adapter[adapter.index("--advertise-data") + 1] == "$(POD_IP):8081"
+    host = container(workload, "kserve")["args"]
+    # The host's repository is the adapter's; its gRPC port, where routers send inference, is the data endpoint.
+    assert host[host.index("--repository") + 1] == "/models/_kserve_models"
+    assert host[host.index("--grpc-port") + 1] == "8081" and host[host.index("--grpc-host") + 1] == "0.0.0.0"
 
 
 def test_the_runtimes_adapter_command_annotation_comes_first() -> None:

@@ -18,7 +18,7 @@ from mesh import codec
 from mesh.errors import ModelNotFound, RuntimeFailure, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.metrics import RouterMetrics
-from mesh.proxy.dataplane import DataPlane
+from mesh.proxy.dataplane import DataPlane, Metadata
 from mesh.proxy.rest_server import MAX_BODY_BYTES, start_rest_server
 
 
@@ -28,6 +28,7 @@ class DoublingDataPlane(DataPlane):
 
     ready: bool = True
     requests: list[pb.ModelInferRequest] = field(default_factory=list)
+    metadata: list[tuple[tuple[str, str | bytes], ...]] = field(default_factory=list)
 
     async def server_live(self) -> bool:
         return True
@@ -53,8 +54,9 @@ class DoublingDataPlane(DataPlane):
         metadata.outputs.add(name="x_x2", datatype="FP32", shape=[-1, 2])
         return metadata
 
-    async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def model_infer(self, request: pb.ModelInferRequest, metadata: Metadata = ()) -> pb.ModelInferResponse:
         self.requests.append(request)
+        self.metadata.append(tuple(metadata))
         self._check(request.model_name)
         if request.model_name == "loading":
             raise Unavailable("model 'loading' is loading")
@@ -137,6 +139,20 @@ async def test_tritonclient_health_calls(triton: aiohttpclient.InferenceServerCl
     assert await triton.is_model_ready("double")
     assert not await triton.is_model_ready("loading")
     assert (await triton.get_model_metadata("double"))["inputs"][0]["name"] == "x"
+
+
+async def test_a_requests_headers_reach_the_runtime_as_metadata_but_not_the_hops_or_routing(
+    http: httpx.AsyncClient, dataplane: DoublingDataPlane
+) -> None:
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+    headers = {"X-Request-Id": "r-7", "x-tenant": "team-a", "mm-vmodel-id": "other", "x-trace-bin": "AAE=",
+               "grpc-timeout": "1S", "x-accent": "café".encode()}  # fmt: skip
+    response = await http.post("/v2/models/double/infer", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    passed = dict(dataplane.metadata[-1])
+    assert passed["x-request-id"] == "r-7" and passed["x-tenant"] == "team-a"
+    # routing, binary, reserved, non-ASCII and hop-by-hop headers stay here
+    assert not {"mm-vmodel-id", "x-trace-bin", "grpc-timeout", "x-accent", "content-type", "host"} & set(passed)
 
 
 async def test_json_infer_computes_json_outputs(http: httpx.AsyncClient, dataplane: DoublingDataPlane) -> None:

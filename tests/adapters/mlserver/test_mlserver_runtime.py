@@ -47,6 +47,7 @@ import sys
 from pathlib import Path
 
 import joblib
+import lightgbm
 import mlflow.sklearn
 import numpy as np
 import xgboost
@@ -62,11 +63,16 @@ regressor = xgboost.XGBRegressor(n_estimators=5, max_depth=2).fit(x, y)
 joblib.dump(classifier, root / "sklearn" / "model.joblib")
 (root / "xgboost").mkdir()
 regressor.save_model(root / "xgboost" / "model.json")
+booster = lightgbm.train({"objective": "regression", "num_leaves": 4, "verbose": -1, "min_data_in_leaf": 5},
+                         lightgbm.Dataset(x, y.astype(float)), num_boost_round=5)
+(root / "lightgbm").mkdir()
+booster.save_model(str(root / "lightgbm" / "model.bst"))
 # An MLflow model as a user logs one: the sklearn flavour (served through its pyfunc), with a signature.
 mlflow.sklearn.save_model(classifier, root / "mlflow", signature=infer_signature(x, classifier.predict(x)))
 sample = x[[0, 60, 120]]
 np.savez(root / "expected.npz", x=sample, sk_predict=classifier.predict(sample),
-         sk_proba=classifier.predict_proba(sample), xgb_predict=regressor.predict(sample))
+         sk_proba=classifier.predict_proba(sample), xgb_predict=regressor.predict(sample),
+         lgb_predict=booster.predict(sample))
 """
 
 
@@ -75,6 +81,7 @@ class Sources:
     root: Path
     sklearn: Path  # a folder holding model.joblib (LogisticRegression on iris)
     xgboost: Path  # a folder holding model.json (XGBRegressor on iris)
+    lightgbm: Path  # a folder holding model.bst (a LightGBM regression booster on iris)
     mlflow: Path  # an MLflow model folder (MLmodel, model.pkl, ...): the same LogisticRegression
     expected: dict[str, np.ndarray]
 
@@ -119,7 +126,7 @@ def sources(mlserver_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> So
         [str(mlserver_venv / "bin" / "python"), "-c", textwrap.dedent(TRAIN), str(root)], check=True, timeout=300
     )
     with np.load(root / "expected.npz") as expected:
-        return Sources(root, root / "sklearn", root / "xgboost", root / "mlflow", dict(expected))
+        return Sources(root, root / "sklearn", root / "xgboost", root / "lightgbm", root / "mlflow", dict(expected))
 
 
 def _kill_mlservers(adapter: AdapterProcess) -> None:
@@ -267,6 +274,17 @@ async def test_an_xgboost_model_loads_on_first_request_and_infers_through_the_ro
     settings = json.loads((workdir / "repository" / "iris-xgb" / "model-settings.json").read_text())
     assert settings["implementation"] == "mlserver_xgboost.XGBoostModel"
     assert settings["parameters"]["uri"] == str(workdir / "models" / "iris-xgb" / "model.json")
+
+
+async def test_a_lightgbm_booster_loads_on_first_request_and_infers_through_the_router(
+    mesh: Mesh, sources: Sources
+) -> None:
+    await mesh.register("iris-lgb", "lightgbm", sources.lightgbm)
+
+    got = await mesh.infer("iris-lgb", sources.expected["x"], "predict")
+
+    np.testing.assert_allclose(got["predict"].ravel(), sources.expected["lgb_predict"], rtol=1e-5)
+    assert (await mesh.mlserver_models())["iris-lgb"] == READY
 
 
 async def test_an_unregistered_model_is_gone_from_mlservers_index_and_both_folders(

@@ -1,0 +1,323 @@
+"""Custom models written with the KServe Python SDK, served by the KServe adapter beside its host (the real `kserve`
+package in its own venv, made by adapters.common.envs), behind an in-process router; inferred with tritonclient's
+gRPC client and over the router's REST door.
+
+One adapter (launching its host) and one router serve the module; each test registers models of its own and
+unregisters them after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import pytest_asyncio
+import tritonclient.grpc.aio as triton_aio
+from harness.model_servers import AdapterProcess, MeshOverAdapter, router_over, start_adapter
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from tritonclient.utils import InferenceServerException
+
+from adapters.common.envs import ensure_env
+from examples.custom.build import build_iris
+from mesh.gen import model_mesh_pb2 as mm
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+LOAD_TIMEOUT_MS = 90_000
+CALL_TIMEOUT_S = 90.0
+PADDED_BYTES = 100_000
+"""Each padded model's folder holds this many bytes, so the adapter's size estimate is 125 000 for each."""
+CAPACITY_BYTES = 300_000
+"""Two padded models fit (250 000), a third does not; the other tests' models are a few kB."""
+REPO = Path(__file__).resolve().parents[3]
+
+# Models that misbehave, each a folder with model.py, written by the tests.
+RAISES_IN_LOAD = """
+from kserve import Model
+
+class NoWeights(Model):
+    def load(self):
+        raise RuntimeError("weights.bin is missing from the model folder")
+"""
+RAISES_IN_PREDICT = """
+from kserve import Model
+
+class Divides(Model):
+    def load(self):
+        self.ready = True
+        return True
+
+    def predict(self, payload, headers=None):
+        return 1 / 0
+"""
+KILLS_THE_HOST = """
+import os
+from kserve import Model
+
+class Crashes(Model):
+    def load(self):
+        self.ready = True
+        return True
+
+    def predict(self, payload, headers=None):
+        os._exit(3)  # what a segfault in a native library does to the process
+"""
+TWO_MODELS = """
+from kserve import Model
+
+class One(Model):
+    pass
+
+class Two(Model):
+    pass
+"""
+
+
+@dataclass
+class Sources:
+    root: Path
+    iris: Path  # examples/custom/iris with its weights
+    rows: list[str]  # iris rows as text
+    species: list[str]  # what scikit-learn's own LogisticRegression predicts for them
+
+    def custom(self, name: str, code: str) -> Path:
+        folder = self.root / name
+        folder.mkdir()
+        (folder / "model.py").write_text(textwrap.dedent(code))
+        return folder
+
+    def padded_iris(self, name: str) -> Path:
+        """The iris model padded to PADDED_BYTES, so its size is known exactly."""
+        folder = build_iris(self.root / "padded" / name)
+        used = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        (folder / "padding.bin").write_bytes(b"\0" * (PADDED_BYTES - used))
+        return folder
+
+
+@pytest.fixture(scope="module")
+def kserve_venv() -> Path:
+    return ensure_env("kserve")  # a failed install fails the suite: the project's own files install it
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
+    root = tmp_path_factory.mktemp("custom-sources")
+    x, y = load_iris(return_X_y=True)
+    sample = x[[0, 60, 120]]
+    names = ("setosa", "versicolor", "virginica")
+    expected = LogisticRegression(max_iter=500).fit(x, y).predict(sample)
+    return Sources(
+        root, build_iris(root), [",".join(str(v) for v in row) for row in sample], [names[i] for i in expected]
+    )
+
+
+def _host_pids(adapter: AdapterProcess) -> list[int]:
+    return [int(p) for p in re.findall(r"started kserve host \(pid (\d+)\)", adapter.log())]
+
+
+@contextlib.contextmanager
+def _adapter(workdir: Path, kserve_venv: Path) -> Iterator[AdapterProcess]:
+    adapter = start_adapter(
+        "kserve",
+        workdir,
+        ["--models-dir", str(workdir / "models"), "--model-repository", str(workdir / "repository"),
+         "--load-timeout-ms", str(LOAD_TIMEOUT_MS), "--max-loading-concurrency", "2",
+         "--capacity-bytes", str(CAPACITY_BYTES), "--default-model-size-bytes", "10000",
+         "--launch", "--server-venv", str(kserve_venv), "--server-dir", str(workdir / "server")],
+    )  # fmt: skip
+    try:
+        yield adapter
+    finally:
+        try:
+            adapter.stop()
+        finally:
+            for pid in _host_pids(adapter):  # the host runs in a session of its own
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("kserve")
+
+
+@pytest.fixture(scope="module")
+def adapter(kserve_venv: Path, workdir: Path) -> Iterator[AdapterProcess]:
+    with _adapter(workdir, kserve_venv) as started:
+        yield started
+
+
+@dataclass
+class Mesh(MeshOverAdapter):
+    client: triton_aio.InferenceServerClient  # through the router's gRPC door
+    rest_url: str  # the router's REST door
+    host_url: str  # the KServe host's own REST port (repository index, /metrics)
+    registered: list[str] = field(default_factory=list)
+
+    async def register(self, model_id: str, model_type: str, path: Path) -> None:
+        await super().register(model_id, model_type, path)
+        self.registered.append(model_id)
+
+    async def classify(self, model_id: str, rows: list[str], **headers: str) -> triton_aio.InferResult:
+        tensor = triton_aio.InferInput("rows", [len(rows)], "BYTES")
+        tensor.set_data_from_numpy(np.array([r.encode() for r in rows], dtype=np.object_))
+        return await self.client.infer(model_id, [tensor], headers=headers, client_timeout=CALL_TIMEOUT_S)
+
+    async def host_models(self) -> set[str]:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            listing = await http.get(f"{self.host_url}/v2/models", timeout=30)
+        return set(listing.json()["models"])
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def mesh(workdir: Path, adapter: AdapterProcess) -> AsyncIterator[Mesh]:
+    [http_port] = re.findall(r"kserve host serves REST on (\d+)", adapter.log())[:1]
+    async with router_over(workdir, adapter) as (router, ports):
+        address = f"127.0.0.1:{ports.grpc}"
+        client = triton_aio.InferenceServerClient(address)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                yield Mesh(
+                    router, address, channel, client, f"http://127.0.0.1:{ports.rest}", f"http://127.0.0.1:{http_port}"
+                )
+        finally:
+            await client.close()
+
+
+@pytest_asyncio.fixture(autouse=True, loop_scope="module")
+async def _unregister_after(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Each test leaves the shared instance empty, so capacity is the next test's to use."""
+    yield
+    if "mesh" in request.fixturenames:
+        mesh: Mesh = request.getfixturevalue("mesh")
+        for model_id in mesh.registered:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await mesh.unregister(model_id)
+        mesh.registered.clear()
+
+
+async def test_a_custom_model_registered_with_the_cli_is_served_over_grpc_and_rest(
+    mesh: Mesh, sources: Sources
+) -> None:
+    register = [sys.executable, "-m", "mesh", "models", "register", "iris-custom", "--type", "custom",
+                "--path", str(sources.iris), "--address", mesh.address]  # fmt: skip
+    await asyncio.to_thread(subprocess.run, register, check=True, cwd=REPO, timeout=60, capture_output=True)
+    mesh.registered.append("iris-custom")
+    assert (await mesh.status("iris-custom")).status == mm.ModelStatusInfo.NOT_LOADED
+
+    result = await mesh.classify("iris-custom", sources.rows, **{"x-request-id": "grpc-1"})
+    assert [s.decode() for s in result.as_numpy("species")] == sources.species
+    assert result.as_numpy("probabilities").shape == (3, 3)
+    assert result.get_response().id == "grpc-1"  # a gRPC header reached the model's handlers
+
+    body = {"inputs": [{"name": "rows", "shape": [3], "datatype": "BYTES", "data": sources.rows}]}
+    async with httpx.AsyncClient(trust_env=False) as http:
+        response = await http.post(
+            f"{mesh.rest_url}/v2/models/iris-custom/infer", json=body, headers={"x-request-id": "rest-1"}, timeout=60
+        )
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+    assert outputs["species"] == sources.species
+    assert response.json()["id"] == "rest-1"  # so did an HTTP header, through the REST door
+    assert await mesh.host_models() == {"iris-custom"}
+
+
+async def test_a_bad_request_is_the_clients_error_with_the_models_message(mesh: Mesh, sources: Sources) -> None:
+    await mesh.register("iris-strict", "custom", sources.iris)
+    with pytest.raises(InferenceServerException) as refused:
+        await mesh.classify("iris-strict", ["5.1,3.5,not-a-number,0.2"])
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "comma-separated numbers" in refused.value.message()
+    body = {"inputs": [{"name": "rows", "shape": [1], "datatype": "BYTES", "data": ["1,2"]}]}
+    async with httpx.AsyncClient(trust_env=False) as http:
+        response = await http.post(f"{mesh.rest_url}/v2/models/iris-strict/infer", json=body, timeout=60)
+    assert response.status_code == 400
+    assert "comma-separated numbers" in response.json()["error"]
+
+
+async def test_models_that_raise_fail_alone_with_their_messages(mesh: Mesh, sources: Sources) -> None:
+    await mesh.register("iris-neighbour", "custom", sources.iris)
+    await mesh.classify("iris-neighbour", sources.rows)
+    await mesh.register("no-weights", "custom", sources.custom("no-weights", RAISES_IN_LOAD))
+    await mesh.register("divides", "custom", sources.custom("divides", RAISES_IN_PREDICT))
+    await mesh.register("two-models", "custom", sources.custom("two-models", TWO_MODELS))
+
+    with pytest.raises(InferenceServerException) as failed_load:
+        await mesh.classify("no-weights", sources.rows)
+    assert "weights.bin is missing from the model folder" in failed_load.value.message()
+    status = await mesh.status("no-weights")
+    assert status.status == mm.ModelStatusInfo.LOADING_FAILED
+    assert "weights.bin is missing" in status.errors[0]
+
+    with pytest.raises(InferenceServerException) as failed_predict:
+        await mesh.classify("divides", sources.rows)
+    assert failed_predict.value.status() == "StatusCode.INTERNAL"
+    assert "ZeroDivisionError: division by zero" in failed_predict.value.message()
+
+    with pytest.raises(InferenceServerException) as ambiguous:
+        await mesh.classify("two-models", sources.rows)
+    assert "exactly one subclass of kserve.Model (found: One, Two)" in ambiguous.value.message()
+
+    result = await mesh.classify("iris-neighbour", sources.rows)  # the neighbour noticed nothing
+    assert [s.decode() for s in result.as_numpy("species")] == sources.species
+    assert "no-weights" not in await mesh.host_models()
+
+
+async def test_a_model_that_kills_the_host_takes_it_down_and_its_neighbours_are_loaded_into_the_next(
+    mesh: Mesh, sources: Sources, adapter: AdapterProcess
+) -> None:
+    await mesh.register("iris-survivor", "custom", sources.iris)
+    await mesh.classify("iris-survivor", sources.rows)
+    hosts_before = len(_host_pids(adapter))
+    await mesh.register("crashes", "custom", sources.custom("crashes", KILLS_THE_HOST))
+
+    with pytest.raises(InferenceServerException) as crashed:
+        await mesh.classify("crashes", sources.rows)
+    assert crashed.value.status() == "StatusCode.UNAVAILABLE"  # retryable, as any runtime that dies under a call
+
+    # The router's retry (inference is sent once more when its runtime dies) waits for the host to be back.
+    result = await mesh.classify("iris-survivor", sources.rows)
+    assert [s.decode() for s in result.as_numpy("species")] == sources.species
+    assert len(_host_pids(adapter)) > hosts_before
+    assert "exited with 3" in adapter.log()
+    assert "iris-survivor" in await mesh.host_models()
+
+
+async def test_custom_models_are_sized_and_evicted_like_any_other(mesh: Mesh, sources: Sources) -> None:
+    for name in ("padded-a", "padded-b", "padded-c"):
+        await mesh.register(name, "custom", sources.padded_iris(name))
+    await mesh.classify("padded-a", sources.rows)
+    await mesh.classify("padded-b", sources.rows)
+    assert await mesh.size("padded-a") == int(PADDED_BYTES * 1.25)
+    await mesh.classify("padded-a", sources.rows)  # b is now the least recently used
+
+    await mesh.classify("padded-c", sources.rows)
+
+    assert (await mesh.status("padded-b")).status == mm.ModelStatusInfo.NOT_LOADED
+    assert {"padded-a", "padded-c"} <= await mesh.host_models()
+    assert "padded-b" not in await mesh.host_models()
+
+
+async def test_the_host_exposes_kserves_latency_histograms_per_model(mesh: Mesh, sources: Sources) -> None:
+    await mesh.register("iris-timed", "custom", sources.iris)
+    for _ in range(3):
+        await mesh.classify("iris-timed", sources.rows)
+    async with httpx.AsyncClient(trust_env=False) as http:
+        text = (await http.get(f"{mesh.host_url}/metrics", timeout=30)).text
+    for stage in ("preprocess", "predict", "postprocess"):
+        count = re.search(rf'^request_{stage}_seconds_count{{model_name="iris-timed"}} (\S+)$', text, re.M)
+        assert count is not None and float(count.group(1)) == 3, stage
