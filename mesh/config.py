@@ -66,6 +66,22 @@ class Settings:
     """Which copies make room for a load: lru (least recently used, cluster-wide), cost (GDSF weighing each model's
     measured load time: slow-to-load models stay) or gdsf (Greedy-Dual-Size-
     Frequency: large, rarely used models go first; the counts are this router's own)."""
+    thrash_guard: str = "off"
+    """When the cache thrashes (copies used within thrash_young_seconds are evicted, thrash_trigger times within
+    thrash_window_seconds), stop evicting models in use for loads: a load that needs one evicted is refused with a
+    retry-after hint (refuse: RESOURCE_EXHAUSTED / 503 + Retry-After) or waits for one to become idle (queue:
+    up to thrash_queue_seconds, thrash_queue_limit loads at a time); off: loads evict as the policy says."""
+    thrash_young_seconds: float = 10.0
+    """An evicted copy used less than this long before is a sign of churn; while the guard is on, copies used
+    within this time are not evicted for a load."""
+    thrash_trigger: int = 3
+    """Young evictions within thrash_window_seconds that turn the guard on."""
+    thrash_window_seconds: float = 30.0
+    """The guard goes off after this long with neither a young eviction nor a held-back load."""
+    thrash_queue_seconds: float = 5.0
+    """queue: how long a held-back load waits, in all, before it is refused."""
+    thrash_queue_limit: int = 64
+    """queue: loads waiting at once; more are refused at once."""
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message and REST body accepted and forwarded (both front doors use it)."""
     metrics_port: int = 2112

@@ -59,6 +59,18 @@ class Unavailable(MeshError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
+class Overloaded(MeshError):
+    """Retryable later: serving this now would push out models in use (the thrash guard, placement/thrash.py).
+    retry_after_s travels with it: a `retry-after` trailer and `grpc-retry-pushback-ms` (gRPC's own retry
+    hint) on gRPC, a Retry-After header on REST."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class DeadlineExceeded(MeshError):
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
-from mesh.errors import MeshError
+from mesh.errors import MeshError, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,14 @@ WrapBehavior = Callable[[str, Behavior], Behavior]
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def retry_hints(retry_after_s: float) -> tuple[tuple[str, str], ...]:
+    """When to try again, as gRPC trailers: `retry-after` (whole seconds, as HTTP's) and gRPC's own retry pushback."""
+    return (
+        ("retry-after", str(max(math.ceil(retry_after_s), 1))),
+        ("grpc-retry-pushback-ms", str(round(retry_after_s * 1000))),
+    )
 
 
 def maps_errors(handler: Handler) -> Handler:
@@ -33,6 +42,9 @@ def maps_errors(handler: Handler) -> Handler:
             return await handler(*args)
         except grpc.aio.AbortError:
             raise
+        except Overloaded as exc:
+            context.set_trailing_metadata(retry_hints(exc.retry_after_s))
+            await context.abort(exc.grpc_code, exc.message)
         except MeshError as exc:
             await context.abort(exc.grpc_code, exc.message)
         except Exception as exc:

@@ -144,6 +144,17 @@ class RouterMetrics:
             buckets=AGE_MS_BUCKETS,
             registry=r,
         )
+        self._thrash_guard = Gauge(
+            "modelmesh_thrash_guard_active",
+            "1 while this router's thrash guard holds models in use from eviction (the cache churns), else 0.",
+            registry=r,
+        )
+        self._held_back = Counter(
+            "modelmesh_thrash_held_back_loads",
+            "Loads the thrash guard held back, by outcome: refused (at once), queued, timed_out (queued, then refused)",
+            ["outcome"],
+            registry=r,
+        )
         self._loaded_size = Histogram(
             "modelmesh_loaded_model_size_bytes",
             "Size of each copy loaded, as the runtime measured it.",
@@ -259,6 +270,12 @@ class RouterMetrics:
 
     def unload_failed(self, model: str) -> None:
         self._of(self._unload_failures, model).inc()  # type: ignore[attr-defined]
+
+    def watch_thrash_guard(self, active: Callable[[], bool]) -> None:
+        self._thrash_guard.set_function(lambda: float(active()))
+
+    def held_back(self, outcome: str) -> None:
+        self._held_back.labels(outcome).inc()
 
     def evicted(self, model: str, last_used_ms: int) -> None:
         """A copy is evicted; its model was last used at last_used_ms (0: never, so no age is observed)."""

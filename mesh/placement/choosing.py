@@ -12,36 +12,63 @@ room is merely out of slots.
 from __future__ import annotations
 
 from mesh.config import Settings
-from mesh.errors import ModelLoadFailed, NoCapacity, Unavailable
+from mesh.errors import ModelLoadFailed, NoCapacity, Overloaded, Unavailable
 from mesh.placement import policy
 from mesh.placement.copies import CopyTable
 from mesh.placement.instance_health import InstanceHealth
 from mesh.placement.records import Footprint, LoadFailure, ModelRecord, PlacementRecord, now_ms
+from mesh.placement.thrash import ThrashGuard
 from mesh.placement.view import LocalView
+
+MIN_RETRY_AFTER_S = 0.05
 
 
 class Chooser:
-    def __init__(self, settings: Settings, view: LocalView, copies: CopyTable, health: InstanceHealth) -> None:
+    def __init__(
+        self, settings: Settings, view: LocalView, copies: CopyTable, health: InstanceHealth, guard: ThrashGuard
+    ) -> None:
         self._settings = settings
         self._view = view
         self._copies = copies
         self._health = health
+        self._guard = guard
         self._policy = settings.eviction_policy
 
     def first_copy(self, model: ModelRecord, size: Footprint) -> policy.LoadPlan | None:
         """Where the first copy goes and what it evicts, among instances with a free load slot; None when only an
-        instance whose slots are all taken could take it (wait for one); raises why when nowhere will do."""
+        instance whose slots are all taken could take it (wait for one); raises why when nowhere will do, and
+        Overloaded when only evicting copies the thrash guard protects would do."""
         placement = self._view.placements.get(model.model_id)
         record = placement.record if placement else PlacementRecord()
         failed = self.recent_failures(record)
         excluded = frozenset(self._copies.live_copies(record)) | frozenset(failed)
         instances = self._candidates(model)
-        choice = self._place(model, size, with_free_slot(instances), excluded)
+        protect = self._guard.protect_after_ms()
+        choice = self._place(model, size, with_free_slot(instances), excluded, protect)
         if choice is not None:
             return choice
-        if self._place(model, size, instances, excluded) is not None:
+        if self._place(model, size, instances, excluded, protect) is not None:
             return None
+        if protect and self._place(model, size, instances, excluded) is not None:
+            raise self._held_back(model, instances, protect)
         raise self._why_nowhere(model, size, failed)
+
+    def _held_back(self, model: ModelRecord, instances: list[policy.InstanceView], protect: int) -> Overloaded:
+        """The thrash guard's answer: when the first copy it protects will have been idle long enough to go."""
+        self._guard.held_back()
+        protected = [
+            c.last_used_ms
+            for v in instances
+            if v.record.supports(model.model_type, model.labels)
+            for c in v.copies
+            if c.evictable and c.last_used_ms > protect
+        ]
+        retry_after_s = max((min(protected, default=protect) - protect) / 1000, MIN_RETRY_AFTER_S)
+        return Overloaded(
+            f"model '{model.model_id}' is not loaded, and loading it now would evict models in use: the cache is"
+            f" thrashing and the thrash guard holds the models in use; retry in {retry_after_s:.1f}s",
+            retry_after_s,
+        )
 
     def extra_copy(
         self, model: ModelRecord, record: PlacementRecord, live: list[str], may_evict: bool
@@ -63,11 +90,24 @@ class Chooser:
         return {i: f for i, f in record.failures.items() if f.time_ms > horizon and i in self._view.instances}
 
     def _place(
-        self, model: ModelRecord, size: Footprint, instances: list[policy.InstanceView], excluded: frozenset[str]
+        self,
+        model: ModelRecord,
+        size: Footprint,
+        instances: list[policy.InstanceView],
+        excluded: frozenset[str],
+        protect_after_ms: int = 0,
     ) -> policy.LoadPlan | None:
         labels, preferred = model.labels, model.preferred_labels
         return policy.choose_instance(
-            model.model_type, size.size_bytes, instances, excluded, self._policy, labels, size.device_bytes, preferred
+            model.model_type,
+            size.size_bytes,
+            instances,
+            excluded,
+            self._policy,
+            labels,
+            size.device_bytes,
+            preferred,
+            protect_after_ms,
         )
 
     def _candidates(self, model: ModelRecord) -> list[policy.InstanceView]:

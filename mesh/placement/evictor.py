@@ -17,6 +17,7 @@ from mesh.placement.copies import CopyTable
 from mesh.placement.instances import RuntimeClients
 from mesh.placement.records import CopyState, Kind, PlacementRecord, now_ms
 from mesh.placement.store import UNCHANGED, RecordStore
+from mesh.placement.thrash import ThrashGuard
 from mesh.placement.usage import Usage
 from mesh.placement.view import LocalView
 
@@ -40,6 +41,7 @@ class Evictor:
         clients: RuntimeClients,
         metrics: RouterMetrics,
         eviction_policy: str,
+        guard: ThrashGuard,
     ) -> None:
         self._view = view
         self._store = store
@@ -48,6 +50,7 @@ class Evictor:
         self._clients = clients
         self._metrics = metrics
         self._policy = eviction_policy
+        self._guard = guard
         self.drain: Drain = nothing_to_drain
 
     async def evict(self, instance_id: str, victims: tuple[policy.ResidentCopy, ...], for_model: str) -> None:
@@ -57,6 +60,7 @@ class Evictor:
         for victim in victims:
             self._metrics.evicted(victim.model_id, victim.last_used_ms)
             age_s = (now_ms() - victim.last_used_ms) / 1000 if victim.last_used_ms else float("inf")
+            self._guard.evicted(age_s)
             log.info(
                 "evicting model %s from %s (last used %.0fs ago) to make room for %s",
                 victim.model_id,

@@ -21,7 +21,7 @@ import time
 import grpc
 
 from mesh.config import Settings
-from mesh.errors import MeshError, ModelLoadFailed, ModelNotFound, Unavailable
+from mesh.errors import MeshError, ModelLoadFailed, ModelNotFound, Overloaded, Unavailable
 from mesh.metrics import RouterMetrics
 from mesh.periodic import woken_or_after
 from mesh.placement import policy
@@ -43,6 +43,7 @@ from mesh.placement.records import (
 )
 from mesh.placement.sizing import size_to_place
 from mesh.placement.store import RecordStore
+from mesh.placement.thrash import HeldBack, ThrashGuard
 from mesh.placement.usage import Usage
 from mesh.placement.view import LocalView
 from mesh.single_flight import SingleFlight
@@ -84,6 +85,7 @@ class Loader:
         evictor: Evictor,
         usage: Usage,
         metrics: RouterMetrics,
+        guard: ThrashGuard,
     ) -> None:
         self._settings = settings
         self._view = view
@@ -95,7 +97,8 @@ class Loader:
         self._evictor = evictor
         self._usage = usage
         self._metrics = metrics
-        self._chooser = Chooser(settings, view, copies, health)
+        self._guard = guard
+        self._chooser = Chooser(settings, view, copies, health, guard)
         self._loads: SingleFlight[str, str] = SingleFlight("load")
         # Choosing an instance and claiming the load there is one decision per router: two loads deciding at once
         # would both count the same free bytes.
@@ -136,10 +139,12 @@ class Loader:
         size = await size_to_place(self._view, self._clients, model, self._settings.predict_size_timeout_seconds)
         attempts = 0
         busy_until: float | None = None  # set when it first finds every copy it could evict busy
+        queue = HeldBack(self._guard)
         while True:
             choice: policy.LoadPlan | None = None
             claimed = False
             recheck_s = SLOT_RECHECK_S
+            held: Overloaded | None = None
             async with self._decide:
                 holder = self._copies.loaded_holder(model_id)
                 if holder is not None:
@@ -149,6 +154,8 @@ class Loader:
                 if loading_on is None:
                     try:
                         choice = self._chooser.first_copy(model, size)
+                    except Overloaded as exc:
+                        held = exc
                     except Unavailable:
                         # Everything it could evict is loading or serving right now: that changes within
                         # milliseconds under churn, so look again for a while before saying "retry".
@@ -163,6 +170,9 @@ class Loader:
                         self._start_load(model_id, choice)
                     else:
                         loading_on = self._copies.loading_on(model_id)
+            if held is not None:
+                await queue.wait(held)  # raises it when the guard refuses, or the wait is over
+                continue
             if loading_on is not None:
                 # Another router's load (or one that beat our claim): its outcome comes through the view.
                 timeout = min(self._health.load_timeout(loading_on), LOADING_STALE_S)

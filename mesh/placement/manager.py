@@ -41,6 +41,7 @@ from mesh.placement.loader import Loader
 from mesh.placement.records import CopyRecord, InstanceRecord, Keys, Kind
 from mesh.placement.scaling import CopyScaler
 from mesh.placement.store import RecordStore
+from mesh.placement.thrash import ThrashGuard, thrash_settings
 from mesh.placement.usage import Usage
 from mesh.placement.view import LocalView
 from mesh.tls import ClientTLS
@@ -91,8 +92,17 @@ class PlacementManager:
             settings.demand_publish_seconds,
         )
         self.copies = CopyTable(self.view, self.health, self.clients, self.usage, self.demand.others)
+        self.thrash_guard = ThrashGuard(thrash_settings(settings), count_held_back=metrics.held_back)
+        metrics.watch_thrash_guard(lambda: self.thrash_guard.on)
         self._evictor = Evictor(
-            self.view, self.store, self.copies, self.usage, self.clients, metrics, settings.eviction_policy
+            self.view,
+            self.store,
+            self.copies,
+            self.usage,
+            self.clients,
+            metrics,
+            settings.eviction_policy,
+            self.thrash_guard,
         )
         self._claims = LoadClaims(self.view, self.store, self.copies, self.clients, self.health)
         self._loader = Loader(
@@ -106,6 +116,7 @@ class PlacementManager:
             self._evictor,
             self.usage,
             metrics,
+            self.thrash_guard,
         )
         self._scaler = CopyScaler(
             settings,

@@ -101,16 +101,19 @@ def _worth(eviction: str) -> Callable[[ResidentCopy], tuple]:
 
 
 def victims_for(
-    instance: InstanceView, size_bytes: int, eviction: str = "lru", device_bytes: int = 0
+    instance: InstanceView, size_bytes: int, eviction: str = "lru", device_bytes: int = 0, protect_after_ms: int = 0
 ) -> tuple[ResidentCopy, ...] | None:
     """The evictable copies worth least under the eviction policy whose removal frees size_bytes of host memory
-    and device_bytes of device memory; only copies that free a dimension still short are taken. None if
-    impossible."""
+    and device_bytes of device memory; only copies that free a dimension still short are taken, and none used
+    after protect_after_ms (the thrash guard's; 0: any). None if impossible."""
     needed, needed_device = size_bytes - instance.free_bytes, device_bytes - instance.free_device_bytes
     if needed <= 0 and needed_device <= 0:
         return ()
     chosen: list[ResidentCopy] = []
-    for copy in sorted((c for c in instance.copies if c.evictable), key=_worth(eviction)):
+    candidates = (
+        c for c in instance.copies if c.evictable and not (protect_after_ms and c.last_used_ms > protect_after_ms)
+    )
+    for copy in sorted(candidates, key=_worth(eviction)):
         if not (needed > 0 and copy.size_bytes > 0 or needed_device > 0 and copy.device_bytes > 0):
             continue  # frees nothing that is short
         chosen.append(copy)
@@ -130,6 +133,7 @@ def choose_instance(
     labels: tuple[str, ...] = (),
     device_bytes: int = 0,
     preferred: tuple[str, ...] = (),
+    protect_after_ms: int = 0,
 ) -> LoadPlan | None:
     """The best instance for a new copy of size_bytes (and device_bytes of device memory), with the copies to evict
     first; None when nothing can hold it.
@@ -137,7 +141,8 @@ def choose_instance(
     `excluded` holds instances that already have a copy or recently failed to load this model; `labels`, those an
     instance must carry (ModelRecord.labels); `preferred`, those it should (among the instances that fit without
     evicting, and among those that must evict, the ones carrying more of them come first). Among instances
-    that must evict, the one whose most valuable victim is worth least (under `eviction`) wins.
+    that must evict, the one whose most valuable victim is worth least (under `eviction`) wins. Copies used after
+    `protect_after_ms` are no victims (the thrash guard's; 0: none protected).
     """
     worth = _worth(eviction)
     ranked: list[tuple[tuple, LoadPlan]] = []
@@ -149,7 +154,7 @@ def choose_instance(
             or not _fits(rec, size_bytes, device_bytes)
         ):
             continue
-        victims = victims_for(inst, size_bytes, eviction, device_bytes)
+        victims = victims_for(inst, size_bytes, eviction, device_bytes, protect_after_ms)
         if victims is None:
             continue
         unpreferred = -len(set(preferred) & set(rec.labels))

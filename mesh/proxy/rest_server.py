@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 
@@ -18,7 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from mesh import codec
-from mesh.errors import InvalidArgument, MeshError, Unavailable, http_status
+from mesh.errors import InvalidArgument, MeshError, Overloaded, Unavailable, http_status
 from mesh.metrics import RouterMetrics
 from mesh.proxy.dataplane import DataPlane
 from mesh.tls import ServerTLS
@@ -68,7 +69,10 @@ async def _errors_to_json(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     except MeshError as err:
         code = err.grpc_code
-        return _error(http_status(err.grpc_code), err.message)
+        response = _error(http_status(err.grpc_code), err.message)
+        if isinstance(err, Overloaded):
+            response.headers["Retry-After"] = str(max(math.ceil(err.retry_after_s), 1))
+        return response
     except web.HTTPException as err:
         if err.status < 400:
             raise

@@ -15,7 +15,7 @@ from tritonclient.http import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from mesh import codec
-from mesh.errors import ModelNotFound, RuntimeFailure, Unavailable
+from mesh.errors import ModelNotFound, Overloaded, RuntimeFailure, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.metrics import RouterMetrics
 from mesh.proxy.dataplane import DataPlane, Metadata
@@ -40,7 +40,7 @@ class DoublingDataPlane(DataPlane):
         return pb.ServerMetadataResponse(name="mesh", version="0.1.0", extensions=["binary_tensor_data"])
 
     def _check(self, name: str) -> None:
-        if name not in ("double", "loading", "boom", "oom"):
+        if name not in ("double", "loading", "boom", "oom", "thrashing"):
             raise ModelNotFound(name)
 
     async def model_ready(self, name: str, version: str = "") -> bool:
@@ -62,6 +62,8 @@ class DoublingDataPlane(DataPlane):
             raise Unavailable("model 'loading' is loading")
         if request.model_name == "boom":
             raise ZeroDivisionError("the model divided by zero")
+        if request.model_name == "thrashing":
+            raise Overloaded("the thrash guard holds the models in use; retry in 2.2s", retry_after_s=2.2)
         if request.model_name == "oom":
             raise RuntimeFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "runtime out of memory")
         doubled = {f"{name}_x2": value * 2 for name, value in codec.inputs_to_numpy(request).items()}
@@ -267,6 +269,14 @@ async def test_infer_errors_map_by_type_to_status_and_json(
     body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
     response = await http.post(f"/v2/models/{model}/infer", json=body)
     assert (response.status_code, response.json()) == (status, {"error": message})
+    assert "Retry-After" not in response.headers
+
+
+async def test_an_overloaded_answer_says_when_to_retry(http: httpx.AsyncClient) -> None:
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+    response = await http.post("/v2/models/thrashing/infer", json=body)
+    assert response.status_code == 503 and "retry in 2.2s" in response.json()["error"]
+    assert response.headers["Retry-After"] == "3"  # whole seconds, rounded up
 
 
 @pytest.mark.parametrize(
