@@ -62,7 +62,7 @@ def zipf_sequence(length: int, seed: int) -> list[int]:
 # ---- the client process ------------------------------------------------------------------------------------
 
 
-def _request(model: str) -> bytes:
+def infer_request(model: str) -> bytes:
     from mesh.gen import grpc_predict_v2_pb2 as pb
 
     request = pb.ModelInferRequest(model_name=model)
@@ -74,7 +74,7 @@ def _request(model: str) -> bytes:
 async def _cell(call: Any, models: list[str], workers: int, warmup: float, seconds: float) -> list[list]:
     """Closed loop: each worker sends the next request of `models` as soon as its last one is answered. Returns
     [model, start, end, ok] (wall-clock seconds) for the requests started in the measured window."""
-    bodies = {m: _request(m) for m in set(models)}
+    bodies = {m: infer_request(m) for m in set(models)}
     position = 0
     measure_from = time.time() + warmup
     stop_at = measure_from + seconds
@@ -104,7 +104,7 @@ async def _client(plan: dict) -> dict:
     call = channel.unary_unary(MODEL_INFER, request_serializer=lambda b: b, response_deserializer=lambda b: b)
     cells: list[dict] = []
     try:
-        await call(_request(HOT_MODEL), timeout=60, wait_for_ready=True)
+        await call(infer_request(HOT_MODEL), timeout=60, wait_for_ready=True)
         for round_no in range(plan["rounds"]):
             for workers in plan["concurrency"]:
                 sequence = [model_id(r) for r in zipf_sequence(200_000, seed=round_no * 1000 + workers)]
@@ -122,15 +122,19 @@ async def _client(plan: dict) -> dict:
 # ---- the router and its log --------------------------------------------------------------------------------
 
 
-def _start_mesh(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start_mesh(
+    workdir: Path, runtimes: int, per_runtime: int, ballast_bytes: int, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`mesh serve` with built-in runtimes that each hold per_runtime models of ballast_bytes, logging JSON (env:
+    more MESH_* settings); the process, its gRPC address and its log."""
     port_file, log_path = workdir / "ports.json", workdir / "mesh.log"
-    capacity_mb = (PER_RUNTIME + 0.5) * BALLAST_BYTES / 1024 / 1024
+    capacity_mb = (per_runtime + 0.5) * ballast_bytes / 1024 / 1024
     argv = [
-        PY, "-m", "mesh", "--log-format", "json", "serve", "--runtimes", str(RUNTIMES),
+        PY, "-m", "mesh", "--log-format", "json", "serve", "--runtimes", str(runtimes),
         "--capacity-mb", str(capacity_mb), "--kv", "memory://", "--grpc-port", "0", "--rest-port", "-1",
         "--no-examples", "--port-file", str(port_file), "--data-dir", str(workdir / "data"),
     ]  # fmt: skip
-    env = {**os.environ, "MESH_METRICS_PORT": "-1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "MESH_METRICS_PORT": "-1", "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -142,14 +146,17 @@ def _start_mesh(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     return process, f"127.0.0.1:{json.loads(port_file.read_text())['grpc']}", log_path
 
 
-def _register(address: str, workdir: Path) -> None:
-    """The 40 churn models and the hot one, through the management API (`mesh models register -f`)."""
+def register_echo_models(
+    address: str, workdir: Path, model_ids: list[str], ballast_bytes: int, load_seconds: float, light: list[str] = ()
+) -> None:
+    """Echo models of ballast_bytes whose loads take load_seconds (and `light` ones of nothing), through the
+    management API (`mesh models register -f`)."""
     config = workdir / "model.json"
-    config.write_text(json.dumps({"ballast_bytes": BALLAST_BYTES, "load_seconds": LOAD_SECONDS}))
-    hot = workdir / "hot.json"
-    hot.write_text("{}")
-    models = [{"id": model_id(r), "type": "echo", "path": str(config)} for r in range(MODELS)]
-    models.append({"id": HOT_MODEL, "type": "echo", "path": str(hot)})
+    config.write_text(json.dumps({"ballast_bytes": ballast_bytes, "load_seconds": load_seconds}))
+    empty = workdir / "light.json"
+    empty.write_text("{}")
+    models = [{"id": m, "type": "echo", "path": str(config)} for m in model_ids]
+    models += [{"id": m, "type": "echo", "path": str(empty)} for m in light]
     spec = workdir / "models.json"
     spec.write_text(json.dumps({"models": models}))
     subprocess.run(
@@ -157,7 +164,7 @@ def _register(address: str, workdir: Path) -> None:
         cwd=REPO,
         check=True,
         capture_output=True,
-        timeout=120,
+        timeout=300,
     )
 
 
@@ -315,9 +322,10 @@ def measure(params: dict) -> tuple[list[dict], dict]:
     """Start mesh, register the models, run the client process; the cells and the router's events."""
     with tempfile.TemporaryDirectory(prefix="mesh-churn-") as tmp:
         workdir = Path(tmp)
-        process, address, log_path = _start_mesh(workdir)
+        process, address, log_path = start_mesh(workdir, RUNTIMES, PER_RUNTIME, BALLAST_BYTES)
         try:
-            _register(address, workdir)
+            models = [model_id(r) for r in range(MODELS)]
+            register_echo_models(address, workdir, models, BALLAST_BYTES, LOAD_SECONDS, light=[HOT_MODEL])
             plan_path, results_path = workdir / "plan.json", workdir / "results.json"
             plan_path.write_text(json.dumps({**params, "address": address}))
             cells_s = len(params["concurrency"]) * params["rounds"]

@@ -67,17 +67,18 @@ class Settings:
     measured load time: slow-to-load models stay) or gdsf (Greedy-Dual-Size-
     Frequency: large, rarely used models go first; the counts are this router's own)."""
     thrash_guard: str = "off"
-    """When the cache thrashes (copies used within thrash_young_seconds are evicted, thrash_trigger times within
-    thrash_window_seconds), stop evicting models in use for loads: a load that needs one evicted is refused with a
-    retry-after hint (refuse: RESOURCE_EXHAUSTED / 503 + Retry-After) or waits for one to become idle (queue:
-    up to thrash_queue_seconds, thrash_queue_limit loads at a time); off: loads evict as the policy says."""
+    """When the cache thrashes (models loaded again within thrash_young_seconds of their eviction, thrash_trigger
+    times within thrash_window_seconds), stop evicting models in use for loads of models that are not: such a load
+    is refused with a retry-after hint (refuse: RESOURCE_EXHAUSTED / 503 + Retry-After) or waits for a copy to
+    become idle (queue: up to thrash_queue_seconds, thrash_queue_limit loads at a time); off: loads evict as the
+    eviction policy says (placement/thrash.py)."""
     thrash_young_seconds: float = 10.0
-    """An evicted copy used less than this long before is a sign of churn; while the guard is on, copies used
-    within this time are not evicted for a load."""
+    """A model loaded again less than this long after its eviction is a sign of churn; while the guard is on,
+    copies used within this time are not evicted for a load of a model not used within it."""
     thrash_trigger: int = 3
-    """Young evictions within thrash_window_seconds that turn the guard on."""
+    """Reloads of evicted models within thrash_window_seconds that turn the guard on."""
     thrash_window_seconds: float = 30.0
-    """The guard goes off after this long with neither a young eviction nor a held-back load."""
+    """The guard goes off after this long with neither such a reload nor a held-back load."""
     thrash_queue_seconds: float = 5.0
     """queue: how long a held-back load waits, in all, before it is refused."""
     thrash_queue_limit: int = 64

@@ -23,6 +23,7 @@ SCENARIOS = {
     "churn": [],
     "native": [],
     "rollout": [],
+    "thrash": [],
 }
 
 

@@ -11,6 +11,8 @@ room is merely out of slots.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mesh.config import Settings
 from mesh.errors import ModelLoadFailed, NoCapacity, Overloaded, Unavailable
 from mesh.placement import policy
@@ -25,13 +27,20 @@ MIN_RETRY_AFTER_S = 0.05
 
 class Chooser:
     def __init__(
-        self, settings: Settings, view: LocalView, copies: CopyTable, health: InstanceHealth, guard: ThrashGuard
+        self,
+        settings: Settings,
+        view: LocalView,
+        copies: CopyTable,
+        health: InstanceHealth,
+        guard: ThrashGuard,
+        last_used_ms: Callable[[str], int],
     ) -> None:
         self._settings = settings
         self._view = view
         self._copies = copies
         self._health = health
         self._guard = guard
+        self._last_used_ms = last_used_ms
         self._policy = settings.eviction_policy
 
     def first_copy(self, model: ModelRecord, size: Footprint) -> policy.LoadPlan | None:
@@ -44,6 +53,8 @@ class Chooser:
         excluded = frozenset(self._copies.live_copies(record)) | frozenset(failed)
         instances = self._candidates(model)
         protect = self._guard.protect_after_ms()
+        if protect and self._last_used_ms(model.model_id) > protect:
+            protect = 0  # a model in use itself (its copy went in the churn): it is hot, and takes its place back
         choice = self._place(model, size, with_free_slot(instances), excluded, protect)
         if choice is not None:
             return choice

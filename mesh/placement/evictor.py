@@ -59,8 +59,8 @@ class Evictor:
         self._usage.evicted(victims)
         for victim in victims:
             self._metrics.evicted(victim.model_id, victim.last_used_ms)
+            self._guard.evicted(victim.model_id)
             age_s = (now_ms() - victim.last_used_ms) / 1000 if victim.last_used_ms else float("inf")
-            self._guard.evicted(age_s)
             log.info(
                 "evicting model %s from %s (last used %.0fs ago) to make room for %s",
                 victim.model_id,

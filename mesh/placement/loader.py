@@ -98,7 +98,7 @@ class Loader:
         self._usage = usage
         self._metrics = metrics
         self._guard = guard
-        self._chooser = Chooser(settings, view, copies, health, guard)
+        self._chooser = Chooser(settings, view, copies, health, guard, usage.last_used_ms)
         self._loads: SingleFlight[str, str] = SingleFlight("load")
         # Choosing an instance and claiming the load there is one decision per router: two loads deciding at once
         # would both count the same free bytes.
@@ -200,6 +200,7 @@ class Loader:
 
     def _start_load(self, model_id: str, choice: policy.LoadPlan) -> None:
         """The claim is ours: mark the victims (no other decision takes them) and count the load on the instance."""
+        self._guard.loading(model_id)
         for victim in choice.victims:
             self._copies.evicting(victim.model_id, choice.instance_id)
         self._copies.load_started(choice.instance_id)

@@ -1,15 +1,17 @@
 """The thrash guard: when the cache churns, stop evicting models in use to make room for models that are not.
 
-Churn shows in what evictions take: a copy evicted although it was used a moment ago (less than `young_s`) means
-the least worth keeping on its instance was still in use, so the working set does not fit. After `trigger` such
-evictions within `window_s` the guard turns on: a load may then evict only copies idle for `young_s` or more, and a
-miss that could only be placed by evicting copies in use is held back: refused at once with a retry-after hint
-(RESOURCE_EXHAUSTED, mode "refuse"), or kept waiting until a copy becomes idle enough, for at most `queue_s` and
-at most `queue_limit` loads at a time (mode "queue"). Hits keep flowing; cold models wait or are refused instead
-of pushing the hot ones out one after the other. The guard goes off once `window_s` passes with neither a young
-eviction nor a held-back load.
+Churn shows in loads that undo evictions: a model loaded again less than `young_s` after its copy was evicted was
+still in use when it went, so the working set does not fit. (An evicted copy nobody asks for again is the cache
+working: one-shot models passing through free room are no churn.) After `trigger` such loads within `window_s`
+the guard turns on: a load may then evict only copies idle for `young_s` or more, unless the model it loads is in
+use itself (used within `young_s`: a hot model whose copy went in the churn takes its place back). A miss for a
+cold model that could only be placed by evicting copies in use is held back: refused at once with a retry-after
+hint (RESOURCE_EXHAUSTED, mode "refuse"), or kept waiting until a copy becomes idle enough, for at most
+`queue_s` and at most `queue_limit` loads at a time (mode "queue"). Hits keep flowing; cold models wait or are
+refused instead of pushing the hot ones out one after the other. The guard goes off once `window_s` passes with
+neither a reload of an evicted model nor a held-back load.
 
-Each router watches its own evictions (the guard is this router's); its state is a gauge and a log event.
+Each router watches its own loads and evictions (the guard is this router's); its state is a gauge and a log event.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -70,6 +72,7 @@ class ThrashGuard:
         """Called with each held-back load's outcome: "refused", "queued", or "timed_out" (queued, then refused)."""
         self._clock = clock
         self._young: deque[float] = deque()
+        self._evicted_at: OrderedDict[str, float] = OrderedDict()
         self._last_pressure = float("-inf")
         self._on = False
         self.queued = 0
@@ -79,11 +82,22 @@ class ThrashGuard:
     def enabled(self) -> bool:
         return self.settings.mode != "off"
 
-    def evicted(self, idle_s: float) -> None:
-        """An eviction took a copy that had been idle idle_s seconds."""
-        if not self.enabled or idle_s >= self.settings.young_s:
+    def evicted(self, model_id: str) -> None:
+        """A copy of the model was evicted (remembered for young_s, to see whether it is loaded again)."""
+        if not self.enabled:
             return
         now = self._clock()
+        self._evicted_at.pop(model_id, None)
+        self._evicted_at[model_id] = now
+        while self._evicted_at and next(iter(self._evicted_at.values())) < now - self.settings.young_s:
+            self._evicted_at.popitem(last=False)
+
+    def loading(self, model_id: str) -> None:
+        """A copy of the model is being loaded: churn, if one was evicted within young_s."""
+        evicted = self._evicted_at.pop(model_id, None)
+        now = self._clock()
+        if evicted is None or now - evicted >= self.settings.young_s:
+            return
         self._young.append(now)
         self._last_pressure = now
         self._update(now)
@@ -108,9 +122,11 @@ class ThrashGuard:
         while self._young and self._young[0] < horizon:
             self._young.popleft()
         if not self._on and len(self._young) >= self.settings.trigger:
-            self._switch(True, f"{len(self._young)} copies used within {self.settings.young_s:g}s were evicted")
+            self._switch(
+                True, f"{len(self._young)} models were loaded again within {self.settings.young_s:g}s of their eviction"
+            )
         elif self._on and self._last_pressure < horizon:
-            self._switch(False, f"no churn for {self.settings.window_s:g}s")
+            self._switch(False, f"no churn and no load held back for {self.settings.window_s:g}s")
 
     def _switch(self, on: bool, why: str) -> None:
         self._on = on

@@ -30,31 +30,39 @@ def guard(clock: Clock, **settings: object) -> tuple[ThrashGuard, list[bool]]:
     return ThrashGuard(ThrashSettings(**values), on_change=changes.append, clock=clock), changes  # type: ignore[arg-type]
 
 
-def test_young_evictions_turn_it_on_and_quiet_turns_it_off() -> None:
+def test_models_loaded_again_soon_after_their_eviction_turn_it_on_and_quiet_turns_it_off() -> None:
     clock = Clock()
     thrash, changes = guard(clock)
-    thrash.evicted(idle_s=60.0)  # an old copy: what a cache is for
-    thrash.evicted(idle_s=2.0)
-    thrash.evicted(idle_s=3.0)
+    thrash.evicted("one-shot")  # never asked for again: the cache working, not churn
+    thrash.loading("new")  # never evicted
+    thrash.evicted("late")
+    clock.now += 11
+    thrash.loading("late")  # loaded again, but 11 s after its eviction (young_s is 10)
+    for model in ("a", "b"):
+        thrash.evicted(model)
+        clock.now += 1
+        thrash.loading(model)
     assert not thrash.on and thrash.protect_after_ms() == 0
-    thrash.evicted(idle_s=1.0)
+    thrash.evicted("c")
+    thrash.loading("c")
     assert thrash.on and changes == [True]
     assert thrash.protect_after_ms() == int((clock.now - 10.0) * 1000)
 
     clock.now += 20
     thrash.held_back()  # a load it held back: the pressure goes on
     clock.now += 20
-    assert thrash.on  # 40 s since the last young eviction, 20 since the last held-back load
+    assert thrash.on  # 40 s since the last reload of an evicted model, 20 since the last held-back load
     clock.now += 11
     assert not thrash.on and changes == [True, False]
     assert thrash.protect_after_ms() == 0
 
 
-def test_young_evictions_spread_wider_than_the_window_do_not_turn_it_on() -> None:
+def test_reloads_spread_wider_than_the_window_do_not_turn_it_on() -> None:
     clock = Clock()
     thrash, changes = guard(clock)
-    for _ in range(5):
-        thrash.evicted(idle_s=1.0)
+    for i in range(5):
+        thrash.evicted(f"m{i}")
+        thrash.loading(f"m{i}")
         clock.now += 16  # at most two within any 30 s
     assert not thrash.on and changes == []
 
@@ -62,8 +70,9 @@ def test_young_evictions_spread_wider_than_the_window_do_not_turn_it_on() -> Non
 def test_off_mode_never_turns_on() -> None:
     clock = Clock()
     thrash, changes = guard(clock, mode="off")
-    for _ in range(10):
-        thrash.evicted(idle_s=0.1)
+    for i in range(10):
+        thrash.evicted(f"m{i}")
+        thrash.loading(f"m{i}")
     assert not thrash.on and changes == []
 
 
@@ -118,31 +127,34 @@ async def test_a_full_queue_refuses_at_once() -> None:
 THRASHING = {"thrash_guard": "refuse", "thrash_trigger": 1, "thrash_young_seconds": 60.0, "thrash_window_seconds": 60.0}
 
 
-async def test_once_on_a_miss_that_would_evict_a_model_in_use_is_refused_and_the_hot_copies_stay(make_cluster):
+async def test_once_on_a_cold_miss_that_would_evict_a_model_in_use_is_refused_and_hot_ones_still_load(
+    make_cluster,
+):
     runtime = FakeRuntime("rt-a", capacity_bytes=2 * MB)
     router = await make_cluster(runtime, **THRASHING).router()
-    await router.register("a", "b", "c", "d")
-    await use_in_turn(router, "a", "b")
-    await router.use("c")  # evicts a, used a moment ago: churn, and the guard turns on
-    assert runtime.unloads == ["a"] and router.manager.thrash_guard.on
+    await router.register("a", "b", "c", "cold")
+    await use_in_turn(router, "a", "b", "c")  # c evicts a
+    await router.use("a")  # a is loaded again moments after its eviction (evicting b): churn, the guard turns on
+    assert runtime.unloads == ["a", "b"] and router.manager.thrash_guard.on
 
     with pytest.raises(Overloaded, match="thrash guard") as refused:
-        await router.use("d")
-    assert 59.0 < refused.value.retry_after_s <= 60.0  # when b, the oldest copy in use, may go
-    assert runtime.unloads == ["a"] and set(runtime.loaded) == {"b", "c"}
-    await router.use("b")  # hits keep flowing
+        await router.use("cold")
+    assert 59.0 < refused.value.retry_after_s <= 60.0  # when c, the older copy in use, may go
+    assert runtime.unloads == ["a", "b"] and set(runtime.loaded) == {"a", "c"}
+    await router.use("a")  # hits keep flowing
     await router.use("c")
+    await router.use("b")  # b is in use itself (used within the last minute): it takes its place back
+    assert runtime.unloads == ["a", "b", "a"]
 
 
 async def test_in_queue_mode_a_held_back_miss_loads_once_a_copy_has_been_idle_long_enough(make_cluster):
     runtime = FakeRuntime("rt-a", capacity_bytes=2 * MB)
-    settings = {**THRASHING, "thrash_guard": "queue", "thrash_young_seconds": 0.3, "thrash_queue_seconds": 5.0}
+    settings = {**THRASHING, "thrash_guard": "queue", "thrash_young_seconds": 0.5, "thrash_queue_seconds": 5.0}
     router = await make_cluster(runtime, **settings).router()
-    await router.register("a", "b", "c", "d")
-    await use_in_turn(router, "a", "b")
-    await router.use("c")  # evicts a (used within 0.3 s): the guard turns on
+    await router.register("a", "b", "c", "cold")
+    await use_in_turn(router, "a", "b", "c", "a")  # a evicted by c, then loaded again: the guard turns on
     assert router.manager.thrash_guard.on
     started = time.monotonic()
-    await router.use("d")  # waits until b has gone unused for 0.3 s, then evicts it
-    assert time.monotonic() - started >= 0.2
-    assert runtime.unloads == ["a", "b"] and set(runtime.loaded) == {"c", "d"}
+    await router.use("cold")  # waits until c has gone unused for 0.5 s, then evicts it
+    assert time.monotonic() - started >= 0.3
+    assert runtime.unloads == ["a", "b", "c"] and set(runtime.loaded) == {"a", "cold"}
