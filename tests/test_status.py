@@ -174,3 +174,25 @@ def test_sizes_and_ages_read_like_a_person_says_them() -> None:
         "5120.0 GiB",
     ]
     assert [status.age(ms) for ms in (0, 59_999, 60_000, 7_200_000, 3 * 86_400_000)] == ["0s", "59s", "1m", "2h", "3d"]
+
+
+async def test_explain_says_where_a_model_is_why_and_what_a_load_would_do(router, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    mesh, grpc_port, _runtimes = router
+    await _populate(mesh, grpc_port, tmp_path)
+    address = ("--address", f"127.0.0.1:{grpc_port}")
+
+    code, out, err = await _cli("explain", "echo-0", "--json", *address)
+    assert code == 0, err
+    doc = json.loads(out)
+    [copy] = doc["copies"]
+    assert copy["state"] == "LOADED" and copy["why"] == "fit in free memory"
+    assert [e["event"] for e in doc["history"]] == ["loaded"] and doc["history"][0]["instance"] == copy["instance"]
+    other = next(row for row in doc["next_load"]["instances"] if row["instance"] != copy["instance"])
+    assert other["verdict"] == "fits in free memory" and doc["next_load"]["instance"] == other["instance"]
+
+    code, out, err = await _cli("explain", "broken", *address)
+    assert code == 0, err
+    assert "load_failed" in out and "a load now would go to" in out
+
+    code, out, err = await _cli("explain", "nope", *address)
+    assert code != 0 and "model 'nope' is not registered" in err and "Traceback" not in err

@@ -1,4 +1,5 @@
-"""`mesh status` (the router's instances and models, as tables) and `mesh infer` (one REST request)."""
+"""`mesh status` (the router's instances and models, as tables), `mesh explain MODEL` (where a model is, why, and
+what its next load would do) and `mesh infer` (one REST request)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import httpx
 
 from mesh import status
 from mesh.cli.common import channel, client_arguments, client_tls_of, tls_client_arguments
+from mesh.gen import mesh_admin_pb2 as admin
+from mesh.gen import mesh_admin_pb2_grpc as admin_grpc
+from mesh.placement.explaining import as_text
 
 
 def _mesh_status(args: argparse.Namespace) -> int:
@@ -21,6 +25,16 @@ def _mesh_status(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(status.render(data, int(time.time() * 1000)))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    with channel(args) as opened:
+        answer = admin_grpc.MeshAdminStub(opened).ExplainModel(
+            admin.ExplainModelRequest(modelId=args.model), timeout=args.timeout
+        )
+    doc = json.loads(answer.json)
+    print(json.dumps(doc, indent=2) if args.json else as_text(doc, int(time.time() * 1000)))
     return 0
 
 
@@ -57,6 +71,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     mesh_status.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
     mesh_status.set_defaults(func=_mesh_status)
+
+    explain = client_arguments(
+        sub.add_parser("explain", help="where a model is and why, its placement history, what a load would do now")
+    )
+    explain.add_argument("model")
+    explain.add_argument("--json", action="store_true", help="the explanation as JSON, for scripts")
+    explain.set_defaults(func=_explain)
 
     infer = sub.add_parser("infer", help="send one inference request over REST")
     infer.add_argument("model")

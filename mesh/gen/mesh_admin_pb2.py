@@ -26,27 +26,31 @@ _sym_db = _symbol_database.Default()
 from mesh.gen import model_mesh_pb2 as mesh_dot_gen_dot_model__mesh__pb2
 
 
-DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x19mesh/gen/mesh-admin.proto\x12\tmeshadmin\x1a\x19mesh/gen/model-mesh.proto\"\x13\n\x11ListModelsRequest\"\xe9\x01\n\nModelEntry\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12#\n\tmodelInfo\x18\x02 \x01(\x0b\x32\x10.mmesh.ModelInfo\x12&\n\x06status\x18\x03 \x01(\x0b\x32\x16.mmesh.ModelStatusInfo\x12\x13\n\x0bsizeInBytes\x18\x04 \x01(\x04\x12\x14\n\x0clastUsedTime\x18\x05 \x01(\x04\x12\x16\n\x0erequiredLabels\x18\x06 \x03(\t\x12\x0e\n\x06pinned\x18\x07 \x01(\x08\x12\x11\n\tminCopies\x18\x08 \x01(\r\x12\x17\n\x0fpreferredLabels\x18\t \x03(\t\"H\n\x0bVModelEntry\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.mmesh.VModelStatusInfo\"d\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.meshadmin.ModelEntry\x12\'\n\x07vmodels\x18\x02 \x03(\x0b\x32\x16.meshadmin.VModelEntry\"\x16\n\x14ListInstancesRequest\"\xa2\x02\n\rInstanceEntry\x12\x12\n\ninstanceId\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61pacityInBytes\x18\x03 \x01(\x04\x12\x13\n\x0busedInBytes\x18\x04 \x01(\x04\x12\x12\n\nmodelTypes\x18\x05 \x03(\t\x12\x0e\n\x06models\x18\x06 \x03(\t\x12\x15\n\rloadsInFlight\x18\x07 \x01(\r\x12\x13\n\x0bstartedTime\x18\x08 \x01(\x04\x12\x11\n\treachable\x18\t \x01(\x08\x12\x0e\n\x06labels\x18\n \x03(\t\x12\x1d\n\x15\x64\x65viceCapacityInBytes\x18\x0b \x01(\x04\x12\x19\n\x11\x64\x65viceUsedInBytes\x18\x0c \x01(\x04\x12\x10\n\x08\x64raining\x18\r \x01(\x08\"D\n\x15ListInstancesResponse\x12+\n\tinstances\x18\x01 \x03(\x0b\x32\x18.meshadmin.InstanceEntry2\xae\x01\n\tMeshAdmin\x12K\n\nListModels\x12\x1c.meshadmin.ListModelsRequest\x1a\x1d.meshadmin.ListModelsResponse\"\x00\x12T\n\rListInstances\x12\x1f.meshadmin.ListInstancesRequest\x1a .meshadmin.ListInstancesResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _mesh_pool.POOL.AddSerializedFile(b'\n\x19mesh/gen/mesh-admin.proto\x12\tmeshadmin\x1a\x19mesh/gen/model-mesh.proto\"&\n\x13\x45xplainModelRequest\x12\x0f\n\x07modelId\x18\x01 \x01(\t\"$\n\x14\x45xplainModelResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\"\xe9\x01\n\nModelEntry\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12#\n\tmodelInfo\x18\x02 \x01(\x0b\x32\x10.mmesh.ModelInfo\x12&\n\x06status\x18\x03 \x01(\x0b\x32\x16.mmesh.ModelStatusInfo\x12\x13\n\x0bsizeInBytes\x18\x04 \x01(\x04\x12\x14\n\x0clastUsedTime\x18\x05 \x01(\x04\x12\x16\n\x0erequiredLabels\x18\x06 \x03(\t\x12\x0e\n\x06pinned\x18\x07 \x01(\x08\x12\x11\n\tminCopies\x18\x08 \x01(\r\x12\x17\n\x0fpreferredLabels\x18\t \x03(\t\"H\n\x0bVModelEntry\x12\x10\n\x08vModelId\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.mmesh.VModelStatusInfo\"d\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.meshadmin.ModelEntry\x12\'\n\x07vmodels\x18\x02 \x03(\x0b\x32\x16.meshadmin.VModelEntry\"\x16\n\x14ListInstancesRequest\"\xa2\x02\n\rInstanceEntry\x12\x12\n\ninstanceId\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61pacityInBytes\x18\x03 \x01(\x04\x12\x13\n\x0busedInBytes\x18\x04 \x01(\x04\x12\x12\n\nmodelTypes\x18\x05 \x03(\t\x12\x0e\n\x06models\x18\x06 \x03(\t\x12\x15\n\rloadsInFlight\x18\x07 \x01(\r\x12\x13\n\x0bstartedTime\x18\x08 \x01(\x04\x12\x11\n\treachable\x18\t \x01(\x08\x12\x0e\n\x06labels\x18\n \x03(\t\x12\x1d\n\x15\x64\x65viceCapacityInBytes\x18\x0b \x01(\x04\x12\x19\n\x11\x64\x65viceUsedInBytes\x18\x0c \x01(\x04\x12\x10\n\x08\x64raining\x18\r \x01(\x08\"D\n\x15ListInstancesResponse\x12+\n\tinstances\x18\x01 \x03(\x0b\x32\x18.meshadmin.InstanceEntry2\x81\x02\n\tMeshAdmin\x12K\n\nListModels\x12\x1c.meshadmin.ListModelsRequest\x1a\x1d.meshadmin.ListModelsResponse\"\x00\x12T\n\rListInstances\x12\x1f.meshadmin.ListInstancesRequest\x1a .meshadmin.ListInstancesResponse\"\x00\x12Q\n\x0c\x45xplainModel\x12\x1e.meshadmin.ExplainModelRequest\x1a\x1f.meshadmin.ExplainModelResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mesh.gen.mesh_admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTMODELSREQUEST']._serialized_start=67
-  _globals['_LISTMODELSREQUEST']._serialized_end=86
-  _globals['_MODELENTRY']._serialized_start=89
-  _globals['_MODELENTRY']._serialized_end=322
-  _globals['_VMODELENTRY']._serialized_start=324
-  _globals['_VMODELENTRY']._serialized_end=396
-  _globals['_LISTMODELSRESPONSE']._serialized_start=398
-  _globals['_LISTMODELSRESPONSE']._serialized_end=498
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=500
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=522
-  _globals['_INSTANCEENTRY']._serialized_start=525
-  _globals['_INSTANCEENTRY']._serialized_end=815
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=817
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=885
-  _globals['_MESHADMIN']._serialized_start=888
-  _globals['_MESHADMIN']._serialized_end=1062
+  _globals['_EXPLAINMODELREQUEST']._serialized_start=67
+  _globals['_EXPLAINMODELREQUEST']._serialized_end=105
+  _globals['_EXPLAINMODELRESPONSE']._serialized_start=107
+  _globals['_EXPLAINMODELRESPONSE']._serialized_end=143
+  _globals['_LISTMODELSREQUEST']._serialized_start=145
+  _globals['_LISTMODELSREQUEST']._serialized_end=164
+  _globals['_MODELENTRY']._serialized_start=167
+  _globals['_MODELENTRY']._serialized_end=400
+  _globals['_VMODELENTRY']._serialized_start=402
+  _globals['_VMODELENTRY']._serialized_end=474
+  _globals['_LISTMODELSRESPONSE']._serialized_start=476
+  _globals['_LISTMODELSRESPONSE']._serialized_end=576
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=578
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=600
+  _globals['_INSTANCEENTRY']._serialized_start=603
+  _globals['_INSTANCEENTRY']._serialized_end=893
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=895
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=963
+  _globals['_MESHADMIN']._serialized_start=966
+  _globals['_MESHADMIN']._serialized_end=1223
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ExplainModelRequest(_message.Message):
+    __slots__ = ("modelId",)
+    MODELID_FIELD_NUMBER: _ClassVar[int]
+    modelId: str
+    def __init__(self, modelId: _Optional[str] = ...) -> None: ...
+
+class ExplainModelResponse(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -44,6 +44,11 @@ class MeshAdminStub:
                 request_serializer=mesh_dot_gen_dot_mesh__admin__pb2.ListInstancesRequest.SerializeToString,
                 response_deserializer=mesh_dot_gen_dot_mesh__admin__pb2.ListInstancesResponse.FromString,
                 _registered_method=True)
+        self.ExplainModel = channel.unary_unary(
+                '/meshadmin.MeshAdmin/ExplainModel',
+                request_serializer=mesh_dot_gen_dot_mesh__admin__pb2.ExplainModelRequest.SerializeToString,
+                response_deserializer=mesh_dot_gen_dot_mesh__admin__pb2.ExplainModelResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServicer:
@@ -63,6 +68,13 @@ class MeshAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainModel(self, request, context):
+        """Where a model is and why there, its recent placement history, and what its next load would do now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_MeshAdminServicer_to_server(servicer, server):
                     servicer.ListInstances,
                     request_deserializer=mesh_dot_gen_dot_mesh__admin__pb2.ListInstancesRequest.FromString,
                     response_serializer=mesh_dot_gen_dot_mesh__admin__pb2.ListInstancesResponse.SerializeToString,
+            ),
+            'ExplainModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainModel,
+                    request_deserializer=mesh_dot_gen_dot_mesh__admin__pb2.ExplainModelRequest.FromString,
+                    response_serializer=mesh_dot_gen_dot_mesh__admin__pb2.ExplainModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +148,33 @@ class MeshAdmin:
             '/meshadmin.MeshAdmin/ListInstances',
             mesh_dot_gen_dot_mesh__admin__pb2.ListInstancesRequest.SerializeToString,
             mesh_dot_gen_dot_mesh__admin__pb2.ListInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshadmin.MeshAdmin/ExplainModel',
+            mesh_dot_gen_dot_mesh__admin__pb2.ExplainModelRequest.SerializeToString,
+            mesh_dot_gen_dot_mesh__admin__pb2.ExplainModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

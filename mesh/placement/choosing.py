@@ -81,6 +81,25 @@ class Chooser:
             retry_after_s,
         )
 
+    def dry_run(self, model: ModelRecord, size: Footprint) -> tuple[list[policy.Verdict], dict[str, str]]:
+        """What a load of the model would decide now, changing nothing: every instance's verdict (best first) and
+        the instances left out before ranking, with why (a copy there, a recent failure)."""
+        placement = self._view.placements.get(model.model_id)
+        record = placement.record if placement else PlacementRecord()
+        left_out = {i: "holds a copy" for i in self._copies.live_copies(record)}
+        for instance_id, failure in self.recent_failures(record).items():
+            left_out.setdefault(instance_id, f"failed to load it recently: {failure.message}")
+        protect = self._guard.protect_after_ms()
+        if protect and self._last_used_ms(model.model_id) > protect:
+            protect = 0
+        demand = policy.Demand(
+            model.model_type, size.size_bytes, model.labels, size.device_bytes, model.preferred_labels, protect
+        )
+        candidates = [v for v in self._candidates(model) if v.record.instance_id not in left_out]
+        verdicts = [policy.assess(v, demand, self._policy) for v in candidates]
+        verdicts.sort(key=lambda v: (v.plan is None, v.rank, v.instance_id))
+        return verdicts, left_out
+
     def extra_copy(
         self, model: ModelRecord, record: PlacementRecord, live: list[str], may_evict: bool
     ) -> policy.LoadPlan | None:

@@ -14,6 +14,7 @@ from mesh.errors import Unavailable
 from mesh.metrics import RouterMetrics
 from mesh.placement import policy
 from mesh.placement.copies import CopyTable
+from mesh.placement.decisions import DecisionLog
 from mesh.placement.instances import RuntimeClients
 from mesh.placement.records import CopyState, Kind, PlacementRecord, now_ms
 from mesh.placement.store import UNCHANGED, RecordStore
@@ -42,6 +43,7 @@ class Evictor:
         metrics: RouterMetrics,
         eviction_policy: str,
         guard: ThrashGuard,
+        decisions: DecisionLog,
     ) -> None:
         self._view = view
         self._store = store
@@ -51,6 +53,7 @@ class Evictor:
         self._metrics = metrics
         self._policy = eviction_policy
         self._guard = guard
+        self._decisions = decisions
         self.drain: Drain = nothing_to_drain
 
     async def evict(self, instance_id: str, victims: tuple[policy.ResidentCopy, ...], for_model: str) -> None:
@@ -61,6 +64,8 @@ class Evictor:
             self._metrics.evicted(victim.model_id, victim.last_used_ms)
             self._guard.evicted(victim.model_id)
             age_s = (now_ms() - victim.last_used_ms) / 1000 if victim.last_used_ms else float("inf")
+            idle = round(age_s, 1) if victim.last_used_ms else None
+            self._decisions.record(victim.model_id, "evicted", instance=instance_id, for_model=for_model, idle_s=idle)
             log.info(
                 "evicting model %s from %s (last used %.0fs ago) to make room for %s",
                 victim.model_id,
@@ -95,8 +100,9 @@ class Evictor:
             if victims:
                 await self.evict(instance_id, victims, for_model=keep)
 
-    async def unload_copy(self, model_id: str, instance_id: str) -> None:
+    async def unload_copy(self, model_id: str, instance_id: str, why: str = "") -> None:
         """Stop routing to a copy, let the requests on it finish, then unload it from its runtime."""
+        self._decisions.record(model_id, "unloaded", instance=instance_id, why=why)
         await self._out_of_routing(model_id, instance_id)
         await self._unload(model_id, instance_id)
 

@@ -28,6 +28,7 @@ from mesh.placement import policy
 from mesh.placement.choosing import Chooser
 from mesh.placement.claims import LoadClaims
 from mesh.placement.copies import LOADING_STALE_S, CopyTable
+from mesh.placement.decisions import DecisionLog
 from mesh.placement.evictor import Evictor
 from mesh.placement.instance_health import InstanceHealth
 from mesh.placement.instances import RuntimeClients
@@ -86,8 +87,10 @@ class Loader:
         usage: Usage,
         metrics: RouterMetrics,
         guard: ThrashGuard,
+        decisions: DecisionLog,
     ) -> None:
         self._settings = settings
+        self._decisions = decisions
         self._view = view
         self._store = store
         self._clients = clients
@@ -114,6 +117,10 @@ class Loader:
             return holder
         # Every caller awaits the one load; one that gives up (a deadline, a disconnect) does not cancel it.
         return await self._loads.run(model_id, self._load_first_copy, model_id)
+
+    def dry_run(self, model: ModelRecord, size: Footprint) -> tuple[list[policy.Verdict], dict[str, str]]:
+        """What a load of the model would decide now (Chooser.dry_run), for `mesh explain`."""
+        return self._chooser.dry_run(model, size)
 
     def loading(self, model_id: str) -> bool:
         return self._loads.running(model_id) is not None
@@ -156,6 +163,7 @@ class Loader:
                         choice = self._chooser.first_copy(model, size)
                     except Overloaded as exc:
                         held = exc
+                        self._decisions.record(model_id, "held_back", retry_after_s=round(exc.retry_after_s, 1))
                     except Unavailable:
                         # Everything it could evict is loading or serving right now: that changes within
                         # milliseconds under churn, so look again for a while before saying "retry".
@@ -267,6 +275,11 @@ class Loader:
                 "device_bytes": size.device_bytes,
             },
         )
+        evicted = [v.model_id for v in choice.victims]
+        why = f"evicted {', '.join(evicted)} to make room" if evicted else "fit in free memory"
+        self._decisions.record(
+            model_id, "loaded", instance=instance_id, ms=ms, bytes=size.size_bytes, evicted=evicted, why=why
+        )
         await self._evictor.trim(instance_id, keep=model_id)
         return instance_id
 
@@ -302,6 +315,7 @@ class Loader:
         if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
             self._claims.abandon(model_id, instance_id)
         failure = LoadFailure(message, now_ms())
+        self._decisions.record(model_id, "load_failed", instance=instance_id, error=message)
         await self._store.update(
             Kind.PLACEMENT, model_id, lambda p: (p or PlacementRecord()).with_failure(instance_id, failure)
         )

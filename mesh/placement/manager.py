@@ -25,21 +25,26 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from mesh.config import Settings
+from mesh.errors import ModelNotFound
 from mesh.kv.base import KV
 from mesh.metrics import RouterMetrics
 from mesh.periodic import every
 from mesh.placement import policy
 from mesh.placement.claims import LoadClaims
 from mesh.placement.copies import CopyLease, CopyTable
+from mesh.placement.decisions import DecisionLog
 from mesh.placement.demand import DemandBoard
 from mesh.placement.evictor import Drain, Evictor
+from mesh.placement.explaining import explanation
 from mesh.placement.instance_health import InstanceHealth
 from mesh.placement.instances import LeasePublisher, RuntimeClients, probe_runtime
 from mesh.placement.loader import Loader
-from mesh.placement.records import CopyRecord, InstanceRecord, Keys, Kind
+from mesh.placement.records import CopyRecord, InstanceRecord, Keys, Kind, PlacementRecord
 from mesh.placement.scaling import CopyScaler
+from mesh.placement.sizing import size_to_place
 from mesh.placement.store import RecordStore
 from mesh.placement.thrash import ThrashGuard, thrash_settings
 from mesh.placement.usage import Usage
@@ -93,6 +98,7 @@ class PlacementManager:
         )
         self.copies = CopyTable(self.view, self.health, self.clients, self.usage, self.demand.others)
         self.thrash_guard = ThrashGuard(thrash_settings(settings), count_held_back=metrics.held_back)
+        self.decisions = DecisionLog(kv, settings.kv_prefix, self.demand.router_id)
         metrics.watch_thrash_guard(lambda: self.thrash_guard.on)
         self._evictor = Evictor(
             self.view,
@@ -103,6 +109,7 @@ class PlacementManager:
             metrics,
             settings.eviction_policy,
             self.thrash_guard,
+            self.decisions,
         )
         self._claims = LoadClaims(self.view, self.store, self.copies, self.clients, self.health)
         self._loader = Loader(
@@ -117,6 +124,7 @@ class PlacementManager:
             self.usage,
             metrics,
             self.thrash_guard,
+            self.decisions,
         )
         self._scaler = CopyScaler(
             settings,
@@ -128,7 +136,7 @@ class PlacementManager:
             self._min_copies,
             self._loader.loading,
             self._loader.add_copy,
-            self._evictor.unload_copy,
+            lambda model_id, instance_id: self._evictor.unload_copy(model_id, instance_id, "an extra copy not needed"),
         )
         self._maintenance: asyncio.Task[None] | None = None
         self._janitor_tasks: set[asyncio.Task[None]] = set()
@@ -153,6 +161,7 @@ class PlacementManager:
         await self._loader.stop()
         await self.demand.stop()
         await self.usage.flush()
+        await self.decisions.flush()
         await self.publisher.close()
         await self.clients.close()
         await self.view.stop()
@@ -206,6 +215,32 @@ class PlacementManager:
         may_evict (a copy the model must have: its minimum, a vmodel target's); its first copy too then."""
         await self._loader.add_copy(model_id, may_evict)
 
+    async def explain(self, model_id: str) -> dict[str, Any]:
+        """Where the model is and why, its recent history, and what its next load would do now (explaining.py);
+        raises ModelNotFound for a model that is not registered."""
+        known = self.view.models.get(model_id)
+        if known is None:
+            raise ModelNotFound(model_id)
+        model = known.record
+        placement = self.view.placements.get(model_id)
+        size = await size_to_place(self.view, self.clients, model, self.settings.predict_size_timeout_seconds)
+        verdicts, left_out = self._loader.dry_run(model, size)
+        guard = self.thrash_guard
+        settings = {
+            "eviction_policy": self.settings.eviction_policy,
+            "thrash_guard": f"{guard.settings.mode} ({'on' if guard.on else 'not on'})" if guard.enabled else "off",
+        }
+        return explanation(
+            model,
+            placement.record if placement else PlacementRecord(),
+            size,
+            self.usage.last_used_ms(model_id),
+            verdicts,
+            left_out,
+            await self.decisions.history(model_id),
+            settings,
+        )
+
     def loading(self, model_id: str) -> bool:
         """This router is loading the model's first copy now."""
         return self._loader.loading(model_id)
@@ -219,6 +254,7 @@ class PlacementManager:
             reason,
             extra={"event": "copy_lost", "model": model_id, "instance": instance_id, "error": reason},
         )
+        self.decisions.record(model_id, "copy_lost", instance=instance_id, error=reason)
         if unreachable:
             self.health.mark_unreachable(instance_id, reason)
         await self._evictor.drop_copy(model_id, instance_id)
@@ -308,6 +344,7 @@ class PlacementManager:
         """One round: write recency to the store, review request rates, keep minimum copies, retire idle extra
         copies."""
         await self.usage.flush()
+        await self.decisions.flush()
         for instance_id, known in self.view.instances.items():
             if known.record.draining:
                 self._scaler.hand_off(instance_id)  # again, should a hand-off have ended early

@@ -144,38 +144,63 @@ def choose_instance(
     that must evict, the one whose most valuable victim is worth least (under `eviction`) wins. Copies used after
     `protect_after_ms` are no victims (the thrash guard's; 0: none protected).
     """
-    worth = _worth(eviction)
-    ranked: list[tuple[tuple, LoadPlan]] = []
-    for inst in instances:
-        rec = inst.record
-        if (
-            rec.instance_id in excluded
-            or not rec.supports(model_type, labels)
-            or not _fits(rec, size_bytes, device_bytes)
-        ):
-            continue
-        victims = victims_for(inst, size_bytes, eviction, device_bytes, protect_after_ms)
-        if victims is None:
-            continue
-        unpreferred = -len(set(preferred) & set(rec.labels))
-        if victims:
-            # For lru, the newest use among the victims: the LRU is cluster-wide, not per instance.
-            dearest_victim = max(worth(v)[0] for v in victims)
-            rank: tuple = (1, unpreferred, dearest_victim, len(victims), inst.loads_in_flight, rec.instance_id)
-        else:
-            # A model on an accelerator goes where most device memory is free: that is the scarce dimension.
-            device_free = -inst.free_device_bytes if device_bytes else 0
-            rank = (
-                0,
-                unpreferred,
-                inst.loads_in_flight,
-                device_free,
-                -inst.free_bytes,
-                len(inst.copies),
-                rec.instance_id,
-            )
-        ranked.append((rank, LoadPlan(rec.instance_id, victims)))
+    demand = Demand(model_type, size_bytes, labels, device_bytes, preferred, protect_after_ms)
+    ranked = [
+        (verdict.rank, verdict.plan)
+        for inst in instances
+        if inst.record.instance_id not in excluded and (verdict := assess(inst, demand, eviction)).plan is not None
+    ]
     return min(ranked, key=lambda r: r[0])[1] if ranked else None
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a new copy needs of an instance (choose_instance's arguments, as one value)."""
+
+    model_type: str
+    size_bytes: int
+    labels: tuple[str, ...] = ()
+    device_bytes: int = 0
+    preferred: tuple[str, ...] = ()
+    protect_after_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One instance's answer to a new copy: its plan and rank (lower is better), or no plan and why not."""
+
+    instance_id: str
+    plan: LoadPlan | None
+    rank: tuple = ()
+    why_not: str = ""
+
+
+def assess(inst: InstanceView, demand: Demand, eviction: str) -> Verdict:
+    """Whether and how the instance could take the copy: choose_instance's test for one instance, with its reason."""
+    rec = inst.record
+    if not rec.supports(demand.model_type):
+        return Verdict(rec.instance_id, None, why_not=f"does not serve model type '{demand.model_type}'")
+    if not rec.supports(demand.model_type, demand.labels):
+        return Verdict(rec.instance_id, None, why_not=f"lacks a required label ({', '.join(demand.labels)})")
+    if not _fits(rec, demand.size_bytes, demand.device_bytes):
+        return Verdict(rec.instance_id, None, why_not=f"too small: holds {rec.capacity_bytes} bytes in all")
+    victims = victims_for(inst, demand.size_bytes, eviction, demand.device_bytes, demand.protect_after_ms)
+    if victims is None:
+        return Verdict(
+            rec.instance_id,
+            None,
+            why_not="no room: the copies it would evict are loading, serving, pinned or held by the thrash guard",
+        )
+    unpreferred = -len(set(demand.preferred) & set(rec.labels))
+    if victims:
+        # For lru, the newest use among the victims: the LRU is cluster-wide, not per instance.
+        dearest_victim = max(_worth(eviction)(v)[0] for v in victims)
+        rank: tuple = (1, unpreferred, dearest_victim, len(victims), inst.loads_in_flight, rec.instance_id)
+    else:
+        # A model on an accelerator goes where most device memory is free: that is the scarce dimension.
+        device_free = -inst.free_device_bytes if demand.device_bytes else 0
+        rank = (0, unpreferred, inst.loads_in_flight, device_free, -inst.free_bytes, len(inst.copies), rec.instance_id)
+    return Verdict(rec.instance_id, LoadPlan(rec.instance_id, victims), rank)
 
 
 def _fits(record: InstanceRecord, size_bytes: int, device_bytes: int) -> bool:

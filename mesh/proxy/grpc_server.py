@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from mesh.placement.records import ModelRecord, checked_labels
 from mesh.proxy import wire
 from mesh.proxy.dataplane import INFERENCE_SERVICE, ROUTED_BY_FIELD_1, DataPlane, Target
 from mesh.registry import ModelRegistry, ModelStatus, Naming, VModelStatus
+from mesh.registry.ids import check_id
 from mesh.tls import ServerTLS
 
 log = logging.getLogger(__name__)
@@ -303,6 +305,11 @@ class AdminServicer(admin_grpc.MeshAdminServicer):
             for v in sorted(registry.vmodels(), key=lambda v: v.vmodel_id)
         ]
         return admin.ListModelsResponse(models=models, vmodels=vmodels)
+
+    @maps_errors
+    async def ExplainModel(self, request: admin.ExplainModelRequest, context: Any) -> admin.ExplainModelResponse:
+        check_id(request.modelId, "modelId")
+        return admin.ExplainModelResponse(json=json.dumps(await self._manager.explain(request.modelId)))
 
     @maps_errors
     async def ListInstances(self, request: admin.ListInstancesRequest, context: Any) -> admin.ListInstancesResponse:

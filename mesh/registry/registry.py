@@ -138,6 +138,7 @@ class ModelRegistry:
         for instance_id in list(placement.record.copies) if placement else []:
             await self._manager.unload_copy(model_id, instance_id)
         await self._store.update(Kind.PLACEMENT, model_id, lambda _: None)
+        await self._manager.decisions.forget(model_id)
         await self._manager.routes_published()
         log.info("unregistered model %s", model_id)
 
