@@ -3,11 +3,11 @@
 Seeded Zipf(α) request traces over models of log-normal sizes (popularity independent of size) are replayed
 through:
 
-- mesh-lru / mesh-gdsf: the placement code's own functions, mesh.placement.policy.choose_instance (and through it
-  victims_for), over InstanceView/ResidentCopy built from the simulated state of a few instances, with the given
-  eviction policy. The simulator plays the manager's part: the request index is the clock for last_used_ms, a
-  miss loads the model where choose_instance says after evicting its victims, and every request served counts
-  a use (and for gdsf records the GDSF clock then, which rises as PlacementManager._evict raises it);
+- mesh-lru / mesh-gdsf / mesh-cost: the placement code's own functions through mesh.simulate.replay (what `mesh
+  simulate` runs): mesh.placement.policy.choose_instance (and through it victims_for) over the simulated state of
+  a few instances, with the given eviction policy; the request index is the clock for last use, a miss loads the
+  model where choose_instance says after evicting its victims, and every request served counts a use (and for
+  the clocked policies records the Greedy-Dual clock then, which rises as the evictor raises it);
 - lru: one cache of the same total capacity, evicting by recency (an OrderedDict);
 - belady: one cache of the same total capacity, evicting the resident model whose next request is farthest in
   the future until the missing model fits ("farthest next use", the usual size-oblivious approximation; the
@@ -35,8 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from mesh.placement.policy import CLOCKED_POLICIES, InstanceView, ResidentCopy, choose_instance, gdsf_clock
-from mesh.placement.records import InstanceRecord
+from mesh.simulate import Request, replay
 
 ALPHAS = (0.8, 1.0, 1.2)
 MODELS = 2_000
@@ -48,7 +47,6 @@ MEDIAN_SIZE_BYTES = 200 * 2**20
 SIZE_SIGMA = 1.0
 MIN_SIZE_BYTES = 10 * 2**20
 SEED = 20240
-MODEL_TYPE = "sim"
 LOAD_MEDIAN_S = 3.0
 LOAD_SIGMA = 1.5
 POLICIES = ("lru", "mesh-lru", "mesh-gdsf", "mesh-cost", "belady")
@@ -107,38 +105,12 @@ def make_workload(alpha: float, requests: int, seed: int = SEED) -> Workload:
 
 
 def simulate_mesh(workload: Workload, eviction: str) -> Outcome:
-    """Replay through mesh.placement.policy.choose_instance with the given eviction policy."""
-    records = [InstanceRecord(f"i{k}", f"sim:{k}", workload.instance_capacity) for k in range(INSTANCES)]
-    resident: list[dict[int, ResidentCopy]] = [{} for _ in records]
-    where: dict[int, int] = {}  # model → instance holding its copy
-    uses: dict[int, int] = {}
-    clock = 0.0
-    outcome = Outcome()
-    for t, model in enumerate(workload.trace):
-        size = workload.sizes[model]
-        k = where.get(model)
-        if k is not None:
-            outcome.hits += 1
-        else:
-            outcome.missed(workload, model)
-            views = [InstanceView(rec, list(copies.values())) for rec, copies in zip(records, resident, strict=True)]
-            choice = choose_instance(MODEL_TYPE, size, views, eviction=eviction)
-            if choice is None:
-                raise RuntimeError(f"nowhere to place model {model} ({size} bytes)")
-            k = int(choice.instance_id[1:])
-            for victim in choice.victims:
-                victim_id = int(victim.model_id)
-                del resident[k][victim_id]
-                del where[victim_id]
-            if eviction in CLOCKED_POLICIES:
-                clock = gdsf_clock(clock, choice.victims, eviction)
-            where[model] = k
-        # The request is served: one more use, at time t (and the GDSF clock now).
-        uses[model] = uses.get(model, 0) + 1
-        resident[k][model] = ResidentCopy(
-            str(model), size, t, True, uses[model], clock, load_ms=workload.load_ms[model]
-        )
-    return outcome
+    """Replay through the placement code (mesh.simulate.replay: choose_instance with the given eviction policy)."""
+    requests = [
+        Request(t, str(model), workload.sizes[model], workload.load_ms[model]) for t, model in enumerate(workload.trace)
+    ]
+    replayed = replay(requests, INSTANCES, workload.instance_capacity, eviction)
+    return Outcome(replayed.hits, replayed.misses, replayed.bytes_loaded, replayed.load_ms)
 
 
 def simulate_lru(workload: Workload) -> Outcome:

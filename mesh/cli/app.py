@@ -10,7 +10,7 @@ import grpc
 import httpx
 
 from mesh import logs
-from mesh.cli import inspect, models, run, vmodels
+from mesh.cli import inspect, models, run, simulate, vmodels
 from mesh.cli.common import UsageError
 
 log = logging.getLogger("mesh.cli")
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-format", choices=logs.FORMATS, default="text", help="json: one JSON object per line (ts, level, ...)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for commands in (run, models, vmodels, inspect):
+    for commands in (run, models, vmodels, inspect, simulate):
         commands.add_commands(sub)
     return parser
 
