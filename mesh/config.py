@@ -83,6 +83,10 @@ class Settings:
     """queue: how long a held-back load waits, in all, before it is refused."""
     thrash_queue_limit: int = 64
     """queue: loads waiting at once; more are refused at once."""
+    access_log: bool = False
+    """One log line per request mesh's doors forward (logger mesh.access: model, instance, status, latency, sizes,
+    hit or miss); with --log-format json, a trace `mesh simulate` reads. Requests the native engine serves itself
+    are not in it."""
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message and REST body accepted and forwarded (both front doors use it)."""
     metrics_port: int = 2112

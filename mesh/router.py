@@ -76,7 +76,7 @@ class Router:
         self.metrics.label_models(lambda name: name in view.models or name in view.vmodels)
         self.readiness = Readiness(self._kv, self.manager, settings.health_check_seconds)
         tls = settings.front_door_tls()
-        self.dataplane = DataPlane(self.registry, self.manager, self.readiness, self.metrics)
+        self.dataplane = DataPlane(self.registry, self.manager, self.readiness, self.metrics, settings.access_log)
         engine = native_engine(settings)
         # Behind an engine, mesh's doors are internal: any free loopback port, called by the engine only, which
         # terminates TLS.

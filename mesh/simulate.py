@@ -2,12 +2,16 @@
 
 A trace is a CSV (with a header) or JSON lines, one request each: `time` (seconds; any origin), `model`, and
 optionally `size_bytes` (the model's size: the copy's measured size in `mesh explain` / `mesh status`) and
-`load_ms` (how long its load takes). It is replayed over `instances` runtime instances of `capacity_bytes` each:
-a request for a model with a copy is a hit (its copy becomes the most recently used); any other is a miss,
-placed by mesh.placement.policy.choose_instance (the function the router's loader calls, with the eviction policy
-given) after evicting the victims it names, and counted with the model's bytes and load time. The simulator plays
-the router's part around it as PlacementManager does: last use by time, the uses and the Greedy-Dual clock for
-the clocked policies (gdsf, cost). It does not model concurrency (requests waiting for a load are one miss each),
+`load_ms` (how long its load takes). A router's JSON log with the access log on (`MESH_ACCESS_LOG=1 mesh
+--log-format json serve`) is such a trace as it is: its `access` lines that were served are the requests (`ts`,
+`model`, `model_bytes`), every other line is skipped.
+
+It is replayed over `instances` runtime instances of `capacity_bytes` each: a request for a model with a copy is a
+hit (its copy becomes the most recently used); any other is a miss, placed by
+mesh.placement.policy.choose_instance (the function the router's loader calls, with the eviction policy given)
+after evicting the victims it names, and counted with the model's bytes and load time. The simulator plays the
+router's part around it as PlacementManager does: last use in request order, the uses and the Greedy-Dual clock
+for the clocked policies (gdsf, cost). It does not model concurrency (requests waiting for a load are one miss each),
 load slots, extra copies or several routers.
 
 `sweep` replays the trace at several capacities per instance and reports the smallest that meets a target miss
@@ -20,6 +24,7 @@ import csv
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +82,7 @@ def read_trace(path: Path, default_size_bytes: int = 0) -> list[Request]:
     rows: Iterable[tuple[int, dict[str, Any]]]
     if first == "{":
         rows = ((n, _json_row(n, line)) for n, line in enumerate(text.splitlines(), 1) if line.strip())
+        rows = ((n, _from_access_log(row)) for n, row in rows if "event" not in row or _served(row))
     else:
         rows = enumerate(csv.DictReader(text.splitlines()), 2)
     requests = [_request(n, row, default_size_bytes) for n, row in rows]
@@ -93,6 +99,22 @@ def _json_row(line_no: int, line: str) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise InvalidArgument(f"line {line_no}: not a JSON object")
     return row
+
+
+def _served(row: dict[str, Any]) -> bool:
+    """A log line that is a request served (an access line with status OK)."""
+    return row.get("event") == "access" and row.get("code") == "OK"
+
+
+def _from_access_log(row: dict[str, Any]) -> dict[str, Any]:
+    """An access-log line as a trace row (time from its `ts`, size from `model_bytes`); other rows as they are."""
+    if row.get("event") != "access":
+        return row
+    return {
+        "time": datetime.fromisoformat(str(row["ts"]).replace("Z", "+00:00")).timestamp(),
+        "model": row.get("model"),
+        "size_bytes": row.get("model_bytes"),
+    }
 
 
 def _request(line_no: int, row: dict[str, Any], default_size_bytes: int) -> Request:

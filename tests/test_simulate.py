@@ -1,11 +1,12 @@
 """`mesh simulate` (mesh/simulate.py): traces read and refused line by line, capacity sweeps, and the check that
-matters: a trace recorded from a real router, replayed, gives the hit ratio the router had."""
+matters: a real router's access log, replayed, gives the hit ratio the router had."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -18,6 +19,7 @@ from mesh.config import Settings
 from mesh.errors import InvalidArgument
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
+from mesh.logs import JsonFormatter
 from mesh.placement.records import ModelRecord
 from mesh.processes import python_module_command
 from mesh.router import Router
@@ -25,7 +27,7 @@ from mesh.router import Router
 MIB = 2**20
 TOLERANCE = 0.02
 """How far the replayed hit ratio may be from the router's (absolute): the router places a model by its predicted
-size before its first load, the trace carries the measured one."""
+size before its first load, the access log carries the measured one."""
 
 
 def test_csv_and_json_lines_traces_read_alike(tmp_path: Path) -> None:
@@ -67,8 +69,24 @@ def test_replay_counts_lru_hits_loads_and_seconds_and_the_sweep_finds_the_capaci
 
 
 @pytest.fixture
+def access_log(tmp_path: Path) -> Iterator[Path]:
+    """The router's access lines as `mesh --log-format json` writes them, in a file."""
+    path = tmp_path / "access.jsonl"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("mesh.access")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+@pytest.fixture
 async def router() -> AsyncIterator[tuple[Router, int]]:
-    router = Router(Settings(grpc_port=0, rest_port=-1, metrics_port=-1, kv="memory://"))
+    router = Router(Settings(grpc_port=0, rest_port=-1, metrics_port=-1, kv="memory://", access_log=True))
     ports = await router.start()
     runtimes: list[InProcessRuntime] = [await start_runtime(n, capacity_bytes=5 * MIB // 2) for n in ("rt-a", "rt-b")]
     try:
@@ -81,7 +99,9 @@ async def router() -> AsyncIterator[tuple[Router, int]]:
             await runtime.stop()
 
 
-async def test_a_trace_recorded_from_the_router_replays_to_its_hit_ratio(router, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_the_routers_access_log_replays_to_the_hit_ratio_the_router_had(  # type: ignore[no-untyped-def]
+    router, access_log: Path, tmp_path: Path
+) -> None:
     mesh, grpc_port = router
     sizes = [MIB // 4 * (1 + i % 3) for i in range(16)]  # 0.25-0.75 MiB each, 8 MiB in all; 5 MiB of room
     for i, ballast in enumerate(sizes):
@@ -90,28 +110,49 @@ async def test_a_trace_recorded_from_the_router_replays_to_its_hit_ratio(router,
         await mesh.registry.register(ModelRecord(f"m{i}", "echo", str(path)))
     weights = 1 / np.arange(1, 17) ** 0.6
     sequence = np.random.default_rng(7).choice(16, size=300, p=weights / weights.sum())
-    trace = tmp_path / "trace.jsonl"
-    lines = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        loop = asyncio.get_running_loop()
         for i in sequence:
             request = pb.ModelInferRequest(model_name=f"m{i}")
             request.inputs.add(name="x", datatype="INT32", shape=[1]).contents.int_contents.append(1)
             await stub.ModelInfer(request, timeout=30)
-            lines.append({"time": loop.time(), "model": f"m{i}"})
     misses = mesh.metrics.collectors.get_sample_value("modelmesh_cache_miss_total")
     router_hit_ratio = 1 - misses / len(sequence)
-    measured = {m: mesh.manager.view.placements[m].record.size_bytes for m in {line["model"] for line in lines}}
-    trace.write_text("".join(json.dumps({**line, "size_bytes": measured[line["model"]]}) + "\n" for line in lines))
+    lines = [json.loads(line) for line in (await asyncio.to_thread(access_log.read_text)).splitlines()]
+    assert len(lines) == len(sequence) and sum(not line["hit"] for line in lines) == misses
 
     capacity_mb = mesh.manager.view.instances["rt-a"].record.capacity_bytes / MIB
     process = await asyncio.create_subprocess_exec(
-        *python_module_command("mesh"), "simulate", str(trace), "--instances", "2", "--capacity-mb", str(capacity_mb),
-        "--json", cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *python_module_command("mesh"), "simulate", str(access_log), "--instances", "2",
+        "--capacity-mb", str(capacity_mb), "--json", cwd=REPO, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, err.decode()
     replayed = json.loads(out)["result"]
+    assert replayed["requests"] == len(sequence)
     assert 0.3 < router_hit_ratio < 0.95  # evictions happened, and hits: a trace worth checking
     assert abs(replayed["hit_ratio"] - router_hit_ratio) <= TOLERANCE, (replayed, router_hit_ratio)
+
+
+async def test_an_access_line_names_what_was_asked_what_served_it_and_how_it_ended(  # type: ignore[no-untyped-def]
+    router, access_log: Path, tmp_path: Path
+) -> None:
+    mesh, grpc_port = router
+    (tmp_path / "echo.json").write_text(json.dumps({"ballast_bytes": 1000}))
+    await mesh.registry.register(ModelRecord("echo-1", "echo", str(tmp_path / "echo.json")))
+    await mesh.registry.set_vmodel("echo-v", "echo-1", sync=True)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for name in ("echo-v", "echo-v", "nope"):
+            request = pb.ModelInferRequest(model_name=name)
+            request.inputs.add(name="x", datatype="INT32", shape=[1]).contents.int_contents.append(1)
+            try:
+                await stub.ModelInfer(request, timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() is grpc.StatusCode.NOT_FOUND
+    first, second, unknown = [json.loads(line) for line in (await asyncio.to_thread(access_log.read_text)).splitlines()]
+    assert (first["asked"], first["model"], first["code"], first["hit"]) == ("echo-v", "echo-1", "OK", False)
+    assert second["hit"] and second["instance"] in ("rt-a", "rt-b") and second["model_bytes"] > 1000
+    assert second["request_bytes"] > 0 and second["response_bytes"] > 0 and second["ms"] > 0
+    assert (unknown["asked"], unknown["model"], unknown["code"]) == ("nope", "", "NOT_FOUND")

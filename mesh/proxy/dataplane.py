@@ -7,14 +7,16 @@ never decoded; at most the model id is spliced into field 1 when the runtime kno
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 
-from mesh import __version__
-from mesh.errors import ModelNotFound, RuntimeFailure, Unavailable
+from mesh import __version__, access_log
+from mesh.access_log import AccessNote
+from mesh.errors import MeshError, ModelNotFound, RuntimeFailure, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.health import Readiness
 from mesh.metrics import RouterMetrics
@@ -66,12 +68,18 @@ class DataPlane:
     runtime's error reaches the client)."""
 
     def __init__(
-        self, registry: ModelRegistry, manager: PlacementManager, readiness: Readiness, metrics: RouterMetrics
+        self,
+        registry: ModelRegistry,
+        manager: PlacementManager,
+        readiness: Readiness,
+        metrics: RouterMetrics,
+        access_log: bool = False,
     ) -> None:
         self._registry = registry
         self._manager = manager
         self._readiness = readiness
         self._metrics = metrics
+        self._access_log = access_log
 
     async def server_live(self) -> bool:
         """Live while the process serves, ready or not: liveness is not readiness."""
@@ -101,6 +109,34 @@ class DataPlane:
         self, method: str, request: bytes, target: Target, timeout: float | None = None, metadata: Metadata = ()
     ) -> bytes:
         """Send request bytes to a copy of the target model (loading one if needed); the response bytes."""
+        if not self._access_log:
+            return await self._forward(method, request, target, timeout, metadata, None)
+        started, note, code, response = time.perf_counter(), AccessNote(), "OK", b""
+        try:
+            response = await self._forward(method, request, target, timeout, metadata, note)
+            return response
+        except MeshError as exc:
+            code = exc.grpc_code.name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            model_bytes = self._registry.size_bytes(note.model_id) if note.model_id else 0
+            access_log.write(method, target.name, note, code, started, len(request), len(response), model_bytes)
+
+    async def _forward(
+        self,
+        method: str,
+        request: bytes,
+        target: Target,
+        timeout: float | None,
+        metadata: Metadata,
+        note: AccessNote | None,
+    ) -> bytes:
         try:
             model_id = self._registry.resolve(target.name, target.naming)
         except ModelNotFound:
@@ -108,7 +144,12 @@ class DataPlane:
         metrics = self._metrics
         attempts = (1, 2) if method in RETRIED else (1,)
         for attempt in attempts:
-            lease = self._manager.loaded_copy(model_id) or await self._manager.await_copy(model_id)
+            lease = self._manager.loaded_copy(model_id)
+            if note is not None:
+                note.model_id, note.hit = model_id, lease is not None and attempt == 1
+            lease = lease or await self._manager.await_copy(model_id)
+            if note is not None:
+                note.instance_id = lease.instance_id
             with lease:
                 body = self._with_model_id(method, request, target, model_id, lease)
                 started = time.perf_counter()
