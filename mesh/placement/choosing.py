@@ -11,6 +11,7 @@ room is merely out of slots.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from mesh.config import Settings
@@ -23,6 +24,8 @@ from mesh.placement.thrash import ThrashGuard
 from mesh.placement.view import LocalView
 
 MIN_RETRY_AFTER_S = 0.05
+RANKING_KEPT = 5
+"""Instances a load's decision keeps in the decision log, best first."""
 
 
 class Chooser:
@@ -55,7 +58,7 @@ class Chooser:
         protect = self._guard.protect_after_ms()
         if protect and self._last_used_ms(model.model_id) > protect:
             protect = 0  # a model in use itself (its copy went in the churn): it is hot, and takes its place back
-        choice = self._place(model, size, with_free_slot(instances), excluded, protect)
+        choice = self._ranked_choice(model, size, with_free_slot(instances), excluded, protect)
         if choice is not None:
             return choice
         if self._place(model, size, instances, excluded, protect) is not None:
@@ -63,6 +66,26 @@ class Chooser:
         if protect and self._place(model, size, instances, excluded) is not None:
             raise self._held_back(model, instances, protect)
         raise self._why_nowhere(model, size, failed)
+
+    def _ranked_choice(
+        self,
+        model: ModelRecord,
+        size: Footprint,
+        instances: list[policy.InstanceView],
+        excluded: frozenset[str],
+        protect_after_ms: int,
+    ) -> policy.LoadPlan | None:
+        """choose_instance's choice, carrying how the instances compared (the decision log keeps it)."""
+        demand = policy.Demand(
+            model.model_type, size.size_bytes, model.labels, size.device_bytes, model.preferred_labels, protect_after_ms
+        )
+        verdicts = sorted(
+            (policy.assess(v, demand, self._policy) for v in instances if v.record.instance_id not in excluded),
+            key=lambda v: v.order,
+        )
+        if not verdicts or verdicts[0].plan is None:
+            return None
+        return dataclasses.replace(verdicts[0].plan, ranking=tuple(v.summary for v in verdicts[:RANKING_KEPT]))
 
     def _held_back(self, model: ModelRecord, instances: list[policy.InstanceView], protect: int) -> Overloaded:
         """The thrash guard's answer: when the first copy it protects will have been idle long enough to go."""
@@ -96,8 +119,7 @@ class Chooser:
             model.model_type, size.size_bytes, model.labels, size.device_bytes, model.preferred_labels, protect
         )
         candidates = [v for v in self._candidates(model) if v.record.instance_id not in left_out]
-        verdicts = [policy.assess(v, demand, self._policy) for v in candidates]
-        verdicts.sort(key=lambda v: (v.plan is None, v.rank, v.instance_id))
+        verdicts = sorted((policy.assess(v, demand, self._policy) for v in candidates), key=lambda v: v.order)
         return verdicts, left_out
 
     def extra_copy(

@@ -2,7 +2,8 @@
 do now, as one JSON document (the admin API's ExplainModel; the CLI prints it as text or as it is).
 
 - `copies`: where it is loaded (or loading), since when, and the decision that put each copy there (the newest
-  `loaded` event of the decision log on that instance: what it evicted, or that it fit in free memory);
+  `loaded` event of the decision log on that instance: what it evicted, or that it fit in free memory, and how
+  the instances ranked then, best first);
 - `history`: the decision log (placement/decisions.py): loads, evictions (what evicted it, how long it had been
   idle), load failures, unloads, lost copies, loads the thrash guard held back; newest first;
 - `next_load`: a dry run of the placement policy with the cluster as it is now: every instance's verdict, best
@@ -57,6 +58,7 @@ def _copy(instance_id: str, copy: Any, newest_first: list[dict[str, Any]]) -> di
         "since_ms": copy.since_ms,
         "bytes": copy.size_bytes,
         "why": decision.get("why", "") if decision else "no decision recorded (loaded before the log began)",
+        "ranking": decision.get("ranking", []) if decision else [],
     }
 
 
@@ -71,16 +73,11 @@ def _next_load(verdicts: list[policy.Verdict], left_out: dict[str, str]) -> dict
 
 
 def _verdict(verdict: policy.Verdict) -> dict[str, Any]:
-    if verdict.plan is None:
-        return {"instance": verdict.instance_id, "verdict": verdict.why_not}
-    victims = verdict.plan.victims
-    if not victims:
-        return {"instance": verdict.instance_id, "verdict": "fits in free memory"}
-    return {
-        "instance": verdict.instance_id,
-        "verdict": f"would evict {', '.join(v.model_id for v in victims)}",
-        "evicts": [{"model": v.model_id, "last_used_ms": v.last_used_ms, "bytes": v.size_bytes} for v in victims],
-    }
+    row: dict[str, Any] = {"instance": verdict.instance_id, "verdict": verdict.summary.partition(": ")[2]}
+    if verdict.plan is not None and verdict.plan.victims:
+        victims = verdict.plan.victims
+        row["evicts"] = [{"model": v.model_id, "last_used_ms": v.last_used_ms, "bytes": v.size_bytes} for v in victims]
+    return row
 
 
 def as_text(doc: dict[str, Any], now_ms: int) -> str:
@@ -102,6 +99,8 @@ def as_text(doc: dict[str, Any], now_ms: int) -> str:
     ]
     for c in doc["copies"]:
         lines.append(f"  {c['instance']}: {c['state']} since {ago(c['since_ms'])}, {c['bytes']} bytes; {c['why']}")
+        if c["ranking"]:
+            lines.append(f"    chosen over: {'; '.join(c['ranking'][1:]) or 'no other instance'}")
     nxt = doc["next_load"]
     if nxt["instance"]:
         evicting = f", evicting {', '.join(nxt['evicts'])}" if nxt["evicts"] else ""
@@ -114,7 +113,9 @@ def as_text(doc: dict[str, Any], now_ms: int) -> str:
     lines.append("history, newest first:" if doc["history"] else "history: none recorded")
     for event in doc["history"]:
         details = ", ".join(
-            f"{k} {v}" for k, v in event.items() if k not in ("ts_ms", "event", "router") and v not in ("", None, [])
+            f"{k} {v}"
+            for k, v in event.items()
+            if k not in ("ts_ms", "event", "router", "ranking") and v not in ("", None, [])
         )
         lines.append(f"  {ago(event['ts_ms'])}: {event['event']}" + (f" ({details})" if details else ""))
     return "\n".join(lines)

@@ -278,7 +278,14 @@ class Loader:
         evicted = [v.model_id for v in choice.victims]
         why = f"evicted {', '.join(evicted)} to make room" if evicted else "fit in free memory"
         self._decisions.record(
-            model_id, "loaded", instance=instance_id, ms=ms, bytes=size.size_bytes, evicted=evicted, why=why
+            model_id,
+            "loaded",
+            instance=instance_id,
+            ms=ms,
+            bytes=size.size_bytes,
+            evicted=evicted,
+            why=why,
+            ranking=list(choice.ranking),
         )
         await self._evictor.trim(instance_id, keep=model_id)
         return instance_id

@@ -72,6 +72,8 @@ class LoadPlan:
 
     instance_id: str
     victims: tuple[ResidentCopy, ...]
+    ranking: tuple[str, ...] = ()
+    """How the instances compared when it was chosen, best first (Verdict.summary), where the chooser kept it."""
 
 
 EVICTION_POLICIES = ("lru", "gdsf", "cost")
@@ -173,6 +175,19 @@ class Verdict:
     plan: LoadPlan | None
     rank: tuple = ()
     why_not: str = ""
+
+    @property
+    def order(self) -> tuple:
+        """Sort key: instances that can take the copy first, best rank first."""
+        return (self.plan is None, self.rank, self.instance_id)
+
+    @property
+    def summary(self) -> str:
+        if self.plan is None:
+            return f"{self.instance_id}: {self.why_not}"
+        if not self.plan.victims:
+            return f"{self.instance_id}: fits in free memory"
+        return f"{self.instance_id}: would evict {', '.join(v.model_id for v in self.plan.victims)}"
 
 
 def assess(inst: InstanceView, demand: Demand, eviction: str) -> Verdict:

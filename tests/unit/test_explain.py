@@ -23,6 +23,7 @@ async def test_a_copy_says_why_it_is_there_and_an_evicted_model_what_evicted_it(
     c = await router.manager.explain("c")
     [copy] = c["copies"]
     assert (copy["instance"], copy["state"], copy["why"]) == ("rt-a", "LOADED", "evicted a to make room")
+    assert copy["ranking"] == ["rt-a: would evict a"]
 
     a = await router.manager.explain("a")
     assert a["copies"] == []
@@ -58,6 +59,10 @@ async def test_the_next_load_names_every_instance_with_its_verdict(make_cluster)
     assert "rt-roomy" in x["failures"]
 
     held = await router.manager.explain("held")
+    [copy] = held["copies"]  # chosen for the most free memory; the ranking of the moment is kept with the decision
+    assert copy["ranking"][0] == "rt-roomy: fits in free memory"
+    too_small = f"rt-small: too small: holds {MB // 2} bytes in all"
+    assert set(copy["ranking"][1:]) == {"rt-full: fits in free memory", too_small}
     assert {row["instance"]: row["verdict"] for row in held["next_load"]["instances"]}["rt-roomy"] == (
         "left out: holds a copy"
     )
