@@ -87,6 +87,11 @@ class Settings:
     """One log line per request mesh's doors forward (logger mesh.access: model, instance, status, latency, sizes,
     hit or miss); with --log-format json, a trace `mesh simulate` reads. Requests the native engine serves itself
     are not in it."""
+    payload_log: str = ""
+    """Sinks for the payloads (requests and responses) of chosen models, space-separated URIs: http(s)://... gets
+    CloudEvents as KServe's logger sends them, file://PATH JSON lines; each URI's query picks models, a sample
+    rate and headers (`?models=a,b&sample=0.1&headers=x-request-id`; mesh/payload_log.py). Never blocks a
+    request: a full queue drops payloads, counted. Empty: no payload logging."""
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message and REST body accepted and forwarded (both front doors use it)."""
     metrics_port: int = 2112

@@ -155,6 +155,12 @@ class RouterMetrics:
             ["outcome"],
             registry=r,
         )
+        self._payload_dropped = Counter(
+            "modelmesh_payload_log_dropped",
+            "Payloads a payload-log sink did not get: its queue was full (a slow or absent sink) or sending failed.",
+            ["sink", "reason"],
+            registry=r,
+        )
         self._loaded_size = Histogram(
             "modelmesh_loaded_model_size_bytes",
             "Size of each copy loaded, as the runtime measured it.",
@@ -273,6 +279,9 @@ class RouterMetrics:
 
     def watch_thrash_guard(self, active: Callable[[], bool]) -> None:
         self._thrash_guard.set_function(lambda: float(active()))
+
+    def payload_dropped(self, sink: str, reason: str) -> None:
+        self._payload_dropped.labels(sink, reason).inc()
 
     def held_back(self, outcome: str) -> None:
         self._held_back.labels(outcome).inc()

@@ -16,6 +16,7 @@ from mesh.health import Readiness
 from mesh.kv import open_kv
 from mesh.kv.base import KV
 from mesh.metrics import RouterMetrics, start_metrics_server
+from mesh.payload_log import PayloadLog, parse_sinks
 from mesh.placement.gauges import PlacementGauges
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import Kind
@@ -49,6 +50,7 @@ class Router:
         self.manager: PlacementManager
         self.registry: ModelRegistry
         self.dataplane: DataPlane
+        self.payloads: PayloadLog
         self._grpc: grpc.aio.Server | None = None
         self._rest: web.AppRunner | None = None
         self._health: health.aio.HealthServicer | None = None
@@ -76,7 +78,13 @@ class Router:
         self.metrics.label_models(lambda name: name in view.models or name in view.vmodels)
         self.readiness = Readiness(self._kv, self.manager, settings.health_check_seconds)
         tls = settings.front_door_tls()
-        self.dataplane = DataPlane(self.registry, self.manager, self.readiness, self.metrics, settings.access_log)
+        self.payloads = PayloadLog(
+            parse_sinks(settings.payload_log), self.metrics.payload_dropped, self.manager.demand.router_id
+        )
+        self.payloads.start()
+        self.dataplane = DataPlane(
+            self.registry, self.manager, self.readiness, self.metrics, settings.access_log, self.payloads
+        )
         engine = native_engine(settings)
         # Behind an engine, mesh's doors are internal: any free loopback port, called by the engine only, which
         # terminates TLS.
@@ -165,6 +173,7 @@ class Router:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()  # NOT_SERVING while in-flight calls finish
         await server.stop(grace)
+        await self.payloads.stop()
         await self.readiness.stop()
         await self.registry.close()
         await self.manager.stop()

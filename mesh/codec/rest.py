@@ -399,6 +399,19 @@ def infer_response_to_json(
     return document, parts
 
 
+def infer_request_to_json(request: pb.ModelInferRequest) -> dict[str, Any]:
+    """The REST JSON of a request, every input as JSON data (the payload log's form of a gRPC request)."""
+    raw = list(request.raw_input_contents)
+    inputs = []
+    for index, tensor in enumerate(request.inputs):
+        item: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        item["data"], content_type = _json_data(tensor.datatype, _wire_output(tensor, raw[index] if raw else None))
+        if content_type is not None:
+            item["parameters"] = {"content_type": content_type}
+        inputs.append(item)
+    return {"id": request.id, "model_name": request.model_name, "inputs": inputs}
+
+
 def encode_infer_response(response: pb.ModelInferResponse, encoding: OutputEncoding) -> tuple[bytes, int | None]:
     """The REST body of a response, and the JSON header's length when binary outputs follow it (else None)."""
     document, parts = infer_response_to_json(response, encoding)

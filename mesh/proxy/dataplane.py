@@ -20,6 +20,7 @@ from mesh.errors import MeshError, ModelNotFound, RuntimeFailure, Unavailable
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.health import Readiness
 from mesh.metrics import RouterMetrics
+from mesh.payload_log import Payload, PayloadLog
 from mesh.placement.copies import CopyLease
 from mesh.placement.manager import PlacementManager
 from mesh.proxy import wire
@@ -74,12 +75,14 @@ class DataPlane:
         readiness: Readiness,
         metrics: RouterMetrics,
         access_log: bool = False,
+        payloads: PayloadLog | None = None,
     ) -> None:
         self._registry = registry
         self._manager = manager
         self._readiness = readiness
         self._metrics = metrics
         self._access_log = access_log
+        self._payloads = payloads or PayloadLog(())
 
     async def server_live(self) -> bool:
         """Live while the process serves, ready or not: liveness is not readiness."""
@@ -109,7 +112,7 @@ class DataPlane:
         self, method: str, request: bytes, target: Target, timeout: float | None = None, metadata: Metadata = ()
     ) -> bytes:
         """Send request bytes to a copy of the target model (loading one if needed); the response bytes."""
-        if not self._access_log:
+        if not (self._access_log or self._payloads.enabled):
             return await self._forward(method, request, target, timeout, metadata, None)
         started, note, code, response = time.perf_counter(), AccessNote(), "OK", b""
         try:
@@ -125,8 +128,20 @@ class DataPlane:
             code = "INTERNAL"
             raise
         finally:
-            model_bytes = self._registry.size_bytes(note.model_id) if note.model_id else 0
-            access_log.write(method, target.name, note, code, started, len(request), len(response), model_bytes)
+            if self._access_log:
+                model_bytes = self._registry.size_bytes(note.model_id) if note.model_id else 0
+                access_log.write(method, target.name, note, code, started, len(request), len(response), model_bytes)
+            if code == "OK" and self._payloads.enabled:
+                self._offer_payload(method, request, response, target.name, note, metadata)
+
+    def _offer_payload(
+        self, method: str, request: bytes, response: bytes, asked: str, note: AccessNote, metadata: Metadata
+    ) -> None:
+        def payload() -> Payload:
+            headers = {k: v for k, v in metadata if isinstance(v, str)}
+            return Payload(method, asked, note.model_id, note.instance_id, request, response, headers)
+
+        self._payloads.offer(payload, asked, note.model_id)
 
     async def _forward(
         self,
