@@ -59,6 +59,12 @@ class Unavailable(MeshError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
+class Unimplemented(MeshError):
+    """The method exists, but not for this model (a ModelStreamInfer to a model that does not stream)."""
+
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class Overloaded(MeshError):
     """Retryable later: serving this now would push out models in use (the thrash guard, placement/thrash.py).
     retry_after_s travels with it: a `retry-after` trailer and `grpc-retry-pushback-ms` (gRPC's own retry

@@ -53,6 +53,7 @@ class RuntimeClient:
         self._data_channel = _channel(data_endpoint, max_message_bytes, tls) if data_endpoint else self._channel
         self._spi = rt_grpc.ModelRuntimeStub(self._channel)
         self._methods: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+        self._streams: dict[str, grpc.aio.StreamStreamMultiCallable] = {}
 
     def method(self, path: str) -> grpc.aio.UnaryUnaryMultiCallable:
         """A callable that sends and receives raw message bytes: the proxy never re-encodes a request."""
@@ -60,6 +61,15 @@ class RuntimeClient:
         if call is None:
             call = self._data_channel.unary_unary(path, request_serializer=_identity, response_deserializer=_identity)
             self._methods[path] = call
+        return call
+
+    def stream(self, path: str) -> grpc.aio.StreamStreamMultiCallable:
+        """A raw-bytes callable for a streamed method (any cardinality: unary and server-streaming calls are
+        streams of one message on the wire)."""
+        call = self._streams.get(path)
+        if call is None:
+            call = self._data_channel.stream_stream(path, request_serializer=_identity, response_deserializer=_identity)
+            self._streams[path] = call
         return call
 
     async def answers(self, timeout: float) -> bool:

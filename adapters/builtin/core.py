@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from adapters.builtin.metrics import RuntimeMetrics
 from adapters.builtin.models import Model, ModelType, model_type
@@ -151,6 +152,15 @@ class BuiltinRuntime:
 
     def is_loaded(self, model_id: str) -> bool:
         return model_id in self._models
+
+    async def stream(self, request: pb.ModelInferRequest) -> AsyncIterator[pb.ModelInferResponse]:
+        """The responses of a model that streams (ModelStreamInfer), one per piece of its answer."""
+        model = self.model(request.model_name)
+        pieces = model.stream(inputs_to_numpy(request))  # Unimplemented for a model that does not stream
+        async for outputs in pieces:
+            yield numpy_to_response(
+                request.model_name, outputs, model_version=request.model_version, request_id=request.id
+            )
 
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         """Decodes the inputs, runs the model's predict, encodes its outputs; each stage is timed."""

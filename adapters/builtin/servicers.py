@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
@@ -13,6 +13,7 @@ from adapters.builtin.models import MODEL_TYPES, TensorSpec
 from adapters.builtin.models.base import Model
 from adapters.builtin.settings import RuntimeSettings
 from adapters.common.errors import CopyGone, ModelNotLoaded
+from mesh.errors import MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import grpc_predict_v2_pb2_grpc as pb_grpc
 from mesh.gen import model_runtime_pb2 as rt
@@ -25,7 +26,11 @@ SERVER_NAME = "mesh-builtin-runtime"
 RUNTIME_VERSION = f"{SERVER_NAME}/{mesh.__version__}"
 # The methods the router may forward here, each with the field path of its model name (field 1 in both).
 MODEL_ID_HEADER = "mm-model-id"
-FORWARDED_METHODS = ("inference.GRPCInferenceService/ModelInfer", "inference.GRPCInferenceService/ModelMetadata")
+FORWARDED_METHODS = (
+    "inference.GRPCInferenceService/ModelInfer",
+    "inference.GRPCInferenceService/ModelMetadata",
+    "inference.GRPCInferenceService/ModelStreamInfer",
+)
 
 
 class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
@@ -152,6 +157,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             self._model(model_id, routed_by_header=True)
             request.model_name = model_id
         return await self._core.infer(request)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Triton's streaming extension: each request's responses in turn. A model that is not here ends the stream
+        with its status (NOT_FOUND, or UNAVAILABLE when the engine named it by header), before any response, so
+        that a router can look elsewhere; a request the model refuses gets an error_message in the stream, as
+        Triton answers, and the stream goes on."""
+        header = model_id_header(context)
+        async for request in requests:
+            if header:
+                request.model_name = header
+            try:
+                self._model(request.model_name, routed_by_header=bool(header))
+            except MeshError as exc:
+                await context.abort(exc.grpc_code, exc.message)
+            try:
+                async for response in self._core.stream(request):
+                    yield pb.ModelStreamInferResponse(infer_response=response)
+            except MeshError as exc:
+                failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+                yield pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
 
     def _model(self, model_id: str, routed_by_header: bool) -> Model:
         """The loaded model. Missing: NOT_FOUND, or UNAVAILABLE (CopyGone) for a request that named it in the

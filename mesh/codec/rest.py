@@ -96,7 +96,7 @@ def _pop_bool(parameters: dict[str, Any], key: str, what: str) -> bool | None:
     return value
 
 
-def _set_parameters(target: Any, parameters: Mapping[str, Any], what: str) -> None:
+def set_parameters(target: Any, parameters: Mapping[str, Any], what: str) -> None:
     """Copies JSON parameters into a protobuf map<string, InferParameter>."""
     for key, value in parameters.items():
         _text(key, f"{what}: a parameter name")
@@ -281,7 +281,7 @@ def _add_inputs(request: pb.ModelInferRequest, tensors: list[_RestInput]) -> Non
     use_raw = any(t.raw is not None or t.datatype not in CONTENTS_FIELD for t in tensors)
     for tensor in tensors:
         message = request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        _set_parameters(message.parameters, tensor.parameters, f"input '{tensor.name}'")
+        set_parameters(message.parameters, tensor.parameters, f"input '{tensor.name}'")
         if tensor.raw is not None:
             request.raw_input_contents.append(tensor.raw)
         elif use_raw:
@@ -304,7 +304,7 @@ def _add_outputs(request: pb.ModelInferRequest, items: object, binary_default: b
         wants_binary = _pop_bool(parameters, "binary_data", f"output '{name}'")
         if wants_binary is not None:
             binary[name] = wants_binary
-        _set_parameters(request.outputs.add(name=name).parameters, parameters, f"output '{name}'")
+        set_parameters(request.outputs.add(name=name).parameters, parameters, f"output '{name}'")
     return OutputEncoding(binary_default, binary)
 
 
@@ -325,7 +325,7 @@ def decode_infer_request(
     request = pb.ModelInferRequest(model_name=model_name, model_version=model_version, id=request_id)
     parameters = _json_object(document.get("parameters"), "request parameters")
     binary_default = bool(_pop_bool(parameters, "binary_data_output", "request"))
-    _set_parameters(request.parameters, parameters, "request")
+    set_parameters(request.parameters, parameters, "request")
     _add_inputs(request, _decode_inputs(document.get("inputs"), tail))
     return request, _add_outputs(request, document.get("outputs"), binary_default)
 

@@ -33,6 +33,12 @@ MODEL_METADATA = f"/{INFERENCE_SERVICE}/ModelMetadata"
 # TorchServe's own Predictions too, as ModelMesh's dataplane config has it: its model_name is field 1 as well.
 TORCHSERVE_PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
 ROUTED_BY_FIELD_1 = frozenset({MODEL_INFER, MODEL_METADATA, TORCHSERVE_PREDICTIONS})
+# Streamed methods whose messages name the model in field 1 (the first message routes the stream): Triton's
+# ModelStreamInfer, TorchServe's StreamPredictions. Every other method carrying a routing header is relayed as a
+# stream too (mesh/proxy/streams.py): a unary call is a stream of one message each way on the wire.
+MODEL_STREAM_INFER = f"/{INFERENCE_SERVICE}/ModelStreamInfer"
+TORCHSERVE_STREAM_PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/StreamPredictions"
+STREAMED_BY_FIELD_1 = frozenset({MODEL_STREAM_INFER, TORCHSERVE_STREAM_PREDICTIONS})
 # Runtime answers that mean "that copy is not there any more": retry once on another copy or a fresh load.
 COPY_GONE = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE})
 # The methods sent again after such an answer: inference and metadata, which change nothing in the server, so a
@@ -129,7 +135,7 @@ class DataPlane:
             raise
         finally:
             if self._access_log:
-                model_bytes = self._registry.size_bytes(note.model_id) if note.model_id else 0
+                model_bytes = self.size_of(note.model_id)
                 access_log.write(method, target.name, note, code, started, len(request), len(response), model_bytes)
             if code == "OK" and self._payloads.enabled:
                 self._offer_payload(method, request, response, target.name, note, metadata)
@@ -142,6 +148,37 @@ class DataPlane:
             return Payload(method, asked, note.model_id, note.instance_id, request, response, headers)
 
         self._payloads.offer(payload, asked, note.model_id)
+
+    async def resolve(self, target: Target) -> str:
+        """The model id a request's target names (its vmodel's, its namespace's), or ModelNotFound."""
+        try:
+            return self._registry.resolve(target.name, target.naming)
+        except ModelNotFound:
+            return await self._registry.resolve_fresh(target.name, target.naming)
+
+    async def copy_of(self, model_id: str) -> tuple[CopyLease, bool]:
+        """A lease on a copy of the model (loading one if needed), and whether it was loaded already."""
+        lease = self._manager.loaded_copy(model_id)
+        return (lease, True) if lease is not None else (await self._manager.await_copy(model_id), False)
+
+    async def copy_failed(self, exc: grpc.aio.AioRpcError, model_id: str, lease: CopyLease) -> Exception:
+        """What a runtime's failed call means for its copy (gone, or its instance down: dropped), as the error to
+        give the client."""
+        if exc.code() in COPY_GONE and not (
+            exc.code() is grpc.StatusCode.UNAVAILABLE and await lease.client.answers(ANSWER_CHECK_S)
+        ):
+            await self._manager.copy_lost(
+                model_id, lease.instance_id, exc.details() or exc.code().name, exc.code() is grpc.StatusCode.UNAVAILABLE
+            )
+        return _runtime_error(exc, model_id, lease)
+
+    @property
+    def access_log(self) -> bool:
+        return self._access_log
+
+    def size_of(self, model_id: str) -> int:
+        """The model's size as placed (0: unknown or none)."""
+        return self._registry.size_bytes(model_id) if model_id else 0
 
     async def _forward(
         self,
@@ -166,7 +203,7 @@ class DataPlane:
             if note is not None:
                 note.instance_id = lease.instance_id
             with lease:
-                body = self._with_model_id(method, request, target, model_id, lease)
+                body = self.with_model_id(method, request, target, model_id, lease)
                 started = time.perf_counter()
                 try:
                     response = await lease.client.method(method)(body, timeout=timeout, metadata=metadata)
@@ -191,12 +228,12 @@ class DataPlane:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     @staticmethod
-    def _with_model_id(method: str, request: bytes, target: Target, model_id: str, lease: CopyLease) -> bytes:
+    def with_model_id(method: str, request: bytes, target: Target, model_id: str, lease: CopyLease) -> bytes:
         """The request with the concrete model id where the runtime reads it, if it names something else."""
         if target.naming is Naming.BODY and target.name == model_id:
             return request
         path = lease.methods.get(method.lstrip("/"))
-        if path is None and method in ROUTED_BY_FIELD_1:
+        if path is None and (method in ROUTED_BY_FIELD_1 or method in STREAMED_BY_FIELD_1):
             path = (1,)
         if path != (1,):
             return request  # nested injection paths arrive with the adapters that need them

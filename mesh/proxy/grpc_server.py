@@ -11,13 +11,15 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from cachetools import LRUCache
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from mesh import access_log
+from mesh.access_log import AccessNote
 from mesh.errors import InvalidArgument, MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.gen import mesh_admin_pb2 as admin
@@ -29,7 +31,8 @@ from mesh.metrics import RouterMetrics, method_label
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import ModelRecord, checked_labels
 from mesh.proxy import wire
-from mesh.proxy.dataplane import INFERENCE_SERVICE, ROUTED_BY_FIELD_1, DataPlane, Target
+from mesh.proxy.dataplane import INFERENCE_SERVICE, ROUTED_BY_FIELD_1, STREAMED_BY_FIELD_1, DataPlane, Target
+from mesh.proxy.streams import relay
 from mesh.registry import ModelRegistry, ModelStatus, Naming, VModelStatus
 from mesh.registry.ids import check_id
 from mesh.tls import ServerTLS
@@ -119,14 +122,59 @@ class InferenceHandler(grpc.GenericRpcHandler):
         handler = self._local.get(method)
         if handler is not None:
             return handler
-        if method in ROUTED_BY_FIELD_1 or any(k in ROUTING_HEADERS for k, _ in details.invocation_metadata or ()):
+        header_routed = any(k in ROUTING_HEADERS for k, _ in details.invocation_metadata or ())
+        if method in ROUTED_BY_FIELD_1 or method in STREAMED_BY_FIELD_1 or header_routed:
             handler = self._forwarders.get(method)
             if handler is None:
-                forward = functools.partial(self._forward, method, method_label(method))
-                handler = grpc.unary_unary_rpc_method_handler(forward)
+                label = method_label(method)
+                if method in ROUTED_BY_FIELD_1:
+                    handler = grpc.unary_unary_rpc_method_handler(functools.partial(self._forward, method, label))
+                else:
+                    handler = grpc.stream_stream_rpc_method_handler(functools.partial(self._relay, method, label))
                 self._forwarders[method] = handler
             return handler
         return None
+
+    async def _relay(
+        self, method: str, label: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """A streamed call (or one routed by header alone), relayed to a copy (streams.py); one access line at
+        its end."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        note = AccessNote()
+        sent = received = 0
+        target: Target | None = None
+        try:
+            metadata = context.invocation_metadata()
+            target = header_target(metadata)
+            if target is None and method not in STREAMED_BY_FIELD_1:
+                raise InvalidArgument(f"{method} needs an mm-model-id or mm-vmodel-id header")
+            passed = tuple((k, v) for k, v in metadata or () if k not in ROUTING_HEADERS and k not in HOP_HEADERS)
+
+            async def counted() -> AsyncIterator[bytes]:
+                nonlocal received
+                async for message in requests:
+                    received += len(message)
+                    yield message
+
+            responses = relay(self._dataplane, method, counted(), target, passed, context.time_remaining(), note)
+            async for response in responses:
+                sent += len(response)
+                yield response
+            code = grpc.StatusCode.OK
+        except MeshError as exc:
+            code = exc.grpc_code
+            await context.abort(exc.grpc_code, exc.message)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            name = target.name if target is not None else note.model_id
+            self._metrics.request(label, code, started, name)
+            if self._dataplane.access_log:
+                model_bytes = self._dataplane.size_of(note.model_id)
+                access_log.write(method, name, note, code.name, started, received, sent, model_bytes)
 
     @maps_errors
     async def _forward(self, method: str, label: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:

@@ -9,19 +9,24 @@ checks for 200.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from mesh import codec
+from mesh.access_log import AccessNote
 from mesh.errors import InvalidArgument, MeshError, Overloaded, Unavailable, http_status
+from mesh.gen import grpc_predict_v2_pb2 as pb
 from mesh.metrics import RouterMetrics
-from mesh.proxy.dataplane import DataPlane
+from mesh.proxy.dataplane import MODEL_STREAM_INFER, DataPlane, Target
+from mesh.proxy.streams import relay
 from mesh.tls import ServerTLS
 
 log = logging.getLogger(__name__)
@@ -173,6 +178,52 @@ async def _model_infer(request: web.Request) -> web.Response:
     )
 
 
+async def _generate(request: web.Request) -> web.Response:
+    """The generate extension: one answer (ModelInfer under the hood), as JSON."""
+    name, version = _model(request)
+    infer_request = codec.generate_request(await request.read(), name, version)
+    response = await _dataplane(request).model_infer(infer_request, passed_headers(request))
+    return web.json_response(codec.generate_response_to_json(response))
+
+
+async def _generate_stream(request: web.Request) -> web.StreamResponse:
+    """The generate extension, streamed: each of the model's responses (ModelStreamInfer) as a server-sent event
+    `data: {...}`. An error before the first response is an HTTP error; after it, an event `data: {"error": ...}`
+    ends the stream."""
+    name, version = _model(request)
+    infer_request = codec.generate_request(await request.read(), name, version)
+
+    async def one_request() -> AsyncIterator[bytes]:
+        yield infer_request.SerializeToString()
+
+    target = Target(name)
+    responses = relay(
+        _dataplane(request), MODEL_STREAM_INFER, one_request(), target, passed_headers(request), None, AccessNote()
+    )
+    try:
+        item = await anext(responses, None)
+        first = pb.ModelStreamInferResponse.FromString(item) if item is not None else None
+        if first is not None and first.error_message:
+            raise InvalidArgument(first.error_message)
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await stream.prepare(request)
+        message = first
+        try:
+            while message is not None and not message.error_message:
+                event = codec.generate_response_to_json(message.infer_response)
+                await stream.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                item = await anext(responses, None)
+                message = pb.ModelStreamInferResponse.FromString(item) if item is not None else None
+            if message is not None:
+                await stream.write(b"data: " + json.dumps({"error": message.error_message}).encode() + b"\n\n")
+        except MeshError as err:
+            await stream.write(b"data: " + json.dumps({"error": err.message}).encode() + b"\n\n")
+        await stream.write_eof()
+        return stream
+    finally:
+        await responses.aclose()
+
+
 def create_app(dataplane: DataPlane, metrics: RouterMetrics, max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
     """The REST application over a data plane (bodies up to max_body_bytes, the router's message limit)."""
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors_to_json])
@@ -185,6 +236,8 @@ def create_app(dataplane: DataPlane, metrics: RouterMetrics, max_body_bytes: int
             web.get("/v2/health/ready", _server_ready),
             web.get("/v2", _server_metadata),
             web.get("/v2/models/{name}", _model_metadata),
+            web.post("/v2/models/{name}/generate", _generate),
+            web.post("/v2/models/{name}/generate_stream", _generate_stream),
             web.get("/v2/models/{name}/versions/{version}", _model_metadata),
             web.get("/v2/models/{name}/ready", _model_ready),
             web.get("/v2/models/{name}/versions/{version}/ready", _model_ready),

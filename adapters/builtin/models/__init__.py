@@ -6,9 +6,10 @@ from adapters.builtin.models.base import Model, ModelType, TensorSpec
 from adapters.builtin.models.echo_model import ECHO
 from adapters.builtin.models.sklearn_model import SKLEARN
 from adapters.builtin.models.text_model import TEXT
+from adapters.builtin.models.tokens_model import TOKENS
 from mesh.errors import InvalidArgument
 
-MODEL_TYPES: dict[str, ModelType] = {model_type.name: model_type for model_type in (SKLEARN, TEXT, ECHO)}
+MODEL_TYPES: dict[str, ModelType] = {model_type.name: model_type for model_type in (SKLEARN, TEXT, ECHO, TOKENS)}
 
 
 def model_type(name: str) -> ModelType:

@@ -6,7 +6,7 @@ import abc
 import json
 import math
 import pickle
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import numpy as np
 
 from adapters.common.errors import ModelFileMissing
 from mesh.codec import numpy_to_response
-from mesh.errors import InvalidArgument
+from mesh.errors import InvalidArgument, Unimplemented
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,10 @@ class Model(abc.ABC):
     @abc.abstractmethod
     def predict(self, inputs: Mapping[str, np.ndarray], requested: Sequence[str]) -> dict[str, np.ndarray]:
         """The outputs named in `requested` (all outputs when it is empty); InvalidArgument for bad inputs."""
+
+    def stream(self, inputs: Mapping[str, np.ndarray]) -> AsyncIterator[dict[str, np.ndarray]]:
+        """The outputs of each response of a streamed answer (ModelStreamInfer); only models that stream have it."""
+        raise Unimplemented(f"model type {self.platform} answers ModelInfer only; it does not stream")
 
 
 @dataclass(frozen=True, slots=True)
