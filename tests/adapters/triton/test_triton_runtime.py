@@ -73,6 +73,31 @@ output [ { name: "y" data_type: TYPE_FP32 dims: [ -1, 4 ] } ]
 """
 
 
+# A decoupled model (Triton's streaming kind): for an input n it sends n responses, i = 0 .. n-1, then its final flag.
+DECOUPLED_CONFIG = """
+backend: "python"
+max_batch_size: 0
+model_transaction_policy { decoupled: true }
+input [ { name: "n" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "i" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+DECOUPLED_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            n = int(pb_utils.get_input_tensor_by_name(request, "n").as_numpy()[0])
+            sender = request.get_response_sender()
+            for i in range(n):
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("i", np.array([i], dtype=np.int32))]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
 def _scale_model(factor: float, initialize: str = "pass") -> str:
     return textwrap.dedent(SCALE_MODEL).format(factor=factor, initialize=initialize)
 
@@ -89,6 +114,7 @@ class Sources:
     versioned: Path  # config.pbtxt (named otherwise) + 1/model.py (2x) + 2/model.py (3x)
     broken: Path  # a single model.py whose initialize raises
     bad_config: Path  # a config.pbtxt Triton cannot parse
+    counter: Path  # a decoupled model: n responses for an input n
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +127,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
     broken = _write(root / "broken" / "model.py", _scale_model(1, 'raise RuntimeError("broken on purpose")'))
     _write(root / "bad_config" / "config.pbtxt", 'backend: "python"\nno_such_field: 1\n')
     _write(root / "bad_config" / "1" / "model.py", _scale_model(2))
-    return Sources(root / "double", root / "versioned", broken, root / "bad_config")
+    _write(root / "counter" / "config.pbtxt", DECOUPLED_CONFIG)
+    _write(root / "counter" / "1" / "model.py", textwrap.dedent(DECOUPLED_MODEL))
+    return Sources(root / "double", root / "versioned", broken, root / "bad_config", root / "counter")
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +235,23 @@ async def test_a_python_model_loads_on_first_request_and_infers_through_the_rout
     assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["-1", "4"]}]
     # Its size is its python stub process, measured (tens of MB), not its 1 kB on disk.
     assert 5_000_000 < await mesh.size("double") < 500_000_000
+
+
+@in_module_loop
+async def test_a_decoupled_models_responses_stream_through_the_router(mesh: Mesh, sources: Sources) -> None:
+    await mesh.register("counter", "python", sources.counter)
+    n = triton_aio.InferInput("n", [1], "INT32")
+    n.set_data_from_numpy(np.array([5], dtype=np.int32))
+
+    async def requests() -> AsyncIterator[dict]:
+        yield {"model_name": "counter", "inputs": [n]}
+
+    counted = []
+    async for result, error in mesh.triton.stream_infer(requests(), stream_timeout=CALL_TIMEOUT_S):
+        assert error is None, error
+        counted.append(int(result.as_numpy("i")[0]))
+    assert counted == [0, 1, 2, 3, 4]
+    assert (await mesh.status("counter")).status == mm.ModelStatusInfo.LOADED
 
 
 @in_module_loop
