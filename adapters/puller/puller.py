@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.puller import http, local, s3
+from adapters.puller import gcs, http, local, s3
 from adapters.puller.destination import Destination
 from adapters.puller.names import is_inside, model_dir_name, relative_parts
 from adapters.puller.storage import (
+    GcsLocation,
     HttpLocation,
     Location,
     S3Location,
@@ -146,6 +147,8 @@ class Puller:
     def _fetch(self, location: Location, name: str, destination: Destination) -> None:
         if isinstance(location, S3Location):
             s3.download(self._s3_clients.get(location.settings), location, name, destination)
+        elif isinstance(location, GcsLocation):
+            gcs.download(location, name, destination)
         elif isinstance(location, HttpLocation):
             http.download(location, name, destination, self._max_bytes)
         else:
@@ -176,7 +179,7 @@ def _local_name(location: Location) -> str:
         name = http.local_name(location)
         relative_parts(name, f"model path {location}'s last component")
         return name
-    path = location.key if isinstance(location, S3Location) else location.path
+    path = location.key if isinstance(location, S3Location | GcsLocation) else location.path
     name = path.rstrip("/").rsplit("/", 1)[-1]
     if name in ("", "."):
         name = "_model"

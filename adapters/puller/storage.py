@@ -62,6 +62,27 @@ class S3Location:
 
 
 @dataclass(frozen=True)
+class GcsSettings:
+    """How to reach Google Cloud Storage: a service account's email and key (both or neither: anonymous)."""
+
+    storage_key: str
+    endpoint_url: str | None
+    client_email: str | None
+    private_key: str | None = field(repr=False)
+    token_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class GcsLocation:
+    settings: GcsSettings
+    bucket: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"gs://{self.bucket}/{self.key} (storage key '{self.settings.storage_key}')"
+
+
+@dataclass(frozen=True)
 class LocalLocation:
     path: str  # as given, without any file:// prefix
 
@@ -88,7 +109,7 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
-Location = S3Location | LocalLocation | HttpLocation
+Location = S3Location | GcsLocation | LocalLocation | HttpLocation
 
 
 def parse_model_key(text: str) -> ModelKey:
@@ -132,26 +153,28 @@ def resolve_location(model_path: str, key: ModelKey, config_dir: Path | None) ->
         return LocalLocation(model_path[len("file://") :])
     if scheme in ("http", "https"):
         return _http_location(model_path, key)
-    if scheme not in (None, "s3"):
+    if scheme not in (None, "s3", "gs"):
         raise InvalidArgument(
-            f"model path {redacted(model_path)!r} has the unsupported scheme '{scheme}' (use s3://, http(s):// or "
-            "file://)"
+            f"model path {redacted(model_path)!r} has the unsupported scheme '{scheme}' (use s3://, gs://, "
+            "http(s):// or file://)"
         )
     storage_key, config = _storage_config(key, config_dir)
     config.update({"bucket": key.bucket} if key.bucket else {})
     config.update(key.storage_params)
-    storage_type = config.get("type") or ("s3" if scheme == "s3" else None)
+    storage_type = config.get("type") or {"s3": "s3", "gs": "gcs"}.get(scheme or "")
     if storage_type is None:
         return LocalLocation(model_path)
-    if storage_type != "s3":
+    if storage_type not in ("s3", "gcs") or (scheme is not None and storage_type != {"s3": "s3", "gs": "gcs"}[scheme]):
         raise InvalidArgument(
-            f"storage type '{storage_type}' (storage key '{storage_key}') is not supported: mesh pulls from s3 or "
-            "local paths"
+            f"storage type '{storage_type}' (storage key '{storage_key}') does not pull {redacted(model_path)!r}:"
+            " mesh pulls s3 and gcs storage keys, http(s) URLs and local paths"
         )
-    if scheme == "s3":
-        bucket, _, object_key = model_path[len("s3://") :].partition("/")
+    if scheme is not None:
+        bucket, _, object_key = model_path[len(scheme) + len("://") :].partition("/")
     else:
         bucket, object_key = config.get("bucket") or config.get("default_bucket") or "", model_path.lstrip("/")
+    if storage_type == "gcs":
+        return _gcs_location(storage_key, config, bucket, object_key, model_path)
     return _s3_location(storage_key, config, bucket, object_key, model_path)
 
 
@@ -204,16 +227,39 @@ def _read_storage_key(config_dir: Path | None, storage_key: str) -> dict[str, An
     return config
 
 
-def _s3_location(storage_key: str, config: dict[str, Any], bucket: str, object_key: str, model_path: str) -> S3Location:
+def _bucket_and_key(storage_key: str, bucket: str, object_key: str, model_path: str) -> None:
+    """Raise InvalidArgument unless the path names a bucket and an object (or folder) whose key cannot climb out."""
     if not bucket:
         raise InvalidArgument(
-            f"no bucket for model path {model_path!r}: use s3://bucket/..., or set a bucket in storage key "
+            f"no bucket for model path {model_path!r}: use s3://bucket/... (or gs://), or set a bucket in storage key "
             f"'{storage_key}' or the model key's storage_params"
         )
     check_characters(bucket, f"bucket {bucket!r}")
     if not object_key:
         raise InvalidArgument(f"model path {model_path!r} names a bucket but no object or folder in it")
-    relative_parts(object_key, f"S3 key {object_key!r} of model path {model_path!r}", allow_trailing_slash=True)
+    relative_parts(object_key, f"object key {object_key!r} of model path {model_path!r}", allow_trailing_slash=True)
+
+
+def _gcs_location(
+    storage_key: str, config: dict[str, Any], bucket: str, object_key: str, model_path: str
+) -> GcsLocation:
+    _bucket_and_key(storage_key, bucket, object_key, model_path)
+    client_email = _optional_str(config, "client_email", storage_key)
+    private_key = _optional_str(config, "private_key", storage_key)
+    if (client_email is None) != (private_key is None):
+        raise InvalidArgument(f"storage key '{storage_key}' sets only one of client_email and private_key")
+    settings = GcsSettings(
+        storage_key,
+        _optional_str(config, "endpoint_url", storage_key),
+        client_email,
+        private_key,
+        _optional_str(config, "token_uri", storage_key),
+    )
+    return GcsLocation(settings, bucket, object_key)
+
+
+def _s3_location(storage_key: str, config: dict[str, Any], bucket: str, object_key: str, model_path: str) -> S3Location:
+    _bucket_and_key(storage_key, bucket, object_key, model_path)
     access_key_id = _optional_str(config, "access_key_id", storage_key)
     secret_access_key = _optional_str(config, "secret_access_key", storage_key)
     if (access_key_id is None) != (secret_access_key is None):
