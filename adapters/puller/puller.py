@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.puller import gcs, http, local, s3
+from adapters.puller import azure_blob, gcs, http, local, s3
 from adapters.puller.destination import Destination
 from adapters.puller.names import is_inside, model_dir_name, relative_parts
 from adapters.puller.storage import (
+    AzureLocation,
     GcsLocation,
     HttpLocation,
     Location,
@@ -149,6 +150,8 @@ class Puller:
             s3.download(self._s3_clients.get(location.settings), location, name, destination)
         elif isinstance(location, GcsLocation):
             gcs.download(location, name, destination)
+        elif isinstance(location, AzureLocation):
+            azure_blob.download(location, name, destination)
         elif isinstance(location, HttpLocation):
             http.download(location, name, destination, self._max_bytes)
         else:
@@ -179,7 +182,7 @@ def _local_name(location: Location) -> str:
         name = http.local_name(location)
         relative_parts(name, f"model path {location}'s last component")
         return name
-    path = location.key if isinstance(location, S3Location | GcsLocation) else location.path
+    path = location.key if isinstance(location, S3Location | GcsLocation | AzureLocation) else location.path
     name = path.rstrip("/").rsplit("/", 1)[-1]
     if name in ("", "."):
         name = "_model"

@@ -22,6 +22,7 @@ from mesh.errors import InvalidArgument
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _DEFAULT_KEY = "default"
 _DEFAULT_REGION = "us-east-1"
+AZURE_BLOB_HOST = ".blob.core.windows.net"
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,36 @@ class GcsLocation:
 
 
 @dataclass(frozen=True)
+class AzureSettings:
+    """How to reach one Azure storage account's blobs: a connection string, a service principal, or no secret
+    (AKS workload identity or a managed identity when the pod has one, else anonymous: azure_blob.py)."""
+
+    storage_key: str
+    account_name: str
+    connection_string: str | None = field(repr=False)
+    client_id: str | None = None
+    client_secret: str | None = field(repr=False, default=None)
+    tenant_id: str | None = None
+    endpoint_url: str | None = None
+    """The account's blob endpoint when not https://<account>.blob.core.windows.net (a private endpoint)."""
+    use_managed_identity: bool = False
+
+    @property
+    def account_url(self) -> str:
+        return self.endpoint_url or f"https://{self.account_name}{AZURE_BLOB_HOST}"
+
+
+@dataclass(frozen=True)
+class AzureLocation:
+    settings: AzureSettings
+    container: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.settings.account_url}/{self.container}/{self.key} (storage key '{self.settings.storage_key}')"
+
+
+@dataclass(frozen=True)
 class LocalLocation:
     path: str  # as given, without any file:// prefix
 
@@ -109,7 +140,7 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
-Location = S3Location | GcsLocation | LocalLocation | HttpLocation
+Location = S3Location | GcsLocation | AzureLocation | LocalLocation | HttpLocation
 
 
 def parse_model_key(text: str) -> ModelKey:
@@ -152,6 +183,9 @@ def resolve_location(model_path: str, key: ModelKey, config_dir: Path | None) ->
     if scheme == "file":
         return LocalLocation(model_path[len("file://") :])
     if scheme in ("http", "https"):
+        host = urlsplit(model_path).hostname or ""
+        if host.endswith(AZURE_BLOB_HOST):
+            return _azure_url_location(model_path, host, key, config_dir)
         return _http_location(model_path, key)
     if scheme not in (None, "s3", "gs"):
         raise InvalidArgument(
@@ -164,10 +198,13 @@ def resolve_location(model_path: str, key: ModelKey, config_dir: Path | None) ->
     storage_type = config.get("type") or {"s3": "s3", "gs": "gcs"}.get(scheme or "")
     if storage_type is None:
         return LocalLocation(model_path)
+    if storage_type == "azure" and scheme is None:
+        container = _optional_str(config, "container", storage_key) or ""
+        return _azure_location(storage_key, config, None, container, model_path.lstrip("/"), model_path)
     if storage_type not in ("s3", "gcs") or (scheme is not None and storage_type != {"s3": "s3", "gs": "gcs"}[scheme]):
         raise InvalidArgument(
             f"storage type '{storage_type}' (storage key '{storage_key}') does not pull {redacted(model_path)!r}:"
-            " mesh pulls s3 and gcs storage keys, http(s) URLs and local paths"
+            " mesh pulls s3, gcs and azure storage keys, http(s) URLs and local paths"
         )
     if scheme is not None:
         bucket, _, object_key = model_path[len(scheme) + len("://") :].partition("/")
@@ -176,6 +213,46 @@ def resolve_location(model_path: str, key: ModelKey, config_dir: Path | None) ->
     if storage_type == "gcs":
         return _gcs_location(storage_key, config, bucket, object_key, model_path)
     return _s3_location(storage_key, config, bucket, object_key, model_path)
+
+
+def _azure_url_location(url: str, host: str, key: ModelKey, config_dir: Path | None) -> AzureLocation:
+    """https://<account>.blob.core.windows.net/<container>/<path>, with the storage key's credentials (if any)."""
+    storage_key, config = _storage_config(key, config_dir, "azure")
+    config.update(key.storage_params)
+    if config.get("type", "azure") != "azure":
+        raise InvalidArgument(f"storage key '{storage_key}' is of type '{config['type']}', not azure, for {url!r}")
+    container, _, blob = urlsplit(url).path.lstrip("/").partition("/")
+    return _azure_location(storage_key, config, host.removesuffix(AZURE_BLOB_HOST), container, blob, url)
+
+
+def _azure_location(
+    storage_key: str, config: dict[str, Any], account: str | None, container: str, blob: str, model_path: str
+) -> AzureLocation:
+    account = account or _optional_str(config, "account_name", storage_key)
+    if not account or not container:
+        raise InvalidArgument(
+            f"model path {model_path!r}: Azure needs an account and a container (in the URL, or the storage key's "
+            "account_name and container)"
+        )
+    check_characters(container, f"container {container!r}")
+    if not blob:
+        raise InvalidArgument(f"model path {model_path!r} names a container but no blob or folder in it")
+    relative_parts(blob, f"blob name {blob!r} of model path {model_path!r}", allow_trailing_slash=True)
+    secret_parts = [_optional_str(config, f, storage_key) for f in ("client_id", "client_secret", "tenant_id")]
+    client_id, client_secret, tenant_id = secret_parts
+    if client_secret is not None and (client_id is None or tenant_id is None):
+        raise InvalidArgument(f"storage key '{storage_key}' has a client_secret without client_id and tenant_id")
+    settings = AzureSettings(
+        storage_key,
+        account,
+        _optional_str(config, "connection_string", storage_key),
+        client_id,
+        client_secret,
+        tenant_id,
+        _optional_str(config, "endpoint_url", storage_key),
+        config.get("use_managed_identity") in (True, "true"),
+    )
+    return AzureLocation(settings, container, blob)
 
 
 def _http_location(url: str, key: ModelKey) -> HttpLocation:
@@ -187,15 +264,16 @@ def _http_location(url: str, key: ModelKey) -> HttpLocation:
     return HttpLocation(url, digest.lower() if digest else None)
 
 
-def _storage_config(key: ModelKey, config_dir: Path | None) -> tuple[str, dict[str, Any]]:
-    """The storage key used and a copy of its config; {} when no key was asked for and no default exists."""
+def _storage_config(key: ModelKey, config_dir: Path | None, kind: str = "") -> tuple[str, dict[str, Any]]:
+    """The storage key used and a copy of its config; {} when no key was asked for and no default exists. `kind`:
+    the storage type the path implies, whose default key (default_<kind>) is looked up."""
     if key.storage_key is not None:
         config = _read_storage_key(config_dir, key.storage_key)
         if config is None:
             where = f"the storage config ({config_dir})" if config_dir else "a storage config (none is configured)"
             raise InvalidArgument(f"storage key '{key.storage_key}' is not in {where}")
         return key.storage_key, config
-    storage_type = key.storage_params.get("type")
+    storage_type = key.storage_params.get("type") or kind or None
     # Upstream looks up "default", or "default_<type>" when the params name a type; "default_s3" also serves a
     # model with no type at all, since s3 is the only remote type mesh pulls from.
     candidates = [f"{_DEFAULT_KEY}_{storage_type}"] if storage_type else [_DEFAULT_KEY, f"{_DEFAULT_KEY}_s3"]
