@@ -115,17 +115,24 @@ def _storage(predictor: Predictor) -> tuple[str, dict[str, str]]:
         if not bucket:
             raise SpecError(f"storageUri {uri!r} names no bucket")
         return uri, {**params, "type": "s3", "bucket": bucket}
+    if scheme == "gs":
+        bucket = uri[len("gs://") :].split("/", 1)[0]
+        if not bucket:
+            raise SpecError(f"storageUri {uri!r} names no bucket")
+        return uri, {**params, "type": "gcs", "bucket": bucket}
     if scheme == "file":
         # Not KServe's, but the puller's: a path every runtime pod sees (a volume mounted at the same place).
         return uri[len("file://") :], params
     if scheme in ("http", "https"):
-        return uri, params  # a file, or an archive the puller unpacks
+        # An Azure blob URL (<account>.blob.core.windows.net) is pulled from Azure, with the secret's azure key;
+        # any other, a file or an archive the puller unpacks.
+        return uri, params
     if scheme == "pvc":
         claim, path = pvc_claim(uri)
         return f"{PVC_ROOT}/{claim}/{path}", params  # the runtime pods mount the claim there (workloads.py)
     if not scheme:
         raise SpecError(f"storageUri {uri!r} has no scheme: use s3://bucket/path, or storage.key and storage.path")
     raise SpecError(
-        f"storageUri scheme '{scheme}' is not one mesh's puller reads: use s3:// (any S3-compatible store), "
-        "http(s)://, or storage.key and storage.path"
+        f"storageUri scheme '{scheme}' is not one mesh's puller reads: use s3:// (any S3-compatible store), gs://, "
+        "https://<account>.blob.core.windows.net/..., http(s)://, pvc://, or storage.key and storage.path"
     )

@@ -68,7 +68,15 @@ def test_a_pvc_uri_is_a_path_where_runtime_pods_mount_the_claim() -> None:
             spec_of({"storageUri": bad})
 
 
-@pytest.mark.parametrize("uri", ["gs://bucket/m", "az://container/m", "/no/scheme"])
+def test_gcs_and_azure_uris_reach_the_puller_with_their_storage_type() -> None:
+    gcs = spec_of({"storageUri": "gs://team-bucket/iris/v1/"})
+    assert gcs.path == "gs://team-bucket/iris/v1/"
+    assert json.loads(gcs.key)["storage_params"] == {"type": "gcs", "bucket": "team-bucket"}
+    azure = spec_of({"storageUri": "https://acct.blob.core.windows.net/models/iris/"})
+    assert azure.path == "https://acct.blob.core.windows.net/models/iris/"
+
+
+@pytest.mark.parametrize("uri", ["gs:///m", "az://container/m", "/no/scheme"])
 def test_storage_the_puller_cannot_read_is_refused(uri: str) -> None:
     with pytest.raises(SpecError):
         spec_of({"storageUri": uri})
