@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from harness import azurite
 from harness.engine import ensure_haproxy
 from harness.etcd import EtcdServer, etcd_binary
 from harness.hang import HangWatchdog
@@ -16,6 +20,43 @@ _watchdog = HangWatchdog()
 def pytest_sessionstart(session: pytest.Session) -> None:
     # pytest captures nothing at session start: a duplicate of this stderr stays the terminal's (or CI's log).
     _watchdog.start(os.fdopen(os.dup(2), "w", buffering=1))
+
+
+REPO = Path(__file__).resolve().parent.parent
+# The suites beside real model servers (each needs its server's venv, made on first use) and Azurite (from npm).
+SERVER_SUITES = {
+    "mlserver": ("tests/adapters/mlserver/", "tests/adapters/test_walkthrough.py"),
+    "torchserve": ("tests/adapters/torchserve/", "tests/adapters/test_walkthrough.py"),
+    "triton": ("tests/adapters/triton/",),
+    "kserve": ("tests/adapters/kserve/",),
+}
+AZURITE_SUITES = ("tests/adapters/puller/test_puller_azure.py",)
+
+
+def _under(item: pytest.Item, prefixes: tuple[str, ...]) -> bool:
+    relative = Path(str(item.path)).relative_to(REPO).as_posix()
+    return relative.startswith(prefixes)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The suites that need an installed server run last, and their installs start now, in the background and at
+    once: they overlap the rest of the run instead of holding it up. Each is made under the file lock the suites
+    themselves take (adapters/common/envs.py, harness/azurite.py), so a suite that gets there first waits for it."""
+    needing = {name for name, suites in SERVER_SUITES.items() if any(_under(i, suites) for i in items)}
+    wants_azurite = azurite.missing() is None and any(_under(i, AZURITE_SUITES) for i in items)
+    if len(items) < 2 or not (needing or wants_azurite) or config.option.collectonly:
+        return
+    every_suite = tuple(p for suites in SERVER_SUITES.values() for p in suites) + AZURITE_SUITES
+    items.sort(key=lambda item: _under(item, every_suite))  # stable: each group keeps its order
+    log_path = REPO / ".runtimes" / "prebuild.log"
+    log_path.parent.mkdir(exist_ok=True)
+    with log_path.open("a") as log:
+        commands = [[sys.executable, "-m", "adapters.common.envs", name] for name in sorted(needing)]
+        if wants_azurite:
+            commands.append([sys.executable, "-c", "from harness import azurite; azurite.install()"])
+        for command in commands:
+            env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+            subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
