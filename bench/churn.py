@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import PY, REPO, loadavg, machine
+from bench.common import PY, REPO, client_mode, loadavg, machine, print_targets
 
 MODELS = 40
 PER_RUNTIME = 8
@@ -360,9 +360,7 @@ def run(quick: bool, out_dir: Path) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--client":
-        results = asyncio.run(_client(json.loads(Path(sys.argv[2]).read_text())))
-        Path(sys.argv[3]).write_text(json.dumps(results))
+    if client_mode(_client):
         return
     parser = argparse.ArgumentParser(prog="python -m bench.churn", description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=lambda t: [int(x) for x in t.split(",")], default=FULL["concurrency"])
@@ -374,8 +372,7 @@ def main() -> None:
     cells, events = measure(params)
     rows = summarize(cells, events, params)
     print(markdown(rows))
-    for target in targets(rows):
-        print(f"{'met' if target['met'] else 'NOT MET'}: {target['name']}: {target['detail']}")
+    print_targets(targets(rows))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "params": params, "rows": rows}, indent=1))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +126,18 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def client_mode(client: Callable[[dict], Awaitable[dict]]) -> bool:
+    """`python -m bench.<scenario> --client PLAN RESULTS`: this process is the scenario's load generator. Runs the
+    client coroutine on the plan (JSON), writes what it returns (JSON), and says True; False in any other process."""
+    if len(sys.argv) != 4 or sys.argv[1] != "--client":
+        return False
+    results = asyncio.run(client(json.loads(Path(sys.argv[2]).read_text())))
+    Path(sys.argv[3]).write_text(json.dumps(results))
+    return True
+
+
+def print_targets(found: list[dict]) -> None:
+    for target in found:
+        print(f"{'met' if target['met'] else 'NOT MET'}: {target['name']}: {target['detail']}")

@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from bench.churn import infer_request, register_echo_models, start_mesh
-from bench.common import PY, REPO, loadavg, machine
+from bench.common import PY, REPO, client_mode, loadavg, machine, print_targets
 
 RUNTIMES, PER_RUNTIME = 2, 6
 HOT = [f"hot-{i:02d}" for i in range(RUNTIMES * PER_RUNTIME)]
@@ -241,9 +240,7 @@ def run(quick: bool, out_dir: Path) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--client":
-        results = asyncio.run(_client(json.loads(Path(sys.argv[2]).read_text())))
-        Path(sys.argv[3]).write_text(json.dumps(results))
+    if client_mode(_client):
         return
     parser = argparse.ArgumentParser(prog="python -m bench.thrash", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=FULL["seconds"])
@@ -252,8 +249,7 @@ def main() -> None:
     params = {**FULL, "seconds": args.seconds}
     rows = [measure(case, mode, params) for case, mode in CASES["full"]]
     print(markdown(rows))
-    for target in targets(rows):
-        print(f"{'met' if target['met'] else 'NOT MET'}: {target['name']}: {target['detail']}")
+    print_targets(targets(rows))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "params": params, "rows": rows}, indent=1))
 

@@ -18,6 +18,13 @@ MARKER_FILE = ".mesh-model-id"
 """Written first in each model folder: the folders an adapter may delete are the ones carrying it."""
 
 
+def check_apart(repository: Path, pulled: Path) -> None:
+    """Raise InvalidArgument when a server's repository and the puller's folder overlap: the server finds models
+    by the settings files under its repository, so pulled files there would be found as models too."""
+    if repository.is_relative_to(pulled) or pulled.is_relative_to(repository):
+        raise InvalidArgument(f"--model-repository {repository} and --models-dir {pulled} overlap")
+
+
 def check_url_name(model_id: str, server: str) -> None:
     """Raise InvalidArgument unless the id can name a model in a server's REST repository API, where the name is one
     path segment: servers decode %2F before routing, so a '/' can't be carried. Every other character can."""

@@ -6,18 +6,15 @@ from __future__ import annotations
 import argparse
 
 from adapters.common.main import run_main
+from adapters.common.repository import check_apart
 from adapters.common.settings import AdapterSettings
 from adapters.kserve.server import KServeHost
 from adapters.kserve.settings import add_kserve_flags, kserve_settings
-from mesh.errors import InvalidArgument
 
 
 def _server(args: argparse.Namespace, settings: AdapterSettings) -> KServeHost:
     options = kserve_settings(args)
-    repository, pulled = options.model_repository, settings.models_dir
-    if repository.is_relative_to(pulled) or pulled.is_relative_to(repository):
-        # The host finds models by the mesh-model.json files under its repository: pulled files must lie apart.
-        raise InvalidArgument(f"--model-repository {repository} and --models-dir {pulled} overlap")
+    check_apart(options.model_repository, settings.models_dir)
     return KServeHost(options, max_message_bytes=settings.max_message_bytes)  # MeshError: no kserve in the venv
 
 

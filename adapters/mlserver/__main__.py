@@ -6,18 +6,15 @@ from __future__ import annotations
 import argparse
 
 from adapters.common.main import run_main
+from adapters.common.repository import check_apart
 from adapters.common.settings import AdapterSettings
 from adapters.mlserver.server import MLServer
 from adapters.mlserver.settings import add_mlserver_flags, mlserver_settings
-from mesh.errors import InvalidArgument
 
 
 def _server(args: argparse.Namespace, settings: AdapterSettings) -> MLServer:
     options = mlserver_settings(args)
-    repository, pulled = options.model_repository, settings.models_dir
-    if repository.is_relative_to(pulled) or pulled.is_relative_to(repository):
-        # MLServer reads every model-settings.json under its repository: pulled ones would be found as models.
-        raise InvalidArgument(f"--model-repository {repository} and --models-dir {pulled} overlap")
+    check_apart(options.model_repository, settings.models_dir)
     return MLServer(options, max_message_bytes=settings.max_message_bytes)  # MeshError: no MLServer in the venv
 
 
