@@ -28,7 +28,7 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,16 @@ class SinkSpec:
         if self.models and asked not in self.models and model_id not in self.models:
             return False
         return self.sample >= 1.0 or random.random() < self.sample  # noqa: S311 - sampling, not security
+
+
+def through_mesh(specs: Sequence[SinkSpec]) -> Callable[[str], bool]:
+    """The names (model ids, vmodel names) whose requests a native data plane must send through mesh, so that their
+    payloads are logged: those a sink takes (every one, when a sink takes all models)."""
+    if not specs:
+        return lambda name: False
+    if any(not spec.models for spec in specs):
+        return lambda name: True
+    return frozenset().union(*(spec.models for spec in specs)).__contains__
 
 
 def parse_sinks(text: str) -> list[SinkSpec]:

@@ -28,6 +28,7 @@ from mesh.engine.driver import EngineDriver, EngineError, LatencyCounts, ModelTr
 from mesh.engine.routes import RouteUpdate, model_copies, plan_routes, vmodel_target
 from mesh.metrics import RouterMetrics, method_label
 from mesh.naming import LocalNames
+from mesh.payload_log import parse_sinks, through_mesh
 from mesh.periodic import every, woken_or_after
 from mesh.placement.manager import PlacementManager
 from mesh.placement.records import InstanceRecord, Kind
@@ -98,6 +99,7 @@ class EngineControl:
         self._usage_s = usage_s
         self._drain_timeout_s = drain_timeout_s
         self._names = LocalNames(manager.settings.namespace)
+        self._via_mesh = through_mesh(parse_sinks(manager.settings.payload_log))
         self._stale = asyncio.Event()
         self._stale_models: set[str] = set()
         self._stale_vmodels: set[str] = set()
@@ -172,7 +174,8 @@ class EngineControl:
             reachable = ((i, engine_endpoint(known.record)) for i, known in view.instances.items())
             endpoints = {instance_id: endpoint for instance_id, endpoint in reachable if endpoint is not None}
             await self.driver.set_instances(endpoints)
-            await self.driver.set_routes(plan_routes(view, self._manager.copies, engine_reachable, self._names))
+            routes = plan_routes(view, self._manager.copies, engine_reachable, self._names, self._via_mesh)
+            await self.driver.set_routes(routes)
 
     async def _sync_stale(self, *models: str) -> None:
         """The routes of the models and vmodels that changed since the last sync (and of `models`)."""
@@ -182,12 +185,12 @@ class EngineControl:
             stale_models, self._stale_models = self._stale_models | set(models), set()
             stale_vmodels, self._stale_vmodels = self._stale_vmodels, set()
             view, copies = self._manager.view, self._manager.copies
-            routes = {m: model_copies(view, copies, m, engine_reachable) for m in stale_models}
+            routes = {m: model_copies(view, copies, m, engine_reachable, self._via_mesh) for m in stale_models}
             await self.driver.update_routes(
                 RouteUpdate(
                     {m: holders for m, (holders, _) in routes.items()},
                     {m: readers for m, (_, readers) in routes.items()},
-                    {v: vmodel_target(view, v, self._names) for v in stale_vmodels},
+                    {v: vmodel_target(view, v, self._names, self._via_mesh) for v in stale_vmodels},
                 )
             )
 

@@ -59,10 +59,15 @@ class RouteUpdate:
 
 
 def model_copies(
-    view: LocalView, copies: CopyTable, model_id: str, routable: Callable[[InstanceRecord], bool]
+    view: LocalView,
+    copies: CopyTable,
+    model_id: str,
+    routable: Callable[[InstanceRecord], bool],
+    via_mesh: Callable[[str], bool] = lambda name: False,
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """One model's routes: (every copy that can take a request, those of them on header-reading runtimes)."""
-    if not engine_safe(model_id):
+    """One model's routes: (every copy that can take a request, those of them on header-reading runtimes). None for
+    a model whose requests must pass through mesh (via_mesh: its payloads are logged)."""
+    if not engine_safe(model_id) or via_mesh(model_id):
         return (), ()
     instances = view.instances
     holders = tuple(
@@ -75,12 +80,14 @@ def model_copies(
     return holders, tuple(i for i in holders if instances[i].record.reads_model_header)
 
 
-def vmodel_target(view: LocalView, vmodel_id: str, names: LocalNames = EXACT) -> str | None:
+def vmodel_target(
+    view: LocalView, vmodel_id: str, names: LocalNames = EXACT, via_mesh: Callable[[str], bool] = lambda name: False
+) -> str | None:
     """The model a vmodel's requests go to natively: its active model while it is not in transition. The engine
     looks that model up among its header routes, so a vmodel of a model without a copy still reaches mesh.
     names: what a name means in this router's namespace (a bare name of it is routed as its vmodel)."""
     known = names.lookup(view.vmodels, vmodel_id)
-    if known is None or not engine_safe(vmodel_id):
+    if known is None or not engine_safe(vmodel_id) or via_mesh(vmodel_id):
         return None
     record = known.record
     return record.active_model_id if record.active_model_id == record.target_model_id else None
@@ -91,16 +98,17 @@ def plan_routes(
     copies: CopyTable,
     routable: Callable[[InstanceRecord], bool] = lambda record: True,
     names: LocalNames = EXACT,
+    via_mesh: Callable[[str], bool] = lambda name: False,
 ) -> RouteSet:
     """Every route placement allows now. routable: the instances the engine can reach (an engine that cannot dial
     TLS runtimes, say, leaves their copies to mesh's door); names: as vmodel_target."""
     by_name: dict[str, tuple[str, ...]] = {}
     by_header: dict[str, tuple[str, ...]] = {}
     for model_id in view.placements:
-        holders, readers = model_copies(view, copies, model_id, routable)
+        holders, readers = model_copies(view, copies, model_id, routable, via_mesh)
         if holders:
             by_name[model_id] = holders
         if readers:
             by_header[model_id] = readers
-    vmodels = {v: m for v in names.names(view.vmodels) if (m := vmodel_target(view, v, names)) is not None}
+    vmodels = {v: m for v in names.names(view.vmodels) if (m := vmodel_target(view, v, names, via_mesh)) is not None}
     return RouteSet(by_name, by_header, vmodels)

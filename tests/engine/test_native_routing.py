@@ -344,3 +344,21 @@ async def test_a_deleted_vmodel_is_not_served_once_the_delete_is_answered(make_m
             await mesh.infer("x", n, metadata=(("mm-vmodel-id", f"v{n}"),))
         assert gone.value.code() is grpc.StatusCode.NOT_FOUND
     assert await native_count(mesh, "m") >= 1  # the vmodel requests were served natively
+
+
+async def test_a_model_whose_payloads_are_logged_is_served_through_mesh(make_mesh, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "payloads.jsonl"
+    mesh = await make_mesh([64 * 1024 * 1024], payload_log=f"file://{log}?models=logged")
+    await mesh.register_echo("logged")
+    await mesh.register_echo("plain")
+    for model in ("logged", "plain"):
+        await mesh.infer(model, 1)  # the misses, through mesh
+    await eventually(lambda: routed(mesh, "plain"), "the route to plain published")
+    for n in range(5):
+        assert value(await mesh.infer("logged", n)) == n
+        assert value(await mesh.infer("plain", n)) == n
+    assert not await routed(mesh, "logged")  # no native route: its requests pass through mesh, to be logged
+    assert await native_count(mesh, "logged") == 0 and await native_count(mesh, "plain") == 5
+    await mesh.router.payloads.stop()  # delivers what is queued
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 * 6  # request and response of each of the 6 requests for "logged"
