@@ -32,7 +32,9 @@ from adapters.mlserver.launch import LaunchedMLServer, MLServerInstall, launch
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_runtime_pb2 as rt
 from mesh.gen import model_runtime_pb2_grpc as rt_grpc
+from mesh.processes import python_module_command
 
+REPO = Path(__file__).resolve().parents[3]
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 LOAD_TIMEOUT_MS = 90_000
@@ -251,7 +253,10 @@ async def test_a_sklearn_model_loads_on_first_request_and_infers_through_the_rou
 
 
 async def test_an_mlflow_model_is_served_through_mlservers_mlflow_runtime(mesh: Mesh, sources: Sources) -> None:
-    await mesh.register("iris-mlflow", "mlflow", sources.mlflow)
+    register = [*python_module_command("mesh"), "models", "register", "iris-mlflow", "--type", "mlflow",
+                "--path", str(sources.mlflow), "--address", mesh.address]  # fmt: skip
+    await asyncio.to_thread(subprocess.run, register, check=True, capture_output=True, timeout=60, cwd=REPO)
+    mesh.registered.append("iris-mlflow")
     x = sources.expected["x"]
     tensor = triton_aio.InferInput("input-0", list(x.shape), "FP64")
     tensor.set_data_from_numpy(x)
