@@ -4,7 +4,8 @@ it, the status, the latency (load wait included), the request's and the response
 loaded already (a hit), and the model's size. Logger `mesh.access`, INFO; with `--log-format json` each line is
 a JSON object with those fields (event "access"), which `mesh simulate` reads as a trace.
 
-Requests the native data plane (HAProxy) serves itself do not pass here (they are counted in the metrics).
+Requests the native data plane (HAProxy) routes itself come here through engine/access.py, which writes a line for
+each that the engine reports.
 """
 
 from __future__ import annotations

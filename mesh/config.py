@@ -84,9 +84,9 @@ class Settings:
     thrash_queue_limit: int = 64
     """queue: loads waiting at once; more are refused at once."""
     access_log: bool = False
-    """One log line per request mesh's doors forward (logger mesh.access: model, instance, status, latency, sizes,
-    hit or miss); with --log-format json, a trace `mesh simulate` reads. Requests the native engine serves itself
-    are not in it."""
+    """One log line per request (logger mesh.access: model, instance, status, latency, sizes, hit or miss), those
+    mesh's doors forward and those the native engine routes itself alike; with --log-format json, a trace `mesh
+    simulate` reads."""
     payload_log: str = ""
     """Sinks for the payloads (requests and responses) of chosen models, space-separated URIs: http(s)://... gets
     CloudEvents as KServe's logger sends them, file://PATH JSON lines; each URI's query picks models, a sample

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mesh.config import DATAPLANES, Settings
+from mesh.engine.access import EngineAccessLog
 from mesh.engine.certificates import EngineCertificates
 from mesh.engine.control import EngineControl
 from mesh.engine.haproxy import HAProxyEngine, find_haproxy
@@ -93,6 +94,8 @@ class NativeFrontDoor:
     """The public ports' sockets, when mesh opened them for its child engine."""
     owns_directory: bool = True
     certificate_reloads: asyncio.Task[None] | None = None
+    access: EngineAccessLog | None = None
+    """Writes the engine's own access lines, when the access log is on."""
 
     def problem(self) -> str | None:
         """What keeps the engine from serving (a readiness condition), or None."""
@@ -104,6 +107,8 @@ class NativeFrontDoor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.certificate_reloads
         await self.control.stop()
+        if self.access is not None:
+            self.access.close()
         for sock in self.sockets:
             sock.close()
         if self.owns_directory:
@@ -138,6 +143,7 @@ async def start_front_door(
     files = EngineFiles(directory)
     tls = settings.front_door_tls()
     certificates = EngineCertificates(tls, files) if tls is not None else None
+    access: EngineAccessLog | None = None
     try:
         if certificates is not None:
             certificates.write()
@@ -154,15 +160,25 @@ async def start_front_door(
             threads=settings.dataplane_threads,
             shared=engine.sidecar,
             latency=settings.dataplane_latency,
+            access_log=settings.access_log,
         )
         process = (
             Sidecar(files)
             if engine.binary is None
             else ChildProcess(engine.binary, files, tuple(s.fileno() for s in sockets))
         )
-        control = EngineControl(HAProxyEngine(layout, process), manager, metrics)
+        driver = HAProxyEngine(layout, process)
+        if settings.access_log:
+            placements = manager.view.placements
+            access = EngineAccessLog(
+                driver.instance_of, lambda m: placements[m].record.size_bytes if m in placements else 0
+            )
+            await access.open(files.access_socket, engine.sidecar)
+        control = EngineControl(driver, manager, metrics)
         await control.start()
     except BaseException:
+        if access is not None:
+            access.close()
         for sock in sockets:
             sock.close()
         if owns_directory:
@@ -173,7 +189,7 @@ async def start_front_door(
         rest_port = sockets[1].getsockname()[1] if serves_rest else None
     else:
         grpc_port, rest_port = settings.grpc_port, settings.rest_port if serves_rest else None
-    door = NativeFrontDoor(control, directory, grpc_port, rest_port, sockets, owns_directory)
+    door = NativeFrontDoor(control, directory, grpc_port, rest_port, sockets, owns_directory, access=access)
     if certificates is not None:
         api = RuntimeAPI(files.admin_socket)
         reloading = every(CERTIFICATE_CHECK_S, lambda: certificates.reload_changed(api), "TLS reload", log)

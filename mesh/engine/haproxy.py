@@ -94,6 +94,11 @@ class HAProxyEngine:
     async def stop(self) -> None:
         await self._process.stop()
 
+    def instance_of(self, backend: str) -> str:
+        """The instance a backend (rt_N) serves now ("" for none: it changed since, or it is mesh's)."""
+        slot = backend.removeprefix(BACKEND_PREFIX)
+        return next((i for i, s in self._slots.items() if str(s) == slot), "")
+
     # ---- instances and routes ----------------------------------------------------------------------------
 
     async def set_instances(self, endpoints: Mapping[str, str]) -> None:

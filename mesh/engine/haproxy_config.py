@@ -56,6 +56,11 @@ class EngineFiles:
         return self.directory / "master.sock"
 
     @property
+    def access_socket(self) -> Path:
+        """Where the engine sends one line per request it routed itself (the access log), as datagrams."""
+        return self.directory / "access.sock"
+
+    @property
     def lua(self) -> Path:
         return self.directory / "mesh.lua"
 
@@ -114,6 +119,9 @@ class HAProxyLayout:
     shared: bool = False
     """The engine runs in another container (a sidecar) under its own user: its runtime-API socket is opened to
     every user of the directory (an emptyDir only the pod's containers see)."""
+    access_log: bool = False
+    """One line per request the engine routed to a runtime itself, sent to `files.access_socket` (engine/access.py
+    writes them as mesh's access log lines); requests it hands to mesh are in mesh's own access log."""
     latency: bool = True
     """Time each request a runtime answered through the engine, per model (Lua; `mesh latency` reads it)."""
     generation: str = "mesh"
@@ -225,6 +233,22 @@ and the requests after it, go to the backup: mesh's door), and checked every 2 s
 once the runtime answers again."""
 
 
+ACCESS_FORMAT = "%[var(txn.model)] %b %ST %[var(txn.grpc_status)] %Ta %U %B %HPO"
+"""model, backend, HTTP status, grpc-status ("-" when it comes in the trailers: OK with HTTP 200), total time in
+ms, bytes in, bytes out, path: what engine/access.py parses."""
+
+
+def access_log_lines(files: EngineFiles, enabled: bool) -> list[str]:
+    """The frontend lines that log each request the engine routed itself (the others are mesh's to log)."""
+    if not enabled:
+        return []
+    return [
+        f"  log {files.access_socket} len 4096 format raw local0 info",
+        f'  log-format "{ACCESS_FORMAT}"',
+        "  http-response set-var(txn.grpc_status) res.hdr(grpc-status)",
+    ]
+
+
 def latency_lines(enabled: bool) -> list[str]:
     """The frontend lines that time each routed request (Lua's mesh_observe counts it when a runtime answered)."""
     if not enabled:
@@ -262,6 +286,7 @@ def render(layout: HAProxyLayout) -> str:
         "frontend grpc",
         f"  bind {layout.grpc.bind()} proto h2{tls_options(files, layout.tls, layout.mtls, 'h2')}",
         *latency_lines(layout.latency),
+        *access_log_lines(files, layout.access_log),
         # mesh_decides (its lines are ORed): calls mesh answers itself, binary routing headers (mesh checks they are
         # UTF-8), and messages over the limit, read from the 5-byte gRPC prefix (mesh's door refuses them with
         # RESOURCE_EXHAUSTED from gRPC itself, which reads the rest of the stream first: an early answer from the
@@ -299,6 +324,7 @@ def render(layout: HAProxyLayout) -> str:
         "  http-request set-var(txn.copy) var(txn.model),concat(@,txn.backend,) if routed",
         f"  http-request track-sc1 var(txn.copy) table {COPIES_TABLE} if routed",
         *(["  http-request set-var(txn.path) path if routed"] if layout.latency else []),
+        *(["  http-request set-log-level silent if !routed"] if layout.access_log else []),
         "  use_backend %[var(txn.backend)] if routed",
         "  default_backend mesh_grpc",
         "",

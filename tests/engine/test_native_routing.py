@@ -8,6 +8,7 @@ runtime API); a request through mesh's door reaches the runtime without the engi
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -362,3 +363,28 @@ async def test_a_model_whose_payloads_are_logged_is_served_through_mesh(make_mes
     await mesh.router.payloads.stop()  # delivers what is queued
     lines = log.read_text().splitlines()
     assert len(lines) == 2 * 6  # request and response of each of the 6 requests for "logged"
+
+
+async def test_the_access_log_has_the_engines_requests_and_mesh_doors_alike(make_mesh, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="mesh.access")
+    mesh = await make_mesh([64 * 1024 * 1024], access_log=True)
+    await mesh.register_echo("m")
+    await mesh.infer("m", 1)  # the miss, through mesh's door
+    await eventually(lambda: routed(mesh, "m"), "the route to m published")
+    for n in range(3):
+        await mesh.infer("m", n)
+
+    def lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "mesh.access"]
+
+    async def four() -> bool:
+        return len(lines()) >= 4
+
+    await eventually(four, "an access line for each of the 4 requests")
+    first, *native = lines()
+    assert (first.model, first.hit, first.code) == ("m", False, "OK")  # type: ignore[attr-defined]
+    instance = mesh.runtimes[0].instance_id
+    for record in native:
+        assert (record.model, record.hit, record.code, record.instance) == ("m", True, "OK", instance)  # type: ignore[attr-defined]
+        assert record.method == INFER and record.response_bytes > 0  # type: ignore[attr-defined]
+    assert await native_count(mesh, "m") == 3  # the three were the engine's
