@@ -30,7 +30,7 @@ SERVER_SUITES = {
     "triton": ("tests/adapters/triton/",),
     "kserve": ("tests/adapters/kserve/",),
 }
-AZURITE_SUITES = ("tests/adapters/puller/test_puller_azure.py",)
+AZURITE_SUITES = ("tests/adapters/puller/test_puller_azure.py", "tests/adapters/kserve/")
 
 
 def _under(item: pytest.Item, prefixes: tuple[str, ...]) -> bool:

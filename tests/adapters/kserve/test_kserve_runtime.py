@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
+import io
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tarfile
 import textwrap
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +32,11 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import tritonclient.grpc.aio as triton_aio
+from azure.storage.blob import BlobServiceClient
+from gcp_storage_emulator.server import create_server
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from harness import azurite
 from harness.model_servers import AdapterProcess, MeshOverAdapter, router_over, start_adapter
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
@@ -44,6 +55,8 @@ PADDED_BYTES = 100_000
 CAPACITY_BYTES = 300_000
 """Two padded models fit (250 000), a third does not; the other tests' models are a few kB."""
 REPO = Path(__file__).resolve().parents[3]
+RECOVERY_S = 60.0
+"""How long a client keeps retrying a neighbour of a model that killed the host."""
 
 # Models that misbehave, each a folder with model.py, written by the tests.
 RAISES_IN_LOAD = """
@@ -125,6 +138,14 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
     )
 
 
+def _storage_config(workdir: Path) -> Path:
+    """The adapter's storage-config folder (KServe's secret, mounted): tests write their storage keys there, and
+    the puller reads it on every pull."""
+    folder = workdir / "storage-config"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def _host_pids(adapter: AdapterProcess) -> list[int]:
     return [int(p) for p in re.findall(r"started kserve host \(pid (\d+)\)", adapter.log())]
 
@@ -137,7 +158,8 @@ def _adapter(workdir: Path, kserve_venv: Path) -> Iterator[AdapterProcess]:
         ["--models-dir", str(workdir / "models"), "--model-repository", str(workdir / "repository"),
          "--load-timeout-ms", str(LOAD_TIMEOUT_MS), "--max-loading-concurrency", "2",
          "--capacity-bytes", str(CAPACITY_BYTES), "--default-model-size-bytes", "10000",
-         "--launch", "--server-venv", str(kserve_venv), "--server-dir", str(workdir / "server")],
+         "--launch", "--server-venv", str(kserve_venv), "--server-dir", str(workdir / "server"),
+         "--storage-config-dir", str(_storage_config(workdir))],
     )  # fmt: skip
     try:
         yield adapter
@@ -289,8 +311,16 @@ async def test_a_model_that_kills_the_host_takes_it_down_and_its_neighbours_are_
         await mesh.classify("crashes", sources.rows)
     assert crashed.value.status() == "StatusCode.UNAVAILABLE"  # retryable, as any runtime that dies under a call
 
-    # The router's retry (inference is sent once more when its runtime dies) waits for the host to be back.
-    result = await mesh.classify("iris-survivor", sources.rows)
+    # The neighbour is served again once the host is back: at once when the router's own retry finds it up, else
+    # after the router's short pause for an instance that did not answer (clients retry UNAVAILABLE).
+    deadline = time.monotonic() + RECOVERY_S
+    while True:
+        try:
+            result = await mesh.classify("iris-survivor", sources.rows)
+            break
+        except InferenceServerException as exc:
+            assert exc.status() == "StatusCode.UNAVAILABLE" and time.monotonic() < deadline, exc
+            await asyncio.sleep(0.2)  # a client's pause between retries
     assert [s.decode() for s in result.as_numpy("species")] == sources.species
     assert len(_host_pids(adapter)) > hosts_before
     assert "exited with 3" in adapter.log()
@@ -321,3 +351,79 @@ async def test_the_host_exposes_kserves_latency_histograms_per_model(mesh: Mesh,
     for stage in ("preprocess", "predict", "postprocess"):
         count = re.search(rf'^request_{stage}_seconds_count{{model_name="iris-timed"}} (\S+)$', text, re.M)
         assert count is not None and float(count.group(1)) == 3, stage
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+async def _serves_iris(mesh: Mesh, sources: Sources, model_id: str, path: str, key: dict) -> None:
+    info = mm.ModelInfo(type="custom", path=path, key=json.dumps(key))
+    await mesh.admin.registerModel(mm.RegisterModelRequest(modelId=model_id, modelInfo=info))
+    mesh.registered.append(model_id)
+    result = await mesh.classify(model_id, sources.rows)
+    assert [s.decode() for s in result.as_numpy("species")] == sources.species, model_id
+
+
+async def test_custom_models_from_gcs_and_an_http_archive_are_pulled_and_served(
+    mesh: Mesh, sources: Sources, workdir: Path
+) -> None:
+    gcs = create_server("127.0.0.1", 0, in_memory=True, default_bucket="models")
+    gcs.start()
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        tar.add(sources.iris, arcname=".")
+    site = _Site({"/iris.tar.gz": archive.getvalue()})
+    try:
+        url = f"http://127.0.0.1:{gcs._api._httpd.server_address[1]}"  # type: ignore[attr-defined]
+        client = storage.Client(project="t", credentials=AnonymousCredentials(), client_options={"api_endpoint": url})
+        for name, body in _files(sources.iris).items():
+            client.bucket("models").blob(f"iris/{name}").upload_from_string(body)
+        (_storage_config(workdir) / "gcs").write_text(json.dumps({"type": "gcs", "endpoint_url": url}))
+        await _serves_iris(mesh, sources, "iris-gcs", "gs://models/iris", {"storage_key": "gcs"})
+        await _serves_iris(mesh, sources, "iris-http", f"{site.url}/iris.tar.gz", {})
+    finally:
+        gcs.stop()
+        site.close()
+
+
+@pytest.mark.skipif(azurite.missing() is not None, reason=azurite.missing() or "")
+async def test_a_custom_model_from_azure_blob_storage_is_pulled_and_served(
+    mesh: Mesh, sources: Sources, workdir: Path
+) -> None:
+    server = await asyncio.to_thread(azurite.Azurite, workdir / "azurite.log")
+    try:
+        container = BlobServiceClient.from_connection_string(server.connection_string).create_container("models")
+        for name, body in _files(sources.iris).items():
+            container.upload_blob(f"iris/{name}", body)
+        key = {"type": "azure", "account_name": azurite.ACCOUNT, "container": "models"}
+        (_storage_config(workdir) / "azure").write_text(
+            json.dumps({**key, "connection_string": server.connection_string})
+        )
+        await _serves_iris(mesh, sources, "iris-azure", "iris", {"storage_key": "azure"})
+    finally:
+        server.stop()
+
+
+class _Site:
+    """Paths → bodies over HTTP on 127.0.0.1 (the standard library's server, in a thread)."""
+
+    def __init__(self, pages: dict[str, bytes]) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+                body = pages.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
