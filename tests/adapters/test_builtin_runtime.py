@@ -199,6 +199,7 @@ async def test_runtime_status_reports_settings_and_forwarded_methods(stubs: Stub
     assert set(status.methodInfos) == {
         "inference.GRPCInferenceService/ModelInfer",
         "inference.GRPCInferenceService/ModelMetadata",
+        "inference.GRPCInferenceService/ModelStreamInfer",
     }
     assert all(list(info.idInjectionPath) == [1] for info in status.methodInfos.values())
 

@@ -116,10 +116,14 @@ async def test_an_unknown_storage_key_is_invalid_and_named(s3_puller: Puller, ro
 async def test_an_unsupported_storage_type_is_invalid(root: Path, tmp_path: Path) -> None:
     config_dir = tmp_path / "config"
     config_dir.mkdir()
+    (config_dir / "ftp").write_text(json.dumps({"type": "ftp", "bucket": "b"}))
     (config_dir / "gcs").write_text(json.dumps({"type": "gcs", "bucket": "b"}))
 
-    with pytest.raises(InvalidArgument, match="storage type 'gcs' \\(storage key 'gcs'\\) is not supported"):
-        await Puller(root, config_dir).pull("m", "models/m", json.dumps({"storage_key": "gcs"}))
+    with pytest.raises(InvalidArgument, match="storage type 'ftp' \\(storage key 'ftp'\\) does not pull 'models/m'"):
+        await Puller(root, config_dir).pull("m", "models/m", json.dumps({"storage_key": "ftp"}))
+    # a gcs key does not pull an s3:// path (nor the other way round)
+    with pytest.raises(InvalidArgument, match="storage type 'gcs' \\(storage key 'gcs'\\) does not pull 's3://b/m'"):
+        await Puller(root, config_dir).pull("m", "s3://b/m", json.dumps({"storage_key": "gcs"}))
 
 
 async def test_a_missing_object_is_a_load_failure_naming_it(s3_puller: Puller, s3_store: S3Store, root: Path) -> None:
