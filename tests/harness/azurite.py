@@ -61,7 +61,8 @@ class Azurite:
                 raise RuntimeError(f"Azurite did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.05)
         self.endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
-        self.connection_string = f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};BlobEndpoint={self.endpoint};"
+        key = f"AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY}"
+        self.connection_string = f"DefaultEndpointsProtocol=http;{key};BlobEndpoint={self.endpoint};"
 
     @staticmethod
     def _port(log_path: Path) -> int | None:
