@@ -12,7 +12,7 @@ room is merely out of slots.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from mesh.config import Settings
 from mesh.errors import ModelLoadFailed, NoCapacity, Overloaded, Unavailable
@@ -55,37 +55,37 @@ class Chooser:
         failed = self.recent_failures(record)
         excluded = frozenset(self._copies.live_copies(record)) | frozenset(failed)
         instances = self._candidates(model)
-        protect = self._guard.protect_after_ms()
-        if protect and self._last_used_ms(model.model_id) > protect:
-            protect = 0  # a model in use itself (its copy went in the churn): it is hot, and takes its place back
-        choice = self._ranked_choice(model, size, with_free_slot(instances), excluded, protect)
-        if choice is not None:
-            return choice
+        protect = self._protect_after_ms(model)
+        verdicts = self._verdicts(model, size, with_free_slot(instances), excluded, protect)
+        if verdicts and verdicts[0].plan is not None:
+            # The choice carries how the instances compared (the decision log keeps it).
+            return dataclasses.replace(verdicts[0].plan, ranking=tuple(v.summary for v in verdicts[:RANKING_KEPT]))
         if self._place(model, size, instances, excluded, protect) is not None:
             return None
         if protect and self._place(model, size, instances, excluded) is not None:
             raise self._held_back(model, instances, protect)
         raise self._why_nowhere(model, size, failed)
 
-    def _ranked_choice(
+    def _protect_after_ms(self, model: ModelRecord) -> int:
+        """The thrash guard's protection for a load of this model (0: none): none for a model in use itself (its
+        copy went in the churn: it is hot, and takes its place back)."""
+        protect = self._guard.protect_after_ms()
+        return 0 if protect and self._last_used_ms(model.model_id) > protect else protect
+
+    def _verdicts(
         self,
         model: ModelRecord,
         size: Footprint,
         instances: list[policy.InstanceView],
-        excluded: frozenset[str],
+        excluded: Collection[str],
         protect_after_ms: int,
-    ) -> policy.LoadPlan | None:
-        """choose_instance's choice, carrying how the instances compared (the decision log keeps it)."""
+    ) -> list[policy.Verdict]:
+        """Every instance's verdict on a copy of the model (policy.assess, choose_instance's test), best first."""
         demand = policy.Demand(
             model.model_type, size.size_bytes, model.labels, size.device_bytes, model.preferred_labels, protect_after_ms
         )
-        verdicts = sorted(
-            (policy.assess(v, demand, self._policy) for v in instances if v.record.instance_id not in excluded),
-            key=lambda v: v.order,
-        )
-        if not verdicts or verdicts[0].plan is None:
-            return None
-        return dataclasses.replace(verdicts[0].plan, ranking=tuple(v.summary for v in verdicts[:RANKING_KEPT]))
+        verdicts = (policy.assess(v, demand, self._policy) for v in instances if v.record.instance_id not in excluded)
+        return sorted(verdicts, key=lambda v: v.order)
 
     def _held_back(self, model: ModelRecord, instances: list[policy.InstanceView], protect: int) -> Overloaded:
         """The thrash guard's answer: when the first copy it protects will have been idle long enough to go."""
@@ -106,20 +106,18 @@ class Chooser:
 
     def dry_run(self, model: ModelRecord, size: Footprint) -> tuple[list[policy.Verdict], dict[str, str]]:
         """What a load of the model would decide now, changing nothing: every instance's verdict (best first) and
-        the instances left out before ranking, with why (a copy there, a recent failure)."""
+        the instances left out before ranking, with why (a copy there, a recent failure, draining)."""
         placement = self._view.placements.get(model.model_id)
         record = placement.record if placement else PlacementRecord()
         left_out = {i: "holds a copy" for i in self._copies.live_copies(record)}
         for instance_id, failure in self.recent_failures(record).items():
             left_out.setdefault(instance_id, f"failed to load it recently: {failure.message}")
-        protect = self._guard.protect_after_ms()
-        if protect and self._last_used_ms(model.model_id) > protect:
-            protect = 0
-        demand = policy.Demand(
-            model.model_type, size.size_bytes, model.labels, size.device_bytes, model.preferred_labels, protect
-        )
-        candidates = [v for v in self._candidates(model) if v.record.instance_id not in left_out]
-        verdicts = sorted((policy.assess(v, demand, self._policy) for v in candidates), key=lambda v: v.order)
+        candidates = self._candidates(model)
+        named = {v.record.instance_id for v in candidates}
+        for view in self._copies.instance_views():
+            if view.record.instance_id not in named:
+                left_out.setdefault(view.record.instance_id, "draining (told to stop)")
+        verdicts = self._verdicts(model, size, candidates, left_out, self._protect_after_ms(model))
         return verdicts, left_out
 
     def extra_copy(

@@ -135,8 +135,7 @@ class DataPlane:
             raise
         finally:
             if self._access_log:
-                model_bytes = self.size_of(note.model_id)
-                access_log.write(method, target.name, note, code, started, len(request), len(response), model_bytes)
+                self.log_access(method, target.name, note, code, started, len(request), len(response))
             if code == "OK" and self._payloads.enabled:
                 self._offer_payload(method, request, response, target.name, note, metadata)
 
@@ -162,8 +161,9 @@ class DataPlane:
         return (lease, True) if lease is not None else (await self._manager.await_copy(model_id), False)
 
     async def copy_failed(self, exc: grpc.aio.AioRpcError, model_id: str, lease: CopyLease) -> Exception:
-        """What a runtime's failed call means for its copy (gone, or its instance down: dropped), as the error to
-        give the client."""
+        """What a runtime's failed call means for its copy, as the error to give the client. A NOT_FOUND or
+        UNAVAILABLE drops the copy (it is gone, or its instance is), unless the server still answers: then its
+        UNAVAILABLE was its own (a handler's error, a full queue), and the copy and the instance stay."""
         if exc.code() in COPY_GONE and not (
             exc.code() is grpc.StatusCode.UNAVAILABLE and await lease.client.answers(ANSWER_CHECK_S)
         ):
@@ -176,9 +176,12 @@ class DataPlane:
     def access_log(self) -> bool:
         return self._access_log
 
-    def size_of(self, model_id: str) -> int:
-        """The model's size as placed (0: unknown or none)."""
-        return self._registry.size_bytes(model_id) if model_id else 0
+    def log_access(
+        self, method: str, asked: str, note: AccessNote, code: str, started: float, received: int, sent: int
+    ) -> None:
+        """One access line (mesh/access_log.py), with the model's size as placed (0: unknown)."""
+        model_bytes = self._registry.size_bytes(note.model_id) if note.model_id else 0
+        access_log.write(method, asked, note, code, started, received, sent, model_bytes)
 
     async def _forward(
         self,
@@ -211,18 +214,10 @@ class DataPlane:
                     if exc.code() not in COPY_GONE:
                         metrics.invoked(method, model_id, started, len(body))
                         raise _runtime_error(exc, model_id, lease) from exc
-                    # The server still answering means its UNAVAILABLE was its own (a handler's error, a full
-                    # queue): the copy and the instance stay. Otherwise the copy is gone, or its instance is.
-                    if not (exc.code() is grpc.StatusCode.UNAVAILABLE and await lease.client.answers(ANSWER_CHECK_S)):
-                        await self._manager.copy_lost(
-                            model_id,
-                            lease.instance_id,
-                            exc.details() or exc.code().name,
-                            unreachable=exc.code() is grpc.StatusCode.UNAVAILABLE,
-                        )
+                    error = await self.copy_failed(exc, model_id, lease)
                     if attempt < attempts[-1]:
                         continue  # a unary call that failed returned no response: sending it again is safe
-                    raise _runtime_error(exc, model_id, lease) from exc
+                    raise error from exc
                 metrics.invoked(method, model_id, started, len(body), len(response))
                 return response
         raise AssertionError("unreachable: the last attempt returns or raises")

@@ -18,7 +18,6 @@ import grpc
 from cachetools import LRUCache
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from mesh import access_log
 from mesh.access_log import AccessNote
 from mesh.errors import InvalidArgument, MeshError
 from mesh.gen import grpc_predict_v2_pb2 as pb
@@ -173,8 +172,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
             name = target.name if target is not None else note.model_id
             self._metrics.request(label, code, started, name)
             if self._dataplane.access_log:
-                model_bytes = self._dataplane.size_of(note.model_id)
-                access_log.write(method, name, note, code.name, started, received, sent, model_bytes)
+                self._dataplane.log_access(method, name, note, code.name, started, received, sent)
 
     @maps_errors
     async def _forward(self, method: str, label: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
