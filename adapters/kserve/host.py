@@ -13,6 +13,10 @@ metadata), exactly as under `kserve.ModelServer`. The folder is imported as a pa
 The adapter names a model by writing `<repository>/<anything>/mesh-model.json` ({"name": id, "path": folder})
 before it asks KServe's repository API to load the name (`POST /v2/repository/models/{name}/load`).
 
+A transformer (a model whose predict is KServe's own, which calls a predictor over the network) has its
+predictor's URL in that file too ("predictor_url"): the router's REST door, under a path naming the predictor
+model, so the predictor is any model mesh serves, loaded on demand like the transformer.
+
 Isolation: an exception in a model's load or handlers fails that load or that request, with its message, and no
 other model notices. Models share this process: one that kills it (os._exit, a crash in native code) takes its
 neighbours with it, and the adapter starts the host again and loads them again (adapters/kserve/server.py).
@@ -29,6 +33,7 @@ import logging
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 POINTER_FILE = "mesh-model.json"
 MODEL_FILE = "model.py"
@@ -50,12 +55,24 @@ def _flags() -> argparse.Namespace:
     return args
 
 
-def _model_folder(repository: Path, name: str) -> Path:
+def _pointer(repository: Path, name: str) -> dict[str, str]:
+    """The model's mesh-model.json: its folder ("path") and, for a transformer, where its predictor is
+    ("predictor_url")."""
     for pointer in repository.glob(f"*/{POINTER_FILE}"):
         entry = json.loads(pointer.read_text(encoding="utf-8"))
         if entry.get("name") == name:
-            return Path(entry["path"])
+            return dict(entry)
     raise FileNotFoundError(f"no {POINTER_FILE} in {repository} names model {name!r}")
+
+
+def _predictor_config(url: str) -> Any:
+    """KServe's predictor settings for a transformer whose predictor is at `url` (the router's REST door and the
+    path naming the predictor): the v2 REST protocol, TLS for https."""
+    from kserve.constants.constants import PredictorProtocol
+    from kserve.predictor_config import PredictorConfig
+
+    scheme, _, host_and_path = url.partition("://")
+    return PredictorConfig(host_and_path, PredictorProtocol.REST_V2.value, predictor_use_ssl=scheme == "https")
 
 
 class _Package:
@@ -106,6 +123,26 @@ def _model_class(module: ModuleType, model_base: type) -> type:
     return classes[0]
 
 
+def _predictor_arguments(model_class: type, predictor: Any) -> dict[str, object]:
+    """What KServe's examples pass a transformer's constructor (`predictor_host`, `protocol`), for those it takes."""
+    taken = inspect.signature(model_class).parameters
+    if predictor is None:
+        needed = taken.get("predictor_host")
+        if needed is not None and needed.default is inspect.Parameter.empty:
+            raise TypeError(
+                f"{model_class.__name__} takes a predictor_host: register it with a model key naming its predictor,"
+                ' {"predictor": "<model id>"}'
+            )
+        return {}
+    offered = {
+        "predictor_host": predictor.predictor_host,
+        "protocol": predictor.predictor_protocol,
+        "predictor_protocol": predictor.predictor_protocol,
+        "predictor_use_ssl": predictor.predictor_use_ssl,
+    }
+    return {name: value for name, value in offered.items() if name in taken}
+
+
 def _repository_class() -> type:
     import kserve
     from kserve.model_repository import ModelRepository
@@ -118,6 +155,7 @@ def _repository_class() -> type:
             self._repository = repository
             self._packages: dict[str, _Package] = {}
             self._serial = 0
+            self.predictors: dict[str, Any] = {}  # a transformer's name: its PredictorConfig
 
         def load_model(self, name: str) -> bool:  # KServe's startup scan; mesh loads each model on request
             return False
@@ -126,26 +164,31 @@ def _repository_class() -> type:
             if name in self.models:
                 return bool(await self.is_model_ready(name))
             self._serial += 1
-            package = _Package(name, _model_folder(self._repository, name), self._serial)
+            pointer = _pointer(self._repository, name)
+            package = _Package(name, Path(pointer["path"]), self._serial)
+            predictor = _predictor_config(pointer["predictor_url"]) if "predictor_url" in pointer else None
             try:
-                model = await asyncio.to_thread(self._make, package)
+                model = await asyncio.to_thread(self._make, package, predictor)
             except BaseException:
                 package.forget()
                 raise
             self._packages[name] = package
+            if predictor is not None:
+                self.predictors[name] = predictor
             self.update(model)
             return bool(model.ready)
 
         @staticmethod
-        def _make(package: _Package) -> kserve.Model:
+        def _make(package: _Package, predictor: Any) -> kserve.Model:
             model_class = _model_class(package.import_model_module(), kserve.Model)
-            model = model_class(package.name)
+            model = model_class(package.name, **_predictor_arguments(model_class, predictor))
             model.load()
             log.info("loaded custom model %s (%s from %s)", package.name, model_class.__name__, package.folder)
             return model
 
         def unload(self, name: str) -> None:
             super().unload(name)
+            self.predictors.pop(name, None)
             package = self._packages.pop(name, None)
             if package is not None:
                 package.forget()
@@ -153,11 +196,27 @@ def _repository_class() -> type:
     return FolderRepository
 
 
+def _dataplane_class() -> type:
+    from kserve import context
+    from kserve.protocol.dataplane import DataPlane
+
+    class TransformingDataPlane(DataPlane):  # type: ignore[misc]
+        """KServe's data plane, with each model's own predictor: KServe keeps one per process (a transformer
+        server has one model), in a context variable its Model.predict reads; set here for the request's task."""
+
+        async def infer(self, model_name: str, request: object, headers: dict[str, str] | None = None) -> object:
+            context.set_predictor_config(self._model_registry.predictors.get(model_name))
+            return await super().infer(model_name, request, headers)
+
+    return TransformingDataPlane
+
+
 def _interceptor() -> object:
     """KServe's mapping of its errors to gRPC codes, but: an error of the model's own becomes INTERNAL with its type
     and message (KServe's says only "Internal server error"), so the client learns what went wrong; and a client's
     invalid input is not logged as the server's error."""
     import grpc
+    import httpx
     from grpc_interceptor.exceptions import GrpcException
     from kserve import errors
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
@@ -167,11 +226,28 @@ def _interceptor() -> object:
         errors.ServerNotLive, errors.ModelNotFound, errors.ModelNotReady, NotImplementedError, GrpcException,
     )  # fmt: skip
 
+    # A transformer's predictor answered an HTTP error: its meaning, for the transformer's client. Never NOT_FOUND,
+    # which the router reads as the transformer's copy being gone.
+    predictor_codes = {
+        400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.FAILED_PRECONDITION,
+        413: grpc.StatusCode.RESOURCE_EXHAUSTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED,
+    }  # fmt: skip
+
     class ModelErrorsToStatus(ExceptionToStatusInterceptor):  # type: ignore[misc]
         async def handle_exception(self, ex: Exception, request: object, context: object, method: str) -> None:
             if isinstance(ex, errors.InvalidInput):  # the client's mistake: KServe logs it at ERROR, with a traceback
                 log.info("%s refused: %s", method, ex.reason)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ex.reason)  # type: ignore[attr-defined]
+            if isinstance(ex, httpx.HTTPStatusError):
+                status = ex.response.status_code
+                log.warning("%s: the predictor answered %d: %s", method, status, ex)
+                code = predictor_codes.get(status, grpc.StatusCode.INTERNAL)
+                await context.abort(code, f"the predictor answered {status}: {ex}")  # type: ignore[attr-defined]
+            if isinstance(ex, httpx.TransportError):
+                log.warning("%s: the predictor could not be reached: %r", method, ex)
+                message = f"the predictor could not be reached: {type(ex).__name__}: {ex}"
+                await context.abort(grpc.StatusCode.UNAVAILABLE, message)  # type: ignore[attr-defined]
             if isinstance(ex, known):
                 await super().handle_exception(ex, request, context, method)
                 return
@@ -183,14 +259,13 @@ def _interceptor() -> object:
 
 async def _serve(args: argparse.Namespace) -> None:
     import grpc
-    from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
     from kserve.protocol.grpc.servicer import InferenceServicer
     from kserve.protocol.model_repository_extension import ModelRepositoryExtension
     from kserve.protocol.rest.server import RESTServer
 
     repository = _repository_class()(args.repository)
-    dataplane = DataPlane(model_registry=repository)
+    dataplane = _dataplane_class()(model_registry=repository)
     extension = ModelRepositoryExtension(model_registry=repository)
     rest = RESTServer("kserve.model_server:app", dataplane, extension, args.http_port)
     rest.config.host = args.host  # KServe binds 0.0.0.0; mesh's launched servers listen where they are told

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 POINTER_FILE = "mesh-model.json"  # host.py's POINTER_FILE: the host imports nothing of mesh's
 MODEL_FILE = "model.py"
+PREDICTOR_PATH = "/mm/"
+"""The router's REST path that names the model to infer, whatever model the rest of the path names."""
 RESTART_PAUSE_S = 1.0
 """Between attempts to start a dead host again (its ports may take a moment to be free)."""
 SERVER = "the KServe host"
@@ -116,6 +118,8 @@ class KServeHost(HttpModelServer):
         repository.check_url_name(model_id, SERVER)
         folder = _model_folder(model.path)
         pointer = {"name": model_id, "path": str(folder)}
+        if model.predictor:
+            pointer["predictor_url"] = self._predictor_url(model_id, model.predictor)
         await asyncio.to_thread(repository.write_model, self._repository, model_id, POINTER_FILE, pointer, SERVER)
         await self._host_up()
         try:
@@ -125,6 +129,15 @@ class KServeHost(HttpModelServer):
             raise
         self._loaded.add(model_id)
         return None
+
+    def _predictor_url(self, model_id: str, predictor: str) -> str:
+        """Where a transformer's predict sends its request: the router's REST door, under the path that names the
+        predictor (KServe's client adds /v2/models/<the transformer's name>/infer, which the router ignores there)."""
+        if predictor == model_id:
+            raise ModelLoadFailed(f"custom model {model_id!r} names itself as its predictor")
+        if "/" in predictor:
+            raise ModelLoadFailed(f"predictor {predictor!r} contains '/', which the router's REST path cannot carry")
+        return f"{self._settings.router_url}{PREDICTOR_PATH}{repository.url_segment(predictor)}"
 
     async def _load_by_name(self, model_id: str) -> None:
         start = self._log_size()

@@ -28,6 +28,8 @@ class KServeSettings:
     """With launch: the venv holding kserve, as made by `python -m adapters.common.envs kserve`."""
     server_dir: Path = Path("kserve-server")
     """With launch: the host's working folder, where its log (kserve.log) goes."""
+    router_url: str = "http://127.0.0.1:8008"
+    """The router's REST door, where a transformer's predict calls its predictor (the model its key names)."""
 
 
 def add_kserve_flags(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +38,17 @@ def add_kserve_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model-repository", type=Path, default=d.model_repository, help="the host's repository")
     group.add_argument("--kserve-http", default=d.http_url, help="the host's REST URL (connecting)")
     group.add_argument("--kserve-grpc", default=d.grpc_address, help="the host's gRPC host:port (connecting)")
+    group.add_argument(
+        "--router-rest", type=_http_url, default=d.router_url,
+        help="the router's REST door (http[s]://host:port), which transformers call their predictors through",
+    )  # fmt: skip
     add_launch_flags(group, "the KServe host", "kserve", d.server_dir, "working folder and log")
+
+
+def _http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")) or "://" == text[-3:]:
+        raise argparse.ArgumentTypeError(f"expected http://host:port or https://host:port, got {text!r}")
+    return text.rstrip("/")
 
 
 def kserve_settings(args: argparse.Namespace) -> KServeSettings:
@@ -47,4 +59,5 @@ def kserve_settings(args: argparse.Namespace) -> KServeSettings:
         launch=args.launch,
         server_venv=(args.server_venv or env_dir("kserve")).resolve(),
         server_dir=args.server_dir.resolve(),
+        router_url=args.router_rest,
     )

@@ -44,6 +44,7 @@ class PulledModel:
     path: Path  # the file or folder inside `directory` named after model_path's last component
     disk_size_bytes: int  # total bytes of the pulled files
     model_type: str | None  # the model key's model_type.name, when given
+    predictor: str | None = None  # the model key's predictor, when given (a KServe transformer's)
 
 
 class Puller:
@@ -143,7 +144,7 @@ class Puller:
             raise ModelLoadFailed(f"writing the files of model {model_id} from {location} failed: {exc}") from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # already gone once installed
-        return PulledModel(model_id, directory, directory / name, destination.size_bytes, key.model_type)
+        return PulledModel(model_id, directory, directory / name, destination.size_bytes, key.model_type, key.predictor)
 
     def _fetch(self, location: Location, name: str, destination: Destination) -> None:
         if isinstance(location, S3Location):

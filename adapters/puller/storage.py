@@ -27,12 +27,14 @@ AZURE_BLOB_HOST = ".blob.core.windows.net"
 
 @dataclass(frozen=True)
 class ModelKey:
-    """The fields of ModelMesh's modelKey JSON that the puller reads."""
+    """The fields of ModelMesh's modelKey JSON that the adapters read: where the puller finds the files, and what
+    the server makes of them."""
 
     storage_key: str | None = None
     storage_params: dict[str, str] = field(default_factory=dict)
     bucket: str | None = None  # deprecated upstream in favour of storage_params["bucket"], still honoured
     model_type: str | None = None
+    predictor: str | None = None  # mesh's own: the model a KServe transformer's predict calls through the router
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,10 @@ def parse_model_key(text: str) -> ModelKey:
         raise InvalidArgument(f"model key's storage_key must be a string, got {storage_key!r}")
     if bucket is not None and not isinstance(bucket, str):
         raise InvalidArgument(f"model key's bucket must be a string, got {bucket!r}")
-    return ModelKey(storage_key, dict(params), bucket, _model_type_name(raw.get("model_type")))
+    predictor = raw.get("predictor") or None
+    if predictor is not None and not isinstance(predictor, str):
+        raise InvalidArgument(f"model key's predictor must be a model id (a string), got {predictor!r}")
+    return ModelKey(storage_key, dict(params), bucket, _model_type_name(raw.get("model_type")), predictor)
 
 
 def _model_type_name(value: Any) -> str | None:

@@ -351,12 +351,17 @@ def _json_data(datatype: str, wire: np.ndarray) -> tuple[list[Any], str | None]:
         return [base64.b64encode(item).decode("ascii") for item in items], "base64"
 
 
+_HOW_SENT = ("binary_data_size", "binary_data")
+
+
 def _encode_output(
     tensor: pb.ModelInferResponse.InferOutputTensor, raw: bytes | None, binary: bool
 ) -> tuple[dict[str, Any], bytes | None]:
     check_datatype(tensor.name, tensor.datatype)
     output: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
     parameters = _parameters_to_json(tensor.parameters)
+    for key in _HOW_SENT:  # a runtime's own (KServe's servers pass them on): this answer says its own
+        parameters.pop(key, None)
     part: bytes | None = None
     if binary:
         wire = _wire_output(tensor, raw)  # validates even when the raw bytes pass through unchanged

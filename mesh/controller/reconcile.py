@@ -120,8 +120,7 @@ class Reconciler:
                     continue
                 entry.runtime = chosen
                 labels = chosen.instance_labels(predictor.namespace) if self.settings.isolate_runtimes else ()
-                vmodel_id = self.settings.vmodel_id(predictor.namespace, predictor.name)
-                entry.spec = model_spec(predictor, labels, vmodel_id)
+                entry.spec = model_spec(predictor, labels, self.settings.vmodel_id)
             except r.SpecError as exc:
                 entry.problem = (st.INVALID_PREDICTOR_SPEC, str(exc))
         self._build_workloads(entries)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +50,13 @@ def owner_namespace(owner: str) -> str | None:
     return owner[len(OWNER_PREFIX) :] if owner.startswith(OWNER_PREFIX) else None
 
 
-def model_spec(predictor: Predictor, labels: tuple[str, ...] = (), vmodel_id: str = "") -> ModelSpec:
-    """The registration of a predictor, loading only on instances carrying `labels` (its runtime's), as `vmodel_id`
-    (default: the InferenceService's name); SpecError for storage mesh's puller cannot read."""
+def model_spec(
+    predictor: Predictor, labels: tuple[str, ...] = (), vmodel_of: Callable[[str, str], str] = lambda _, name: name
+) -> ModelSpec:
+    """The registration of a predictor, loading only on instances carrying `labels` (its runtime's), as the vmodel
+    `vmodel_of(namespace, name)` names (default: the InferenceService's name); SpecError for storage mesh's puller
+    cannot read. A transformer's key names its predictor's vmodel the same way: it calls it through the router by
+    that name, so it follows the predictor's new versions."""
     path, params = _storage(predictor)
     key: dict[str, Any] = {"model_type": {"name": predictor.model_format}}
     if predictor.format_version is not None:
@@ -62,12 +67,14 @@ def model_spec(predictor: Predictor, labels: tuple[str, ...] = (), vmodel_id: st
         key["storage_params"] = params
     if predictor.schema_path:
         key["schema_path"] = predictor.schema_path
+    if predictor.transformer_of:
+        key["predictor"] = vmodel_of(predictor.namespace, predictor.transformer_of)
     key_text = json.dumps(key, sort_keys=True, separators=(",", ":"))
     # The labels are part of the spec: a predictor moved to another runtime is a new concrete model.
     spec = json.dumps([predictor.model_format, path, key_text, *labels], separators=(",", ":"))
     digest = hashlib.sha256(spec.encode()).hexdigest()[:HASH_CHARS]
     return ModelSpec(
-        vmodel_id=vmodel_id or predictor.name,
+        vmodel_id=vmodel_of(predictor.namespace, predictor.name),
         owner=owner_of(predictor.namespace),
         model_id=f"{predictor.namespace}.{predictor.name}__isvc-{digest}",
         model_type=predictor.model_format,

@@ -27,6 +27,9 @@ PINNED_ANNOTATION = "mesh.io/pinned"
 MIN_COPIES_ANNOTATION = "mesh.io/min-copies"
 """On an InferenceService, a count: copies of its model kept loaded at all times (registerModel's meshMinCopies)."""
 MAX_MIN_COPIES = 64
+PREDICTOR_ANNOTATION = "mesh.io/predictor"
+"""On a custom model's InferenceService (a KServe transformer), the InferenceService of its namespace whose model
+its predict calls (the model key's `predictor`)."""
 
 # KServe's older predictor form names the framework as a key (`predictor.sklearn.storageUri`); modelmesh-serving
 # accepts these as the model format of that name.
@@ -55,6 +58,8 @@ class Predictor:
     schema_path: str | None = None
     pinned: bool = False
     min_copies: int = 0
+    transformer_of: str | None = None
+    """The InferenceService (of this namespace) whose model this one's predict calls, from PREDICTOR_ANNOTATION."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,18 @@ def parse_predictor(isvc: dict[str, Any]) -> Predictor:
         schema_path=storage.get("schemaPath") or annotations.get(SCHEMA_PATH_ANNOTATION) or None,
         pinned=_pinned(annotations.get(PINNED_ANNOTATION)),
         min_copies=_min_copies(annotations.get(MIN_COPIES_ANNOTATION)),
+        transformer_of=_predictor_name(annotations.get(PREDICTOR_ANNOTATION), name),
     )
+
+
+def _predictor_name(value: object, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or "/" in value or value == name:
+        raise SpecError(
+            f"annotation {PREDICTOR_ANNOTATION} names another InferenceService of this namespace, not {value!r}"
+        )
+    return value
 
 
 def _pinned(value: object) -> bool:

@@ -4,6 +4,10 @@ Status codes: errors are `{"error": message}` with mesh.errors.http_status of th
 one middleware. A model or server that is not ready answers 503 (retryable), as KServe does; Triton answers 400
 for a model that is not ready, but a client waiting for a load should retry, and tritonclient's is_*_ready only
 checks for 200.
+
+`/mm/{model}/v2/models/{name}/infer` infers `model`, whatever `name` says: the REST form of the gRPC door's
+mm-model-id header, for clients that can only be given a base URL. A KServe transformer is one: its predict posts to
+`<predictor base URL>/v2/models/<its own name>/infer` (adapters/kserve).
 """
 
 from __future__ import annotations
@@ -243,6 +247,7 @@ def create_app(dataplane: DataPlane, metrics: RouterMetrics, max_body_bytes: int
             web.get("/v2/models/{name}/versions/{version}/ready", _model_ready),
             web.post("/v2/models/{name}/infer", _model_infer),
             web.post("/v2/models/{name}/versions/{version}/infer", _model_infer),
+            web.post("/mm/{name}/v2/models/{asked}/infer", _model_infer),
         ]
     )
     return app

@@ -256,6 +256,21 @@ def test_typed_response_contents_render_as_json_and_as_binary() -> None:
     assert parts == [serialize_bytes([b"hi"])]
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_runtimes_own_binary_parameters_do_not_reach_the_rest_answer(binary: bool) -> None:
+    """KServe's servers pass `binary_data_size` / `binary_data` on in gRPC outputs' parameters; a REST client that
+    read them would look for a binary part the answer does not have (or of another size)."""
+    response = codec.numpy_to_response("m", {"y": np.array([[0.25, 0.75]], np.float32)})
+    response.outputs[0].parameters["binary_data_size"].int64_param = 999
+    response.outputs[0].parameters["binary_data"].bool_param = True
+    response.outputs[0].parameters["unit"].string_param = "probability"
+    body, header_length = codec.encode_infer_response(response, codec.OutputEncoding(binary_default=binary))
+    result = httpclient.InferenceServerClient.parse_response_body(body, header_length=header_length)
+    assert result.as_numpy("y").tolist() == [[0.25, 0.75]]
+    expected = {"unit": "probability", **({"binary_data_size": 8} if binary else {})}
+    assert result.get_output("y")["parameters"] == expected
+
+
 def test_header_length_is_given_for_an_empty_binary_output() -> None:
     response = codec.numpy_to_response("m", {"y": np.zeros((0, 2), np.float32)})
     body, header_length = codec.encode_infer_response(response, codec.OutputEncoding(binary_default=True))

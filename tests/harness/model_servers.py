@@ -81,12 +81,12 @@ def start_adapter(runtime: str, workdir: Path, args: Sequence[str], instance_id:
 async def router_over(
     workdir: Path, *adapters: AdapterProcess, **settings: object
 ) -> AsyncIterator[tuple[Router, Ports]]:
-    """An in-process router on free ports (embedded store) with the adapters as its runtime instances."""
-    router = Router(
-        Settings(
-            grpc_port=0, rest_port=0, metrics_port=-1, kv="memory://", data_dir=str(workdir / "router"), **settings
-        )  # type: ignore[arg-type]
-    )
+    """An in-process router on free ports (embedded store), or those `settings` name, with the adapters as its
+    runtime instances."""
+    defaults: dict[str, object] = {
+        "grpc_port": 0, "rest_port": 0, "metrics_port": -1, "kv": "memory://", "data_dir": str(workdir / "router"),
+    }  # fmt: skip
+    router = Router(Settings(**(defaults | settings)))  # type: ignore[arg-type]
     ports = await router.start()
     try:
         for adapter in adapters:

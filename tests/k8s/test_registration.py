@@ -12,15 +12,18 @@ from adapters.puller.storage import S3Location, parse_model_key, resolve_locatio
 from mesh.controller import status as st
 from mesh.controller.registration import claim_of, model_spec, owner_namespace
 from mesh.controller.resources import SpecError, parse_predictor
+from mesh.controller.settings import ControllerSettings
 from mesh.gen import model_mesh_pb2 as mm
 
 
-def spec_of(model: dict[str, Any], namespace: str = "ns", annotations: dict[str, str] | None = None) -> Any:
+def spec_of(
+    model: dict[str, Any], namespace: str = "ns", annotations: dict[str, str] | None = None, vmodel_ids: str = "name"
+) -> Any:
     isvc = {
         "metadata": {"name": "iris", "namespace": namespace, "annotations": annotations or {}},
         "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, **model}}},
     }
-    return model_spec(parse_predictor(isvc))
+    return model_spec(parse_predictor(isvc), vmodel_of=ControllerSettings.from_env({}, vmodel_ids=vmodel_ids).vmodel_id)
 
 
 def test_ids_name_the_isvc_and_change_with_the_storage_only() -> None:
@@ -160,3 +163,20 @@ def test_the_pinned_annotation_pins_the_model_and_is_not_its_spec() -> None:
     assert pinned.model_id == plain.model_id  # pinning is not a new model
     with pytest.raises(SpecError, match='mesh.io/pinned must be "true" or "false", not \'yes\''):
         spec_of({"storageUri": "s3://bucket/a.joblib"}, annotations={"mesh.io/pinned": "yes"})
+
+
+def test_a_transformers_key_names_its_predictors_vmodel_as_the_controller_names_vmodels() -> None:
+    """mesh.io/predictor on a custom model's InferenceService: its predict calls that InferenceService's model
+    through the router, by the vmodel id the controller gives it (so it follows the predictor's new versions)."""
+    custom = {"modelFormat": {"name": "custom"}, "storageUri": "s3://bucket/transformer/"}
+    plain = spec_of(custom, annotations={"mesh.io/predictor": "iris-predictor"})
+    namespaced = spec_of(custom, namespace="team-a", annotations={"mesh.io/predictor": "iris-predictor"},
+                         vmodel_ids="namespaced")  # fmt: skip
+    assert (plain.vmodel_id, namespaced.vmodel_id) == ("iris", "iris.team-a")
+    assert parse_model_key(plain.key).predictor == "iris-predictor"
+    assert parse_model_key(namespaced.key).predictor == "iris-predictor.team-a"
+    assert parse_model_key(spec_of(custom).key).predictor is None
+    assert spec_of(custom).model_id != plain.model_id  # another predictor is another model
+    for bad in ("", "iris", "other-ns/iris"):
+        with pytest.raises(SpecError, match="mesh.io/predictor names another InferenceService of this namespace"):
+            spec_of(custom, annotations={"mesh.io/predictor": bad})

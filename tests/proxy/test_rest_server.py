@@ -190,6 +190,21 @@ async def test_versioned_infer_passes_the_version(http: httpx.AsyncClient, datap
     assert dataplane.requests[-1].model_version == "5"
 
 
+async def test_the_mm_path_names_the_model_whatever_the_rest_of_the_path_says(
+    http: httpx.AsyncClient, dataplane: DoublingDataPlane
+) -> None:
+    """The REST form of mm-model-id, as a KServe transformer given a base URL calls its predictor."""
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.5]}]}
+    response = await http.post("/mm/double/v2/models/the-transformer/infer", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["model_name"] == "double"
+    assert response.json()["outputs"][0]["data"] == [3.0]
+    assert dataplane.requests[-1].model_name == "double"
+    unknown = await http.post("/mm/absent/v2/models/double/infer", json=body)
+    assert unknown.status_code == 404
+    assert "absent" in unknown.json()["error"]
+
+
 async def test_binary_extension_both_ways_over_raw_http(http: httpx.AsyncClient) -> None:
     header = json.dumps(
         {

@@ -43,7 +43,8 @@ from sklearn.linear_model import LogisticRegression
 from tritonclient.utils import InferenceServerException
 
 from adapters.common.envs import ensure_env
-from examples.custom.build import build_iris
+from adapters.common.launch import free_ports
+from examples.custom.build import build_iris, build_pair
 from mesh.gen import model_mesh_pb2 as mm
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -151,11 +152,12 @@ def _host_pids(adapter: AdapterProcess) -> list[int]:
 
 
 @contextlib.contextmanager
-def _adapter(workdir: Path, kserve_venv: Path) -> Iterator[AdapterProcess]:
+def _adapter(workdir: Path, kserve_venv: Path, router_rest_port: int) -> Iterator[AdapterProcess]:
     adapter = start_adapter(
         "kserve",
         workdir,
         ["--models-dir", str(workdir / "models"), "--model-repository", str(workdir / "repository"),
+         "--router-rest", f"http://127.0.0.1:{router_rest_port}",
          "--load-timeout-ms", str(LOAD_TIMEOUT_MS), "--max-loading-concurrency", "2",
          "--capacity-bytes", str(CAPACITY_BYTES), "--default-model-size-bytes", "10000",
          "--launch", "--server-venv", str(kserve_venv), "--server-dir", str(workdir / "server"),
@@ -178,8 +180,15 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def adapter(kserve_venv: Path, workdir: Path) -> Iterator[AdapterProcess]:
-    with _adapter(workdir, kserve_venv) as started:
+def router_rest_port() -> int:
+    """The router's REST door, chosen before the adapter starts: transformers call their predictors through it."""
+    [port] = free_ports(1, "127.0.0.1")
+    return port
+
+
+@pytest.fixture(scope="module")
+def adapter(kserve_venv: Path, workdir: Path, router_rest_port: int) -> Iterator[AdapterProcess]:
+    with _adapter(workdir, kserve_venv, router_rest_port) as started:
         yield started
 
 
@@ -206,9 +215,9 @@ class Mesh(MeshOverAdapter):
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def mesh(workdir: Path, adapter: AdapterProcess) -> AsyncIterator[Mesh]:
+async def mesh(workdir: Path, adapter: AdapterProcess, router_rest_port: int) -> AsyncIterator[Mesh]:
     [http_port] = re.findall(r"kserve host serves REST on (\d+)", adapter.log())[:1]
-    async with router_over(workdir, adapter) as (router, ports):
+    async with router_over(workdir, adapter, rest_port=router_rest_port) as (router, ports):
         address = f"127.0.0.1:{ports.grpc}"
         client = triton_aio.InferenceServerClient(address)
         try:
@@ -256,6 +265,59 @@ async def test_a_custom_model_registered_with_the_cli_is_served_over_grpc_and_re
     assert outputs["species"] == sources.species
     assert response.json()["id"] == "rest-1"  # so did an HTTP header, through the REST door
     assert await mesh.host_models() == {"iris-custom"}
+
+
+async def test_a_transformer_calls_its_predictor_through_the_router_which_loads_each_on_demand(
+    mesh: Mesh, sources: Sources
+) -> None:
+    """KServe's transformer + predictor pair: the transformer's own preprocess and postprocess, KServe's predict
+    posting the tensor to the predictor named in its model key, through the router's REST door."""
+    transformer, predictor = build_pair(sources.root / "pair")
+    await mesh.register("iris-predictor", "custom", predictor)
+    register = [sys.executable, "-m", "mesh", "models", "register", "iris-pipeline", "--type", "custom",
+                "--path", str(transformer), "--key", json.dumps({"predictor": "iris-predictor"}),
+                "--address", mesh.address]  # fmt: skip
+    await asyncio.to_thread(subprocess.run, register, check=True, cwd=REPO, timeout=60, capture_output=True)
+    mesh.registered.append("iris-pipeline")
+
+    result = await mesh.classify("iris-pipeline", sources.rows, **{"x-request-id": "pair-1"})
+    assert [s.decode() for s in result.as_numpy("species")] == sources.species
+    assert result.get_response().id == "pair-1"  # the header went on from the transformer to the predictor
+    assert await mesh.host_models() == {"iris-pipeline", "iris-predictor"}  # the predictor was loaded on demand
+    for model_id in ("iris-pipeline", "iris-predictor"):
+        assert (await mesh.status(model_id)).status == mm.ModelStatusInfo.LOADED
+
+    body = {"inputs": [{"name": "rows", "shape": [3], "datatype": "BYTES", "data": sources.rows}]}
+    async with httpx.AsyncClient(trust_env=False) as http:
+        response = await http.post(f"{mesh.rest_url}/v2/models/iris-pipeline/infer", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == sources.species
+
+    # A predictor that is not there: the transformer's client is told which, and the transformer's copy stays.
+    await mesh.unregister("iris-predictor")
+    with pytest.raises(InferenceServerException) as refused:
+        await mesh.classify("iris-pipeline", sources.rows)
+    assert refused.value.status() == "StatusCode.FAILED_PRECONDITION"
+    assert "the predictor answered 404" in refused.value.message()
+    assert "iris-predictor" in refused.value.message()
+    assert (await mesh.status("iris-pipeline")).status == mm.ModelStatusInfo.LOADED
+
+
+async def test_a_transformer_without_its_predictor_or_naming_itself_fails_to_load_saying_so(
+    mesh: Mesh, sources: Sources
+) -> None:
+    transformer, _ = build_pair(sources.root / "alone")
+    await mesh.register("no-predictor", "custom", transformer)
+    with pytest.raises(InferenceServerException) as refused:
+        await mesh.classify("no-predictor", sources.rows)
+    assert "takes a predictor_host: register it with a model key naming its predictor" in refused.value.message()
+
+    info = mm.ModelInfo(type="custom", path=str(transformer), key=json.dumps({"predictor": "itself"}))
+    await mesh.admin.registerModel(mm.RegisterModelRequest(modelId="itself", modelInfo=info))
+    mesh.registered.append("itself")
+    with pytest.raises(InferenceServerException) as refused:
+        await mesh.classify("itself", sources.rows)
+    assert "names itself as its predictor" in refused.value.message()
 
 
 async def test_a_bad_request_is_the_clients_error_with_the_models_message(mesh: Mesh, sources: Sources) -> None:

@@ -36,6 +36,14 @@ async def test_a_local_folder_is_copied_with_nested_files(root: Path, volume: Pa
     assert pulled.disk_size_bytes == sum(len(body) for body in MODEL_FILES.values())
 
 
+async def test_the_keys_type_and_predictor_come_with_the_pulled_model(root: Path, volume: Path) -> None:
+    key = '{"model_type": {"name": "custom"}, "predictor": "iris-predictor"}'
+    pulled = await Puller(root, local_roots=[volume]).pull("iris", str(volume / "sklearn" / "mnist"), key)
+    assert (pulled.model_type, pulled.predictor) == ("custom", "iris-predictor")
+    with pytest.raises(InvalidArgument, match="model key's predictor must be a model id"):
+        await Puller(root, local_roots=[volume]).pull("iris", str(volume / "sklearn" / "mnist"), '{"predictor": 3}')
+
+
 async def test_a_relative_path_is_looked_up_under_the_local_roots(root: Path, tmp_path: Path, volume: Path) -> None:
     empty_root = tmp_path / "empty"
     empty_root.mkdir()
