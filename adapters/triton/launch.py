@@ -1,10 +1,11 @@
-"""Starting tritonserver as a child, from the pip build inside nvidia-pytriton (Triton 2.51.0, CPU, python backend
-only; shared/research/runtimes.md §3 has how it was found to run).
+"""Starting tritonserver as a child: by default the pip build inside nvidia-pytriton (Triton 2.51.0, CPU, python
+backend only; shared/research/runtimes.md §3 has how it was found to run), or a full build named by its folder
+(`--triton-home`, e.g. /opt/tritonserver in NGC's image, with the ONNX, PyTorch and TensorFlow backends).
 
-That build needs three things the wheel does not set up: the python backend's stub copied into a backend folder
+The pip build needs three things the wheel does not set up: the python backend's stub copied into a backend folder
 of our own (Triton looks for it beside libtriton_python.so), LD_LIBRARY_PATH on the wheel's bundled libraries
 (libcudart and friends, even on CPU), and the venv's bin first on PATH so the stub's embedded Python finds the
-venv's packages (numpy).
+venv's packages (numpy). A full build has its stubs in place and is run as it is.
 """
 
 from __future__ import annotations
@@ -28,13 +29,22 @@ PORT_ATTEMPTS = 3
 class TritonInstall:
     """Where the pip build's pieces lie in a venv."""
 
-    venv: Path
+    venv: Path | None
+    """The pip build's venv (its python runs the python backend); None for a full build."""
     root: Path
-    """site-packages/pytriton/tritonserver: bin/tritonserver, backends/, python_backend_stubs/, caches/."""
+    """bin/tritonserver, backends/, caches/; the pip build's also python_backend_stubs/
+    (site-packages/pytriton/tritonserver)."""
     libs: Path
-    """site-packages/nvidia_pytriton.libs: the shared libraries the binary and the stub link."""
+    """The shared libraries the binary and the stub link (the pip build's site-packages/nvidia_pytriton.libs)."""
     python: str
-    """The venv's Python as "3.11": picks the stub built for it."""
+    """The venv's Python as "3.11": picks the pip build's stub built for it."""
+
+    @classmethod
+    def at_home(cls, home: Path) -> TritonInstall:
+        """A full build (NGC's image: /opt/tritonserver); Unavailable when `home` holds no tritonserver."""
+        if not (home / "bin" / "tritonserver").is_file() or not (home / "backends").is_dir():
+            raise Unavailable(f"no Triton build in {home}: expected bin/tritonserver and backends/ there")
+        return cls(None, home, home / "lib", "")
 
     @classmethod
     def find(cls, venv: Path) -> TritonInstall:
@@ -54,7 +64,10 @@ class TritonInstall:
 
 
 def prepare_backends(install: TritonInstall, server_dir: Path) -> Path:
-    """A backend folder of our own: the build's backends, with the python stub put where Triton looks for it."""
+    """A backend folder of our own: the build's backends, with the python stub put where Triton looks for it (a full
+    build's own folder, which has it)."""
+    if install.venv is None:
+        return install.root / "backends"
     target = server_dir / "backends"
     for backend in install.backends():
         shutil.copytree(install.root / "backends" / backend, target / backend, dirs_exist_ok=True)
@@ -81,7 +94,8 @@ async def launch(
     backends = await asyncio.to_thread(prepare_backends, install, server_dir)
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(install.libs), env.get("LD_LIBRARY_PATH")) if p)
-    env["PATH"] = os.pathsep.join(p for p in (str(install.venv / "bin"), env.get("PATH")) if p)
+    if install.venv is not None:
+        env["PATH"] = os.pathsep.join(p for p in (str(install.venv / "bin"), env.get("PATH")) if p)
     for attempt in range(1, PORT_ATTEMPTS + 1):
         http_port, grpc_port = free_ports(2)
         argv = [

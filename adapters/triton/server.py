@@ -43,7 +43,7 @@ class TritonServer(HttpModelServer):
         super().__init__(settings.http_url)
         self._settings = settings
         self._repository = settings.model_repository
-        self._install = TritonInstall.find(settings.server_venv) if settings.launch else None
+        self._install = _install(settings) if settings.launch else None
         self._launched: LaunchedTriton | None = None
         self.runtime_version = "triton"
         self.data_endpoint = settings.grpc_address
@@ -177,3 +177,7 @@ def _error_text(response: httpx.Response) -> str:
         return str(response.json()["error"]).strip()
     except (ValueError, KeyError, TypeError):
         return f"HTTP {response.status_code} {response.text[:500]}"
+
+
+def _install(settings: TritonSettings) -> TritonInstall:
+    return TritonInstall.at_home(settings.home) if settings.home else TritonInstall.find(settings.server_venv)

@@ -25,6 +25,9 @@ class TritonSettings:
     server_venv: Path = Path()
     """With launch: the venv holding tritonserver (nvidia-pytriton), as made by `python -m adapters.common.envs
     triton`."""
+    home: Path | None = None
+    """With launch: a full Triton build's folder (bin/tritonserver, backends/; NGC's /opt/tritonserver), run
+    instead of the venv's pip build."""
     server_dir: Path = Path("triton-server")
     """With launch: where the server's backend folder and its log (triton.log) are written."""
     server_args: tuple[str, ...] = ()
@@ -42,6 +45,10 @@ def add_triton_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--triton-grpc", default=d.grpc_address, help="Triton's gRPC host:port (connecting)")
     add_launch_flags(group, "tritonserver", "nvidia-pytriton", d.server_dir, "backends and log")
     group.add_argument(
+        "--triton-home", type=Path, help="launching: a full Triton build's folder, e.g. /opt/tritonserver (default: the"
+        " venv's pip build, python backend only)",
+    )  # fmt: skip
+    group.add_argument(
         "--server-arg", action="append", default=[], help="extra tritonserver flag when launching (repeatable)"
     )
     group.add_argument(
@@ -56,6 +63,7 @@ def triton_settings(args: argparse.Namespace) -> TritonSettings:
         grpc_address=args.triton_grpc,
         launch=args.launch,
         server_venv=(args.server_venv or env_dir("triton")).resolve(),
+        home=args.triton_home.resolve() if args.triton_home else None,
         server_dir=args.server_dir.resolve(),
         server_args=tuple(args.server_arg),
         model_types=args.model_types,

@@ -1,5 +1,9 @@
-"""The Triton adapter beside a real tritonserver (the pip build in nvidia-pytriton, python backend), behind an
-in-process router, driven with tritonclient's unmodified gRPC client.
+"""The Triton adapter beside a real tritonserver, behind an in-process router, driven with tritonclient's
+unmodified gRPC client.
+
+The server is the pip build in nvidia-pytriton (python backend only), or, with MESH_TRITON_HOME naming a full
+build's folder (NGC's image: /opt/tritonserver), that build: then the ONNX, TorchScript and TensorFlow models run
+too (each skips, saying so, on a build without its backend).
 
 One adapter (launching its server) and one router serve the module; each test registers models of its own.
 """
@@ -7,9 +11,11 @@ One adapter (launching its server) and one router serve the module; each test re
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
+import subprocess
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,10 +26,12 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import tritonclient.grpc.aio as triton_aio
+from backend_models import expected, onnx_model, saved_model, torchscript_model
 from harness.model_servers import AdapterProcess, MeshOverAdapter, mesh_over, start_adapter
 from tritonclient.utils import InferenceServerException
 
 from adapters.common.envs import ensure_env
+from adapters.triton import layout
 from adapters.triton.launch import LaunchedTriton, TritonInstall, launch
 from mesh.gen import model_mesh_pb2 as mm
 from mesh.gen import model_runtime_pb2 as rt
@@ -34,6 +42,8 @@ in_module_loop = pytest.mark.asyncio(loop_scope="module")
 
 LOAD_TIMEOUT_MS = 60_000
 CALL_TIMEOUT_S = 60.0
+TRITON_HOME = os.environ.get("MESH_TRITON_HOME", "")
+"""A full Triton build to run the suite against; unset, the venv's pip build."""
 
 # y = factor · x over FP32 [-1, 4]; inputs and outputs declared by the model itself (auto_complete_config), so a
 # folder holding only this file needs nothing but the `backend: "python"` config the adapter writes.
@@ -133,8 +143,15 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Sources:
 
 
 @pytest.fixture(scope="module")
-def triton_venv() -> Path:
-    return ensure_env("triton")  # a failed install fails the suite: the project's own files install it
+def triton_install() -> TritonInstall:
+    """The build the suite launches: MESH_TRITON_HOME's, else the venv's pip build (a failed install fails the
+    suite: the project's own files install it)."""
+    return TritonInstall.at_home(Path(TRITON_HOME)) if TRITON_HOME else TritonInstall.find(ensure_env("triton"))
+
+
+def _launch_args(install: TritonInstall, server_dir: Path) -> tuple[str, ...]:
+    chosen = ("--server-venv", str(install.venv)) if install.venv else ("--triton-home", str(install.root))
+    return ("--launch", *chosen, "--server-dir", str(server_dir))
 
 
 def _kill_tritonservers(adapter: AdapterProcess) -> None:
@@ -169,10 +186,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def adapter(triton_venv: Path, workdir: Path) -> Iterator[AdapterProcess]:
-    with _adapter(
-        workdir, "--launch", "--server-venv", str(triton_venv), "--server-dir", str(workdir / "server")
-    ) as started:
+def adapter(triton_install: TritonInstall, workdir: Path) -> Iterator[AdapterProcess]:
+    with _adapter(workdir, *_launch_args(triton_install, workdir / "server")) as started:
         yield started
 
 
@@ -181,11 +196,11 @@ class Mesh(MeshOverAdapter):
     triton: triton_aio.InferenceServerClient  # through the router
     direct: triton_aio.InferenceServerClient  # Triton's own gRPC port, to see what it holds
 
-    async def infer(self, model_id: str, x: np.ndarray) -> np.ndarray:
-        tensor = triton_aio.InferInput("x", list(x.shape), "FP32")
+    async def infer(self, model_id: str, x: np.ndarray, names: tuple[str, str] = ("x", "y")) -> np.ndarray:
+        tensor = triton_aio.InferInput(names[0], list(x.shape), "FP32")
         tensor.set_data_from_numpy(x)
         result = await self.triton.infer(model_id, [tensor], client_timeout=CALL_TIMEOUT_S)
-        return result.as_numpy("y")
+        return result.as_numpy(names[1])
 
     async def triton_models(self) -> dict[str, str]:
         """Triton's repository index: model name → state (empty for a model it has only found on disk)."""
@@ -216,10 +231,12 @@ X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
 @in_module_loop
 async def test_a_python_model_loads_on_first_request_and_infers_through_the_router(
-    mesh: Mesh, sources: Sources, workdir: Path
+    mesh: Mesh, sources: Sources, workdir: Path, triton_install: TritonInstall
 ) -> None:
-    # The launched pip build has the python backend only, so that is the one type offered to the router.
-    assert mesh.router.manager.view.instances["triton-0"].record.model_types == ("python",)
+    # The types offered to the router are those of the launched build's backends (the pip build's: python).
+    offered = tuple(t for t in layout.MODEL_TYPES if layout.BACKENDS[t] in triton_install.backends())
+    assert mesh.router.manager.view.instances["triton-0"].record.model_types == offered
+    assert TRITON_HOME or offered == ("python",)
     await mesh.register("double", "python", sources.double)
     assert (await mesh.status("double")).status == mm.ModelStatusInfo.NOT_LOADED
 
@@ -330,11 +347,48 @@ async def test_a_model_id_triton_cannot_name_is_refused_before_anything_is_pulle
     assert not [p for p in (workdir / "models").iterdir() if "space" in p.name]
 
 
+@in_module_loop
+@pytest.mark.parametrize("model_type", ["onnx", "pytorch", "tensorflow"])
+async def test_a_model_of_each_backend_loads_and_infers_through_the_router(
+    mesh: Mesh, triton_install: TritonInstall, tmp_path: Path, model_type: str
+) -> None:
+    """ONNX (Triton completes its config), TorchScript (with its own config, INPUT__0 / OUTPUT__0) and a TensorFlow
+    SavedModel: the same y = x·Wᵀ + b in each."""
+    backend = layout.BACKENDS[model_type]
+    if backend not in triton_install.backends():
+        pytest.skip(
+            f"this Triton build has no {backend} backend (the pip build has only python): set MESH_TRITON_HOME to a"
+            " full build's folder, e.g. /opt/tritonserver in NGC's tritonserver image"
+        )
+    names = ("x", "y")
+    if model_type == "onnx":
+        source = onnx_model(tmp_path / "onnx")
+    elif model_type == "pytorch":
+        source, names = torchscript_model(tmp_path / "torchscript", ensure_env("torchserve")), ("INPUT__0", "OUTPUT__0")
+    else:
+        pytest.importorskip("tensorflow", reason="making a SavedModel needs tensorflow in the test's Python")
+        source = saved_model(tmp_path / "tf")
+    model_id = f"linear-{model_type}"
+    await mesh.register(model_id, model_type, source)
+    np.testing.assert_allclose(await mesh.infer(model_id, X, names), expected(X), rtol=1e-6)
+    assert (await mesh.status(model_id)).status == mm.ModelStatusInfo.LOADED
+    assert (await mesh.triton_models())[model_id] == "READY"
+
+
+def test_the_torchscript_model_computes_what_the_backend_test_expects(tmp_path: Path) -> None:
+    """Checked here without Triton's PyTorch backend, so the test above, where it runs, tests Triton alone."""
+    torch_venv = ensure_env("torchserve")
+    folder = torchscript_model(tmp_path / "torchscript", torch_venv)
+    run = "import sys, torch; print(torch.jit.load(sys.argv[1])(torch.tensor([[1.0, 2.0, 3.0, 4.0]])).tolist())"
+    out = subprocess.run([str(torch_venv / "bin" / "python"), "-c", run, str(folder / "1" / "model.pt")],
+                         check=True, capture_output=True, text=True, timeout=120)  # fmt: skip
+    np.testing.assert_allclose(json.loads(out.stdout), expected(np.array([[1.0, 2.0, 3.0, 4.0]])), rtol=1e-6)
+
+
 @pytest_asyncio.fixture(loop_scope="module")
-async def running_triton(triton_venv: Path, tmp_path: Path) -> AsyncIterator[LaunchedTriton]:
+async def running_triton(triton_install: TritonInstall, tmp_path: Path) -> AsyncIterator[LaunchedTriton]:
     """A tritonserver started apart from any adapter, as in a pod where it is its own container."""
-    install = TritonInstall.find(triton_venv)
-    started = await launch(install, tmp_path / "repository", tmp_path / "server", (), timeout=120)
+    started = await launch(triton_install, tmp_path / "repository", tmp_path / "server", (), timeout=120)
     try:
         yield started
     finally:
@@ -368,8 +422,8 @@ async def test_connecting_to_a_running_triton_unloads_what_it_held_then_serves(
                 assert await direct.is_model_ready("double")
 
 
-def test_the_adapter_stops_the_tritonserver_it_launched(triton_venv: Path, tmp_path: Path) -> None:
-    with _adapter(tmp_path, "--launch", "--server-venv", str(triton_venv), "--server-dir", str(tmp_path / "s")) as a:
+def test_the_adapter_stops_the_tritonserver_it_launched(triton_install: TritonInstall, tmp_path: Path) -> None:
+    with _adapter(tmp_path, *_launch_args(triton_install, tmp_path / "s")) as a:
         pids = [int(p) for p in re.findall(r"started tritonserver \(pid (\d+)\)", a.log())]
         assert len(pids) == 1
         assert a.stop() == 0
