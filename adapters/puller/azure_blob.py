@@ -4,8 +4,9 @@ Credentials, from the storage config as ModelMesh's puller reads them, first mat
 service principal (`client_id`, `client_secret`, `tenant_id`); with no secret at all, AKS workload identity when
 the pod has it (AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE, which AKS injects), or a managed
 identity when the storage key says `use_managed_identity` (with its `client_id` for a user-assigned one); else the
-container is read anonymously (public access). Never the machine's other credentials by accident, and no secret
-or token in a log line or an error.
+container is read anonymously (public access). A service principal and a workload identity sign in at the storage
+key's `authority_host` (a sovereign or private cloud), else AZURE_AUTHORITY_HOST, else the public cloud. Never the
+machine's other credentials by accident, and no secret or token in a log line or an error.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import azure.core.exceptions as azexc
 from azure.storage.blob import BlobServiceClient, ContainerClient
@@ -38,12 +40,27 @@ def credential_for(settings: AzureSettings) -> Any:
     from azure import identity  # imported here: msal is slow to import and most pulls are not from Azure
 
     if settings.client_id and settings.client_secret and settings.tenant_id:
-        return identity.ClientSecretCredential(settings.tenant_id, settings.client_id, settings.client_secret)
+        return identity.ClientSecretCredential(
+            settings.tenant_id, settings.client_id, settings.client_secret, **_authority(settings)
+        )
     if all(os.environ.get(name) for name in WORKLOAD_IDENTITY_ENV):
-        return identity.WorkloadIdentityCredential()
+        return identity.WorkloadIdentityCredential(**_authority(settings))
     if settings.use_managed_identity:
         return identity.ManagedIdentityCredential(client_id=settings.client_id)
     return None
+
+
+def _authority(settings: AzureSettings) -> dict[str, Any]:
+    """Where Microsoft Entra signs in: the storage key's authority_host, else AZURE_AUTHORITY_HOST, else the public
+    cloud's. MSAL checks a host it does not know with login.microsoftonline.com, which a private cloud cannot
+    answer for: for such a host that check is off (it is the operator's own setting, as trusted as the key)."""
+    from msal.authority import WELL_KNOWN_AUTHORITY_HOSTS
+
+    host = settings.authority_host or os.environ.get("AZURE_AUTHORITY_HOST")
+    if not host:
+        return {}
+    known = urlsplit(host if "://" in host else f"https://{host}").hostname in WELL_KNOWN_AUTHORITY_HOSTS
+    return {"authority": host, "disable_instance_discovery": not known}
 
 
 def container_client(location: AzureLocation) -> ContainerClient:

@@ -99,6 +99,9 @@ class AzureSettings:
     endpoint_url: str | None = None
     """The account's blob endpoint when not https://<account>.blob.core.windows.net (a private endpoint)."""
     use_managed_identity: bool = False
+    authority_host: str | None = None
+    """Microsoft Entra's sign-in host for a service principal or workload identity, when not the public cloud's
+    (a sovereign or private cloud, Azure Stack); else AZURE_AUTHORITY_HOST, else the public cloud's."""
 
     @property
     def account_url(self) -> str:
@@ -256,6 +259,7 @@ def _azure_location(
         tenant_id,
         _optional_str(config, "endpoint_url", storage_key),
         config.get("use_managed_identity") in (True, "true"),
+        _optional_str(config, "authority_host", storage_key),
     )
     return AzureLocation(settings, container, blob)
 

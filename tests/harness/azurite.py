@@ -44,14 +44,17 @@ def install() -> Path:
 
 
 class Azurite:
-    """One blob server: its endpoint and the connection string of its development account."""
+    """One blob server: its endpoint and the connection string of its development account. With a certificate it
+    serves HTTPS and takes OAuth bearer tokens too (`--oauth basic`: a token's lifetime, issuer and audience are
+    checked, not its signature; Azurite takes tokens over HTTPS only)."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, tls: tuple[Path, Path] | None = None) -> None:
         main = install()
         self._log = log_path.open("w+")
+        oauth = ["--cert", str(tls[0]), "--key", str(tls[1]), "--oauth", "basic"] if tls else []
         self.process = subprocess.Popen(
             ["node", str(main), "--blobHost", "127.0.0.1", "--blobPort", "0", "--inMemoryPersistence",
-             "--skipApiVersionCheck", "--loose"],
+             "--skipApiVersionCheck", "--loose", *oauth],
             stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -60,13 +63,14 @@ class Azurite:
                 self.stop()
                 raise RuntimeError(f"Azurite did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.05)
-        self.endpoint = f"http://127.0.0.1:{port}/{ACCOUNT}"
+        scheme = "https" if tls else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{port}/{ACCOUNT}"
         key = f"AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY}"
-        self.connection_string = f"DefaultEndpointsProtocol=http;{key};BlobEndpoint={self.endpoint};"
+        self.connection_string = f"DefaultEndpointsProtocol={scheme};{key};BlobEndpoint={self.endpoint};"
 
     @staticmethod
     def _port(log_path: Path) -> int | None:
-        found = re.search(r"successfully listens on http://127\.0\.0\.1:(\d+)", log_path.read_text())
+        found = re.search(r"successfully listens on https?://127\.0\.0\.1:(\d+)", log_path.read_text())
         return int(found.group(1)) if found else None
 
     def stop(self) -> None:
