@@ -160,6 +160,11 @@ class DataPlane:
         lease = self._manager.loaded_copy(model_id)
         return (lease, True) if lease is not None else (await self._manager.await_copy(model_id), False)
 
+    def invoked(self, method: str, model_id: str, started: float, sent: int, received: int = -1) -> None:
+        """A runtime's call ended: its time and bytes (received -1: with an error status), as modelmesh_invoke_model
+        and the size histograms count them."""
+        self._metrics.invoked(method, model_id, started, sent, received)
+
     async def copy_failed(self, exc: grpc.aio.AioRpcError, model_id: str, lease: CopyLease) -> Exception:
         """What a runtime's failed call means for its copy, as the error to give the client. A NOT_FOUND or
         UNAVAILABLE drops the copy (it is gone, or its instance is), unless the server still answers: then its

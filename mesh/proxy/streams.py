@@ -9,12 +9,15 @@ StreamPredictions (routed by field 1 of their first message), and any other meth
 - **Cancel**: a client that goes away cancels the runtime's call.
 - **A runtime that dies mid-stream** ends the stream with UNAVAILABLE naming the instance and the model, and its
   copy is dropped (as a unary call's would be). Streams are not resent: part of the answer may have been sent.
+- **Measured** as one invocation of the runtime when it ends (modelmesh_invoke_model: from the call to its end;
+  the size histograms: the bytes of all its messages each way). A stream the client cancels is not counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -48,29 +51,43 @@ async def relay(
     lease, note.hit = await dataplane.copy_of(model_id)
     note.instance_id = lease.instance_id
     with lease:
+        started = time.perf_counter()
+        sent = received = 0
         call = lease.client.stream(method)(metadata=metadata, timeout=timeout)
 
         async def forward_requests() -> None:
+            nonlocal sent
             named = target
             assert named is not None
-            if first is not None:
-                await call.write(dataplane.with_model_id(method, first, named, model_id, lease))
-            async for message in requests:
-                await call.write(dataplane.with_model_id(method, message, named, model_id, lease))
+            messages = requests if first is None else _prepend(first, requests)
+            async for message in messages:
+                body = dataplane.with_model_id(method, message, named, model_id, lease)
+                sent += len(body)
+                await call.write(body)
             await call.done_writing()
 
         writing = asyncio.create_task(forward_requests(), name=f"stream to {lease.instance_id}")
         try:
             async for response in call:
+                received += len(response)
                 yield response
             await _ended(writing)
+            dataplane.invoked(method, model_id, started, sent, received)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.CANCELLED:
+                dataplane.invoked(method, model_id, started, sent)
             raise await dataplane.copy_failed(exc, model_id, lease) from exc
         finally:
             writing.cancel()
             call.cancel()  # a client that went away (the generator closed early) cancels the runtime's call
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 await writing
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for message in rest:
+        yield message
 
 
 async def _ended(writing: asyncio.Task[None]) -> None:

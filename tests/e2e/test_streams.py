@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton_aio
 from harness.serve import BUILTIN_TYPES, InProcessRuntime, start_runtime
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.config import Settings
 from mesh.gen import grpc_predict_v2_pb2 as pb
@@ -84,6 +86,16 @@ async def test_tritonclients_stream_gets_every_token_through_mesh(mesh: Mesh, tm
         await client.close()
     assert "".join(tokens) == PROMPT + "two words"
     assert len(tokens) == len(PROMPT.split()) + 2
+    # The stream is one invocation of the runtime, with the bytes of all its messages each way.
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(generate_latest(mesh.router.metrics.collectors).decode())
+        for s in family.samples
+        if s.labels.get("method") == "inference.GRPCInferenceService/ModelStreamInfer"
+    }
+    assert samples["modelmesh_invoke_model_milliseconds_count"] == 1
+    assert samples["modelmesh_request_size_bytes_sum"] > 2 * len("two words")
+    assert samples["modelmesh_response_size_bytes_sum"] > len(PROMPT)
 
 
 async def test_a_stream_is_in_flight_use_and_a_cancel_reaches_the_runtime(mesh: Mesh, tmp_path: Path) -> None:
