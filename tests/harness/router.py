@@ -136,7 +136,7 @@ async def meshes(tmp_path: Path, store: dict[str, str], **defaults: Any) -> Asyn
             await start_runtime(f"rt-{chr(97 + i)}", cap, devices=per_runtime[i]) for i, cap in enumerate(capacities)
         ]
         for runtime in runtimes:
-            await router.add_instance(runtime.instance_id, runtime.endpoint, ("echo", "text", "sklearn"))
+            await router.add_instance(runtime.instance_id, runtime.endpoint, ("echo", "text", "sklearn", "tokens"))
         mesh = Mesh(router, runtimes, ports.grpc, tmp_path, make)
         started.append(mesh)
         return mesh
