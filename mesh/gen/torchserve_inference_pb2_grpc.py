@@ -44,6 +44,11 @@ class InferenceAPIsServiceStub:
                 request_serializer=mesh_dot_gen_dot_torchserve__inference__pb2.PredictionsRequest.SerializeToString,
                 response_deserializer=mesh_dot_gen_dot_torchserve__inference__pb2.PredictionResponse.FromString,
                 _registered_method=True)
+        self.StreamPredictions = channel.unary_stream(
+                '/org.pytorch.serve.grpc.inference.InferenceAPIsService/StreamPredictions',
+                request_serializer=mesh_dot_gen_dot_torchserve__inference__pb2.PredictionsRequest.SerializeToString,
+                response_deserializer=mesh_dot_gen_dot_torchserve__inference__pb2.PredictionResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceAPIsServiceServicer:
@@ -61,6 +66,13 @@ class InferenceAPIsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamPredictions(self, request, context):
+        """A handler's intermediate responses (send_intermediate_predict_response), then its last one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceAPIsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -71,6 +83,11 @@ def add_InferenceAPIsServiceServicer_to_server(servicer, server):
             ),
             'Predictions': grpc.unary_unary_rpc_method_handler(
                     servicer.Predictions,
+                    request_deserializer=mesh_dot_gen_dot_torchserve__inference__pb2.PredictionsRequest.FromString,
+                    response_serializer=mesh_dot_gen_dot_torchserve__inference__pb2.PredictionResponse.SerializeToString,
+            ),
+            'StreamPredictions': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamPredictions,
                     request_deserializer=mesh_dot_gen_dot_torchserve__inference__pb2.PredictionsRequest.FromString,
                     response_serializer=mesh_dot_gen_dot_torchserve__inference__pb2.PredictionResponse.SerializeToString,
             ),
@@ -127,6 +144,33 @@ class InferenceAPIsService:
             request,
             target,
             '/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions',
+            mesh_dot_gen_dot_torchserve__inference__pb2.PredictionsRequest.SerializeToString,
+            mesh_dot_gen_dot_torchserve__inference__pb2.PredictionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamPredictions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/org.pytorch.serve.grpc.inference.InferenceAPIsService/StreamPredictions',
             mesh_dot_gen_dot_torchserve__inference__pb2.PredictionsRequest.SerializeToString,
             mesh_dot_gen_dot_torchserve__inference__pb2.PredictionResponse.FromString,
             options,

@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class Sources:
     mar: Path  # the same parts archived here with torch-model-archiver
     described: Path  # the parts under other names, named by archive.json
     broken: Path  # parts whose handler raises in initialize
+    counting: Path  # a .mar whose handler streams: for an input n, the numbers 0 .. n-1, one response each
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,28 @@ def sources(torchserve_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     broken = root / "broken"
     shutil.copytree(parts, broken)
     (broken / "handler.py").write_text(_handler('raise RuntimeError("broken on purpose")'))
-    return Sources(parts, mar, described, broken)
+    counting = root / "counting"
+    shutil.copytree(parts, counting)
+    (counting / "handler.py").write_text(textwrap.dedent(COUNTING_HANDLER))
+    return Sources(parts, mar, described, broken, archive(counting, torchserve_venv, root / "archives", "counting"))
+
+
+# Streams as TorchServe's StreamPredictions does: each intermediate response sent from the handler, the last one
+# returned.
+COUNTING_HANDLER = """
+import json
+
+from ts.handler_utils.utils import send_intermediate_predict_response
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class Counting(BaseHandler):
+    def handle(self, data, context):
+        n = int(json.loads(data[0].get("data") or data[0].get("body")))
+        for i in range(n - 1):
+            send_intermediate_predict_response([json.dumps(i)], context.request_ids, "Intermediate", 200, context)
+        return [json.dumps(n - 1)]
+"""
 
 
 def _server_pids(adapter: AdapterProcess) -> list[int]:
@@ -207,6 +230,19 @@ async def test_predictions_without_a_routing_header_are_routed_by_model_name(mes
     request = ts.PredictionsRequest(model_name="tiny-by-name", input={"data": json.dumps(X).encode()})
     reply = await mesh.predictions.Predictions(request, timeout=CALL_TIMEOUT_S)
     assert json.loads(reply.prediction) == Y
+
+
+@in_module_loop
+async def test_stream_predictions_relay_a_handlers_intermediate_responses(mesh: Mesh, sources: Sources) -> None:
+    """TorchServe's server-side stream through mesh, named by the request's model_name (field 1) or a header."""
+    await mesh.register("counting", MAR, sources.counting)
+    by_name = ts.PredictionsRequest(model_name="counting", input={"data": b"4"})
+    replies = mesh.predictions.StreamPredictions(by_name, timeout=CALL_TIMEOUT_S)
+    assert [json.loads(r.prediction) async for r in replies] == [0, 1, 2, 3]
+    by_header = ts.PredictionsRequest(input={"data": b"3"})
+    replies = mesh.predictions.StreamPredictions(by_header, metadata=(("mm-model-id", "counting"),))
+    assert [json.loads(r.prediction) async for r in replies] == [0, 1, 2]
+    assert (await mesh.status("counting")).status == mm.ModelStatusInfo.LOADED
 
 
 @in_module_loop
