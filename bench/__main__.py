@@ -24,8 +24,11 @@ from bench.common import REPO, loadavg, machine
 # In the order they run; scale and cache_sim are scenarios 3 and 4, profile is the router's hot path under load,
 # churn is scenario 6 (many models, few runtimes, rising concurrency), native scenario 7 (the HAProxy data plane),
 # rollout scenario 8 (a rolling restart of the runtimes, with the hand-off and without), thrash scenario 9 (a hot
-# core that fills the cache under a cold stream, with the thrash guard and without).
-SCENARIOS = ("hop", "rest", "scale", "cache_sim", "coldstart", "profile", "churn", "native", "rollout", "thrash")
+# core that fills the cache under a cold stream, with the thrash guard and without), routers scenario 10 (eviction
+# by reload cost against LRU, with one router and with two).
+SCENARIOS = (
+    "hop", "rest", "scale", "cache_sim", "coldstart", "profile", "churn", "native", "rollout", "thrash", "routers",
+)  # fmt: skip
 
 
 def _names(text: str) -> list[str]:

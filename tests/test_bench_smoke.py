@@ -24,6 +24,7 @@ SCENARIOS = {
     "native": [],
     "rollout": [],
     "thrash": [],
+    "routers": [],
 }
 
 
