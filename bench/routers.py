@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +51,8 @@ WORKERS = 4
 CALL_TIMEOUT_S = 60.0
 FULL = {"requests": 3000, "rounds": 2, "routers": [1, 2]}
 QUICK = {"requests": 200, "rounds": 1, "routers": [2]}
+DATAPLANE = "haproxy" if shutil.which("haproxy") else "python"
+"""What `mesh serve` puts on its port by default (auto): the native engine where HAProxy is installed."""
 KEPT_GAIN = 1.15  # cost/LRU load seconds with two routers, at most this × the one-router ratio
 
 
@@ -127,17 +130,20 @@ async def _drive(cluster: Cluster, workdir: Path, requests: list[str]) -> dict[s
         stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in channels]
         bodies = {m: _request(m) for m in set(requests)}
         before = cluster.totals()
-        position, failed = 0, 0
+        position = 0
+        failures: list[str] = []
         started = time.monotonic()
 
         async def worker() -> None:
-            nonlocal position, failed
+            nonlocal position
             while position < len(requests):
                 index, position = position, position + 1
                 try:
                     await stubs[index % len(stubs)].ModelInfer(bodies[requests[index]], timeout=CALL_TIMEOUT_S)
-                except grpc.aio.AioRpcError:
-                    failed += 1
+                except grpc.aio.AioRpcError as exc:
+                    failures.append(
+                        f"{requests[index]} via router {index % len(stubs)}: {exc.code().name} {exc.details()}"
+                    )
 
         await asyncio.gather(*(worker() for _ in range(WORKERS)))
         elapsed = time.monotonic() - started
@@ -146,7 +152,8 @@ async def _drive(cluster: Cluster, workdir: Path, requests: list[str]) -> dict[s
         for channel in channels:
             await channel.close()
     measured = {key: after[key] - before[key] for key in after}
-    return {**measured, "requests": len(requests), "failed": failed, "seconds": round(elapsed, 2),
+    return {**measured, "requests": len(requests), "failed": len(failures), "failures": failures[:10],
+            "seconds": round(elapsed, 2),
             "hit_ratio": round(1 - measured["misses"] / len(requests), 4)}  # fmt: skip
 
 
@@ -265,8 +272,9 @@ def run(quick: bool, out_dir: Path) -> dict:
     rows = _rows(params)
     summary = summarize(rows, params["routers"])
     return {
-        "parameters": {**params, "models": MODELS, "runtimes": RUNTIMES, "per_runtime": PER_RUNTIME,
-                       "cheap_s": CHEAP_S, "expensive_s": EXPENSIVE_S, "zipf_s": ZIPF_S, "workers": WORKERS},
+        "parameters": {**params, "dataplane": DATAPLANE, "models": MODELS, "runtimes": RUNTIMES,
+                       "per_runtime": PER_RUNTIME, "cheap_s": CHEAP_S, "expensive_s": EXPENSIVE_S, "zipf_s": ZIPF_S,
+                       "workers": WORKERS},
         "rows": rows,
         "summary": summary,
         "markdown": markdown(summary),
