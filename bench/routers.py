@@ -9,7 +9,9 @@ i mod routers. Measured from the routers' own metrics (per model), summed over t
 (modelmesh_loadmodel_milliseconds count), hence the seconds those loads cost (each model's load time × its loads:
 what the policy chose, free of how busy the machine was; the measured milliseconds are reported beside) and cache
 misses. Copies do not follow load here (one copy per model), so the only decisions are what to evict. The baseline
-of each row is LRU on the same sequence in the same run.
+of each row is LRU on the same sequence in the same run. A request answered UNAVAILABLE is sent once more, as
+clients are told to (a stale route of another router's engine gets that answer: docs/reliability.md); those are
+counted apart.
 
     python -m bench --only routers            (JSON and markdown)
     python -m bench.routers [--requests 3000] [--rounds 2]
@@ -132,18 +134,25 @@ async def _drive(cluster: Cluster, workdir: Path, requests: list[str]) -> dict[s
         before = cluster.totals()
         position = 0
         failures: list[str] = []
+        retried: list[str] = []
         started = time.monotonic()
 
         async def worker() -> None:
             nonlocal position
             while position < len(requests):
                 index, position = position, position + 1
-                try:
-                    await stubs[index % len(stubs)].ModelInfer(bodies[requests[index]], timeout=CALL_TIMEOUT_S)
-                except grpc.aio.AioRpcError as exc:
-                    failures.append(
-                        f"{requests[index]} via router {index % len(stubs)}: {exc.code().name} {exc.details()}"
-                    )
+                router = index % len(stubs)
+                for attempt in (1, 2):  # an UNAVAILABLE is retried once, as clients are told to (docs/reliability.md)
+                    try:
+                        await stubs[router].ModelInfer(bodies[requests[index]], timeout=CALL_TIMEOUT_S)
+                        break
+                    except grpc.aio.AioRpcError as exc:
+                        what = f"{requests[index]} via router {router}: {exc.code().name} {exc.details()}"
+                        if exc.code() is grpc.StatusCode.UNAVAILABLE and attempt == 1:
+                            retried.append(what)
+                            continue
+                        failures.append(what)
+                        break
 
         await asyncio.gather(*(worker() for _ in range(WORKERS)))
         elapsed = time.monotonic() - started
@@ -153,6 +162,7 @@ async def _drive(cluster: Cluster, workdir: Path, requests: list[str]) -> dict[s
             await channel.close()
     measured = {key: after[key] - before[key] for key in after}
     return {**measured, "requests": len(requests), "failed": len(failures), "failures": failures[:10],
+            "retried": len(retried), "retried_because": retried[:10],
             "seconds": round(elapsed, 2),
             "hit_ratio": round(1 - measured["misses"] / len(requests), 4)}  # fmt: skip
 
@@ -207,6 +217,7 @@ def summarize(rows: list[dict[str, Any]], router_counts: list[int]) -> list[dict
             "measured_cost_vs_lru": round(ratio(measured["cost"], measured["lru"]), 3),
             "lru_hit_ratio": round(hits["lru"], 4), "cost_hit_ratio": round(hits["cost"], 4),
             "failed": sum(r["failed"] for p in mine for r in mine[p]),
+            "retried": sum(r["retried"] for p in mine for r in mine[p]),
         })  # fmt: skip
     return out
 
