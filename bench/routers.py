@@ -244,13 +244,14 @@ def targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(summary: list[dict[str, Any]]) -> str:
     lines = [
         "| routers | LRU: seconds of loads | cost: seconds of loads | cost / LRU | (measured) | LRU hit ratio "
-        "| cost hit ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| cost hit ratio | retried / failed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         lines.append(
             f"| {s['routers']} | {s['lru_load_s']:.2f} | {s['cost_load_s']:.2f} | {s['cost_vs_lru']:.3f}× "
-            f"| {s['measured_cost_vs_lru']:.3f}× | {s['lru_hit_ratio']:.3f} | {s['cost_hit_ratio']:.3f} |"
+            f"| {s['measured_cost_vs_lru']:.3f}× | {s['lru_hit_ratio']:.3f} | {s['cost_hit_ratio']:.3f} "
+            f"| {s['retried']} / {s['failed']} |"
         )
     return "\n".join(lines)
 
