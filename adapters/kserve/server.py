@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 POINTER_FILE = "mesh-model.json"  # host.py's POINTER_FILE: the host imports nothing of mesh's
 MODEL_FILE = "model.py"
 PREDICTOR_PATH = "/mm/"
-"""The router's REST path that names the model to infer, whatever model the rest of the path names."""
+"""The router's REST path that names the model to infer, whatever model the rest of the path names (its route is
+in mesh/proxy/rest_server.py; the adapter does not import the REST server for one string)."""
 RESTART_PAUSE_S = 1.0
 """Between attempts to start a dead host again (its ports may take a moment to be free)."""
 SERVER = "the KServe host"
